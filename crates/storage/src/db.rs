@@ -1,0 +1,249 @@
+//! The connection pool.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+use crate::StorageError;
+
+/// Which database engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    /// Embedded SQLite (single instance).
+    Sqlite,
+    /// PostgreSQL (shared by several instances).
+    Postgres,
+}
+
+impl DbKind {
+    /// Classifies a database URL by its scheme.
+    ///
+    /// # Errors
+    /// [`StorageError::UnsupportedUrl`] for anything but `sqlite:` and `postgres:`/`postgresql:`.
+    pub fn from_url(url: &str) -> Result<Self, StorageError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StorageError::UnsupportedUrl {
+                url: redact_url(url),
+            })
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// A database pool: cheap to clone, shared by every plugin.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    kind: DbKind,
+    redacted_url: String,
+}
+
+/// SQLite settings applied to every new connection: WAL so readers never block the writer,
+/// `synchronous=NORMAL` (durable across process crashes in WAL mode), a busy timeout instead of
+/// immediate `SQLITE_BUSY`, and enforced foreign keys.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
+impl Db {
+    /// Builds a pool without connecting: the first query connects. For SQLite the database file
+    /// (and its directory) is created on first use.
+    ///
+    /// # Errors
+    /// An unsupported or unparsable URL, or a SQLite directory that cannot be created.
+    pub fn connect_lazy(url: &str) -> Result<Self, StorageError> {
+        sqlx::any::install_default_drivers();
+        let kind = DbKind::from_url(url)?;
+        let effective = match kind {
+            DbKind::Sqlite => prepare_sqlite_url(url)?,
+            DbKind::Postgres => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&effective)?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let pool = AnyPoolOptions::new()
+            .max_connections(match kind {
+                DbKind::Sqlite => 4,
+                DbKind::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if kind == DbKind::Sqlite {
+                        conn.execute(sqlx::raw_sql(SQLITE_PRAGMAS)).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            kind,
+            redacted_url: redact_url(url),
+        })
+    }
+
+    /// The underlying pool, for queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine behind this pool.
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    /// The URL with any password replaced by `***`, safe to log.
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted_url
+    }
+
+    /// Checks that the database answers `SELECT 1` within `timeout`.
+    ///
+    /// # Errors
+    /// The connection or query error, or [`StorageError::Timeout`].
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StorageError> {
+        match tokio::time::timeout(timeout, self.pool.execute("SELECT 1")).await {
+            Ok(result) => result.map(drop).map_err(StorageError::from),
+            Err(_) => Err(StorageError::Timeout(timeout)),
+        }
+    }
+
+    /// Closes every connection; later queries fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Creates the directory of a file-backed SQLite URL and adds `mode=rwc` (create if missing) when
+/// the URL does not choose a mode itself.
+fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or_default();
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() {
+        return Err(StorageError::UnsupportedUrl {
+            url: url.to_owned(),
+        });
+    }
+    let in_memory = path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
+    if !in_memory {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    let has_mode = query.split('&').any(|p| p.starts_with("mode="));
+    Ok(match (has_mode, query.is_empty()) {
+        (true, _) => url.to_owned(),
+        (false, true) => format!("{url}?mode=rwc"),
+        (false, false) => format!("{url}&mode=rwc"),
+    })
+}
+
+/// Replaces the password of a URL with `***` so it can be logged or shown in a finding.
+pub(crate) fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Setting a password only fails for URLs that cannot have one, which this one has.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => raw.to_owned(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_follows_the_scheme() {
+        assert_eq!(
+            DbKind::from_url("sqlite://data/x.db").unwrap(),
+            DbKind::Sqlite
+        );
+        assert_eq!(
+            DbKind::from_url("postgres://u@h/db").unwrap(),
+            DbKind::Postgres
+        );
+        assert_eq!(
+            DbKind::from_url("postgresql://u@h/db").unwrap(),
+            DbKind::Postgres
+        );
+        assert!(DbKind::from_url("mysql://u@h/db").is_err());
+        assert!(DbKind::from_url("data/x.db").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.internal:5432/callplane"),
+            "postgres://app:***@db.internal:5432/callplane"
+        );
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        let err = DbKind::from_url("mysql://root:hunter2@h/db").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn sqlite_url_gets_create_mode_and_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nested/deeper/cp.db");
+        let url = format!("sqlite://{}", file.display());
+        assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert!(file.parent().unwrap().is_dir());
+        assert_eq!(
+            prepare_sqlite_url("sqlite::memory:?cache=shared").unwrap(),
+            "sqlite::memory:?cache=shared&mode=rwc"
+        );
+        assert_eq!(
+            prepare_sqlite_url("sqlite://x.db?mode=ro").unwrap(),
+            "sqlite://x.db?mode=ro"
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_is_created_on_first_use_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data/cp.db");
+        let db = Db::connect_lazy(&format!("sqlite://{}", file.display())).unwrap();
+        assert!(!file.exists(), "lazy pool must not touch the disk");
+        db.ping(Duration::from_secs(5)).await.unwrap();
+        assert!(file.exists());
+        let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(mode.0.to_lowercase(), "wal");
+    }
+
+    #[tokio::test]
+    async fn ping_reports_an_unreachable_postgres() {
+        // Port 1 on loopback refuses connections at once.
+        let db = Db::connect_lazy("postgres://nobody:pw@127.0.0.1:1/none").unwrap();
+        let err = db.ping(Duration::from_secs(10)).await.unwrap_err();
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! `callplane-storage`: the database layer shared by the host and every plugin.
+//!
+//! * [`Db`] is a connection pool over either the embedded SQLite database (the default, created on
+//!   first use) or PostgreSQL (several instances behind a load balancer). Queries are runtime queries
+//!   through `sqlx`'s `Any` driver, so building never needs a database. Write SQL with `$1`-style
+//!   placeholders: both backends accept them.
+//! * [`Migration`] and [`migrate`] apply each plugin's versioned migrations, recording them in the
+//!   `callplane_schema_versions` table. Two instances booting at once migrate exactly once.
+//!
+//! Architecture invariant: this crate knows nothing of HTTP or plugins beyond their names.
+
+mod db;
+mod error;
+mod migrate;
+
+pub use db::{Db, DbKind};
+pub use error::StorageError;
+pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
+pub use sqlx;

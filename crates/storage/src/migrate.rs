@@ -1,0 +1,345 @@
+//! Per-plugin, versioned migrations.
+//!
+//! Each plugin owns an ordered list of [`Migration`]s with SQL for both engines. [`migrate`] applies
+//! the pending ones of every plugin inside one transaction that holds the database-wide migration
+//! lock (`BEGIN IMMEDIATE` on SQLite, a transaction-scoped advisory lock on PostgreSQL), so two
+//! instances booting at once against an empty database migrate exactly once: the second waits, then
+//! finds nothing to do. Applied migrations are recorded with a checksum of their SQL; editing a
+//! migration after it shipped is refused instead of silently diverging.
+
+use ring::digest;
+use sqlx::{Connection, Executor, Row};
+
+use crate::{Db, DbKind, StorageError};
+
+/// The table that records applied migrations.
+pub const SCHEMA_TABLE: &str = "callplane_schema_versions";
+
+/// Key of the PostgreSQL advisory lock held while migrating (`"callplan"` in ASCII).
+const PG_MIGRATION_LOCK: i64 = 0x6361_6c6c_706c_616e;
+
+/// One schema change of one plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Positive, strictly increasing within the plugin.
+    pub version: i64,
+    /// A short description, recorded with the version.
+    pub description: &'static str,
+    /// The SQL for SQLite (may hold several statements).
+    pub sqlite: &'static str,
+    /// The SQL for PostgreSQL (may hold several statements).
+    pub postgres: &'static str,
+}
+
+impl Migration {
+    fn sql(&self, kind: DbKind) -> &'static str {
+        match kind {
+            DbKind::Sqlite => self.sqlite,
+            DbKind::Postgres => self.postgres,
+        }
+    }
+}
+
+/// The migrations of one plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginMigrations<'a> {
+    /// The owning plugin's name.
+    pub plugin: &'a str,
+    /// Its migrations in version order.
+    pub migrations: &'a [Migration],
+}
+
+/// A migration applied by a [`migrate`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMigration {
+    /// The owning plugin.
+    pub plugin: String,
+    /// The version applied.
+    pub version: i64,
+    /// Its description.
+    pub description: String,
+}
+
+/// Applies every pending migration of `sets`, in the order given (the host passes plugins in boot
+/// order, so a plugin's requirements are migrated before it). Returns what was applied.
+///
+/// # Errors
+/// A connection error, a malformed migration list, a migration whose SQL changed after it was
+/// applied, or a failing migration. Nothing is committed on error.
+pub async fn migrate(
+    db: &Db,
+    sets: &[PluginMigrations<'_>],
+) -> Result<Vec<AppliedMigration>, StorageError> {
+    for set in sets {
+        check_order(set)?;
+    }
+    let kind = db.kind();
+    let mut conn = db.pool().acquire().await?;
+    let mut tx = match kind {
+        DbKind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+        DbKind::Postgres => {
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(PG_MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            tx
+        }
+    };
+    tx.execute(sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS callplane_schema_versions (
+             plugin TEXT NOT NULL,
+             version BIGINT NOT NULL,
+             description TEXT NOT NULL,
+             checksum TEXT NOT NULL,
+             applied_at TEXT NOT NULL,
+             PRIMARY KEY (plugin, version)
+         )",
+    ))
+    .await?;
+
+    let mut applied = Vec::new();
+    for set in sets {
+        let rows = sqlx::query(
+            "SELECT version, checksum FROM callplane_schema_versions WHERE plugin = $1",
+        )
+        .bind(set.plugin)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut done = std::collections::BTreeMap::new();
+        for row in rows {
+            done.insert(row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?);
+        }
+        for migration in set.migrations {
+            let sql = migration.sql(kind);
+            let current = checksum(sql);
+            if let Some(recorded) = done.get(&migration.version) {
+                if *recorded != current {
+                    return Err(StorageError::MigrationChanged {
+                        plugin: set.plugin.to_owned(),
+                        version: migration.version,
+                        description: migration.description.to_owned(),
+                        applied: recorded.clone(),
+                        current,
+                    });
+                }
+                continue;
+            }
+            tx.execute(sqlx::raw_sql(sql)).await.map_err(|source| {
+                StorageError::MigrationFailed {
+                    plugin: set.plugin.to_owned(),
+                    version: migration.version,
+                    description: migration.description.to_owned(),
+                    source,
+                }
+            })?;
+            sqlx::query(
+                "INSERT INTO callplane_schema_versions (plugin, version, description, checksum, applied_at)
+                 VALUES ($1, $2, $3, $4, CAST(CURRENT_TIMESTAMP AS TEXT))",
+            )
+            .bind(set.plugin)
+            .bind(migration.version)
+            .bind(migration.description)
+            .bind(&current)
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(
+                plugin = set.plugin,
+                version = migration.version,
+                description = migration.description,
+                "[MIGRATE] applied"
+            );
+            applied.push(AppliedMigration {
+                plugin: set.plugin.to_owned(),
+                version: migration.version,
+                description: migration.description.to_owned(),
+            });
+        }
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+fn check_order(set: &PluginMigrations<'_>) -> Result<(), StorageError> {
+    let mut previous = 0;
+    for migration in set.migrations {
+        if migration.version <= previous {
+            return Err(StorageError::MigrationOrder {
+                plugin: set.plugin.to_owned(),
+                version: migration.version,
+                previous,
+            });
+        }
+        previous = migration.version;
+    }
+    Ok(())
+}
+
+fn checksum(sql: &str) -> String {
+    digest::digest(&digest::SHA256, sql.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOTES_V1: Migration = Migration {
+        version: 1,
+        description: "notes table",
+        sqlite: "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+        postgres: "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);",
+    };
+    const NOTES_V2: Migration = Migration {
+        version: 2,
+        description: "notes author",
+        sqlite: "ALTER TABLE notes ADD COLUMN author TEXT; CREATE INDEX notes_author ON notes (author);",
+        postgres: "ALTER TABLE notes ADD COLUMN author TEXT; CREATE INDEX notes_author ON notes (author);",
+    };
+
+    fn temp_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect_lazy(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
+        (dir, db)
+    }
+
+    async fn versions(db: &Db) -> Vec<(String, i64)> {
+        sqlx::query_as(
+            "SELECT plugin, version FROM callplane_schema_versions ORDER BY plugin, version",
+        )
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn applies_pending_migrations_once() {
+        let (_dir, db) = temp_db();
+        let first = [PluginMigrations {
+            plugin: "notes",
+            migrations: &[NOTES_V1],
+        }];
+        assert_eq!(migrate(&db, &first).await.unwrap().len(), 1);
+        let second = [PluginMigrations {
+            plugin: "notes",
+            migrations: &[NOTES_V1, NOTES_V2],
+        }];
+        let applied = migrate(&db, &second).await.unwrap();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(applied[0].version, 2);
+        assert!(migrate(&db, &second).await.unwrap().is_empty());
+        assert_eq!(
+            versions(&db).await,
+            vec![("notes".into(), 1), ("notes".into(), 2)]
+        );
+        sqlx::query("INSERT INTO notes (body, author) VALUES ($1, $2)")
+            .bind("hello")
+            .bind("me")
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_changed_migration_is_refused() {
+        let (_dir, db) = temp_db();
+        migrate(
+            &db,
+            &[PluginMigrations {
+                plugin: "notes",
+                migrations: &[NOTES_V1],
+            }],
+        )
+        .await
+        .unwrap();
+        let edited = Migration {
+            sqlite: "CREATE TABLE notes (id INTEGER PRIMARY KEY);",
+            ..NOTES_V1
+        };
+        let err = migrate(
+            &db,
+            &[PluginMigrations {
+                plugin: "notes",
+                migrations: &[edited],
+            }],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, StorageError::MigrationChanged { version: 1, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_migration_commits_nothing() {
+        let (_dir, db) = temp_db();
+        let broken = Migration {
+            version: 2,
+            description: "broken",
+            sqlite: "CREATE TABL oops;",
+            postgres: "",
+        };
+        let sets = [
+            PluginMigrations {
+                plugin: "good",
+                migrations: &[NOTES_V1],
+            },
+            PluginMigrations {
+                plugin: "bad",
+                migrations: &[broken],
+            },
+        ];
+        let err = migrate(&db, &sets).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::MigrationFailed { ref plugin, .. } if plugin == "bad"),
+            "{err}"
+        );
+        let tables: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM sqlite_master WHERE name = 'notes'")
+                .fetch_all(db.pool())
+                .await
+                .unwrap();
+        assert!(
+            tables.is_empty(),
+            "the good plugin's migration must be rolled back too"
+        );
+    }
+
+    #[tokio::test]
+    async fn versions_must_increase() {
+        let (_dir, db) = temp_db();
+        let sets = [PluginMigrations {
+            plugin: "notes",
+            migrations: &[NOTES_V2, NOTES_V1],
+        }];
+        let err = migrate(&db, &sets).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::MigrationOrder {
+                    version: 1,
+                    previous: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_migrations_apply_once() {
+        let (_dir, db) = temp_db();
+        let other = Db::connect_lazy(&db.redacted_url().to_owned()).unwrap();
+        let sets = [PluginMigrations {
+            plugin: "notes",
+            migrations: &[NOTES_V1, NOTES_V2],
+        }];
+        let (a, b) = tokio::join!(migrate(&db, &sets), migrate(&other, &sets));
+        assert_eq!(a.unwrap().len() + b.unwrap().len(), 2);
+        assert_eq!(versions(&db).await.len(), 2);
+    }
+}

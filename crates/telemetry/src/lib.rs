@@ -1,0 +1,24 @@
+//! `callplane-telemetry`: everything an operator reads.
+//!
+//! * [`logging`]: the tracing subscriber — an `EnvFilter`, text or JSON lines on the console and in
+//!   daily rolling files written by a **lossless** non-blocking writer (a full buffer makes the
+//!   logging thread wait; a line is never dropped). The returned [`LogGuard`] flushes on drop and
+//!   must live as long as the process.
+//! * [`request`]: the per-request middleware — a request id (a fresh UUID, or the incoming
+//!   `X-Request-Id` when the peer is a trusted proxy) echoed in the response and carried by a span
+//!   into every log line of that request, the client address under the trusted-proxy rules, and the
+//!   request metrics.
+//! * [`proxy`]: [`TrustedProxies`], the CIDRs whose forwarding headers are believed.
+//! * [`metrics`]: HTTP metrics registered in a Prometheus registry.
+//!
+//! Architecture invariant: nothing here knows about plugins or the database.
+
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod request;
+
+pub use logging::{Console, LogFormat, LogGuard, LogSettings, TelemetryError};
+pub use metrics::HttpMetrics;
+pub use proxy::TrustedProxies;
+pub use request::{ClientAddr, HttpTelemetry, RequestId, current_request_id, request_context};

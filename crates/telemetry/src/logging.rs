@@ -1,0 +1,371 @@
+//! The tracing subscriber: console plus daily rolling files, text or JSON, never lossy.
+
+use std::fmt::{self, Write as _};
+use std::path::PathBuf;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// Prefix of the rolling log files: `callplane.YYYY-MM-DD.log`.
+pub const LOG_FILE_PREFIX: &str = "callplane";
+
+/// How many daily files are kept.
+pub const LOG_FILES_KEPT: usize = 14;
+
+/// Line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `timestamp LEVEL message key=value…` — the literal trace prefixes lead the message.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message`, the fields as keys, and the
+    /// request span's fields under `span`.
+    Json,
+}
+
+/// Where console output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// Standard output (the server).
+    Stdout,
+    /// Standard error (commands whose standard output is their result, such as `check --format json`).
+    Stderr,
+    /// No console output.
+    Off,
+}
+
+/// Everything [`init`] needs.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Line format for console and files.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `info,sqlx=warn`.
+    pub filter: String,
+    /// Directory of the daily rolling files; `None` writes no files.
+    pub dir: Option<PathBuf>,
+    /// Console destination.
+    pub console: Console,
+}
+
+/// Errors setting up logging.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The filter directive does not parse.
+    #[error("invalid log filter {filter:?}: {message}")]
+    Filter {
+        /// The directive.
+        filter: String,
+        /// Why it does not parse.
+        message: String,
+    },
+    /// The log directory cannot be created or written.
+    #[error("log directory {dir} is not writable: {message}")]
+    LogDir {
+        /// The directory.
+        dir: String,
+        /// The underlying error.
+        message: String,
+    },
+    /// A global subscriber is already installed.
+    #[error("a tracing subscriber is already installed: {0}")]
+    AlreadyInstalled(String),
+}
+
+/// Keeps the background writers alive; dropping it flushes every buffered line. Hold it until the
+/// process exits (return it from `main`'s scope, never `std::process::exit` past it).
+#[must_use = "dropping the guard stops the log writers"]
+pub struct LogGuard {
+    _guards: Vec<WorkerGuard>,
+}
+
+impl fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogGuard")
+            .field("writers", &self._guards.len())
+            .finish()
+    }
+}
+
+/// Validates an `EnvFilter` directive without installing anything.
+///
+/// # Errors
+/// [`TelemetryError::Filter`] naming the directive.
+pub fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
+    EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| TelemetryError::Filter {
+            filter: filter.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Checks that the log directory can be created and written, without installing anything.
+///
+/// # Errors
+/// [`TelemetryError::LogDir`] naming the directory.
+pub fn probe_log_dir(dir: &std::path::Path) -> Result<(), TelemetryError> {
+    let fail = |e: std::io::Error| TelemetryError::LogDir {
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
+}
+
+/// Installs the global subscriber.
+///
+/// # Errors
+/// A bad filter, an unwritable log directory, or a subscriber already installed.
+pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
+    let filter = parse_filter(&settings.filter)?;
+    let mut guards = Vec::new();
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+
+    let console = match settings.console {
+        Console::Stdout => Some(
+            NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(std::io::stdout()),
+        ),
+        Console::Stderr => Some(
+            NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(std::io::stderr()),
+        ),
+        Console::Off => None,
+    };
+    if let Some((writer, guard)) = console {
+        guards.push(guard);
+        layers.push(layer(settings.format, writer));
+    }
+    if let Some(dir) = &settings.dir {
+        probe_log_dir(dir)?;
+        let appender = RollingFileAppender::builder()
+            .rotation(Rotation::DAILY)
+            .filename_prefix(LOG_FILE_PREFIX)
+            .filename_suffix("log")
+            .max_log_files(LOG_FILES_KEPT)
+            .build(dir)
+            .map_err(|e| TelemetryError::LogDir {
+                dir: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+        let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(appender);
+        guards.push(guard);
+        layers.push(layer(settings.format, writer));
+    }
+
+    tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .try_init()
+        .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
+    Ok(LogGuard { _guards: guards })
+}
+
+fn layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let base = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => base.event_format(TextFormat).boxed(),
+        LogFormat::Json => base
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    }
+}
+
+/// The text line: `2026-11-25T17:00:00.123456Z  INFO message key=value… span_key=value…`.
+///
+/// Values print bare unless they are empty or contain whitespace or quotes, then quoted, so the
+/// contract's literal lines (`[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA…`)
+/// come out exactly and still grep. A field already spelled out in the message (`key=` appears in
+/// it) is not repeated: boot lines embed their fields in the message for the text format while
+/// the JSON format still gets them as keys.
+#[derive(Debug, Clone, Copy)]
+pub struct TextFormat;
+
+impl<S, N> FormatEvent<S, N> for TextFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        SystemTime.format_time(&mut writer)?;
+        write!(writer, " {:>5} ", event.metadata().level())?;
+        let mut fields = FieldCollector::default();
+        event.record(&mut fields);
+        writer.write_str(&fields.message)?;
+        for (name, value) in &fields.pairs {
+            if !fields.message.contains(&format!("{name}=")) {
+                write!(writer, " {name}={value}")?;
+            }
+        }
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                if let Some(formatted) = extensions.get::<FormattedFields<N>>() {
+                    if !formatted.is_empty() {
+                        write!(writer, " {formatted}")?;
+                    }
+                }
+            }
+        }
+        writeln!(writer)
+    }
+}
+
+#[derive(Default)]
+struct FieldCollector {
+    message: String,
+    pairs: Vec<(&'static str, String)>,
+}
+
+fn quote_if_needed(value: String) -> String {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '"') {
+        format!("{value:?}")
+    } else {
+        value
+    }
+}
+
+impl Visit for FieldCollector {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            self.pairs
+                .push((field.name(), quote_if_needed(value.to_owned())));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            self.pairs
+                .push((field.name(), quote_if_needed(format!("{value:?}"))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn capture(format: LogFormat, emit: impl FnOnce()) -> String {
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(layer(format, move || sink.clone()));
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn text_lines_keep_the_literal_prefix_and_bare_values() {
+        let out = capture(LogFormat::Text, || {
+            let id = "r-1";
+            let span = tracing::info_span!("request", request_id = %id);
+            let _entered = span.enter();
+            let path = "/webhook/incoming_call";
+            tracing::info!(path = %path, call_sid = "CA123", signature_present = true, "[TWILIO][INBOUND] hit");
+        });
+        assert!(
+            out.contains(" INFO [TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA123 signature_present=true request_id=r-1\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn fields_embedded_in_the_message_are_not_repeated_in_text() {
+        let out = capture(LogFormat::Text, || {
+            tracing::info!(
+                plugin = "twilio",
+                routes = 3,
+                "[BOOT] ✅ plugin=twilio routes=3 registered (calls)"
+            );
+        });
+        assert!(
+            out.trim_end()
+                .ends_with("INFO [BOOT] ✅ plugin=twilio routes=3 registered (calls)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn values_with_spaces_are_quoted() {
+        let out = capture(LogFormat::Text, || {
+            tracing::warn!(reason = "no such number", empty = "", "x")
+        });
+        assert!(
+            out.contains(r#"x reason="no such number" empty="""#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_message_fields_and_span() {
+        let out = capture(LogFormat::Json, || {
+            let span = tracing::info_span!("request", request_id = "r-2");
+            let _entered = span.enter();
+            tracing::info!(
+                plugin = "twilio",
+                routes = 3,
+                "[BOOT] ✅ plugin=twilio routes=3"
+            );
+        });
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(line["message"], "[BOOT] ✅ plugin=twilio routes=3");
+        assert_eq!(line["plugin"], "twilio");
+        assert_eq!(line["routes"], 3);
+        assert_eq!(line["span"]["request_id"], "r-2");
+    }
+
+    #[test]
+    fn bad_filters_and_unwritable_dirs_are_reported() {
+        assert!(matches!(
+            parse_filter("info,[[["),
+            Err(TelemetryError::Filter { .. })
+        ));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let err = probe_log_dir(&file.path().join("logs")).unwrap_err();
+        assert!(matches!(err, TelemetryError::LogDir { .. }), "{err}");
+    }
+}

@@ -1,0 +1,227 @@
+//! The per-request middleware: request id, client address, span, metrics.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, web};
+use tracing::Instrument;
+
+use crate::{HttpMetrics, TrustedProxies};
+
+/// The response (and trusted request) header carrying the request id.
+pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    static CURRENT: RequestId;
+}
+
+/// The id of one request: a UUID we generated, or the id a trusted proxy sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// A fresh random (v4) UUID.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string().into())
+    }
+
+    /// Accepts an incoming id only if it is 1–128 characters of `[A-Za-z0-9._:-]`, so it can go into
+    /// logs and headers verbatim.
+    pub fn from_header(value: &str) -> Option<Self> {
+        let ok = !value.is_empty()
+            && value.len() <= 128
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        ok.then(|| Self(value.into()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of the request being handled on this task, if any. Error responses use it to fill their
+/// `request_id` field without threading the request through every call.
+pub fn current_request_id() -> Option<RequestId> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The client address of a request under the trusted-proxy rules (request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// What [`request_context`] needs; registered once as `web::Data<HttpTelemetry>`.
+#[derive(Debug, Clone)]
+pub struct HttpTelemetry {
+    /// Whose forwarding headers to believe.
+    pub proxies: TrustedProxies,
+    /// Where request metrics go.
+    pub metrics: HttpMetrics,
+}
+
+/// Middleware (use with `actix_web::middleware::from_fn`) that gives every request an id, a span
+/// carrying that id (so every log line of the request names it), the client address, a metrics
+/// observation, and an `X-Request-Id` response header. It must be the outermost middleware.
+///
+/// # Errors
+/// Passes on an error of the inner service. The host's services answer errors as responses, so in
+/// practice every response gets here and carries the header.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let telemetry = req.app_data::<web::Data<HttpTelemetry>>().cloned();
+    let peer = req.peer_addr().map(|addr| addr.ip());
+    let trusted_peer = match (&telemetry, peer) {
+        (Some(t), Some(ip)) => t.proxies.contains(ip),
+        _ => false,
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let request_id = header(REQUEST_ID_HEADER.as_str())
+        .filter(|_| trusted_peer)
+        .and_then(RequestId::from_header)
+        .unwrap_or_else(RequestId::generate);
+    let client = match (&telemetry, peer) {
+        (Some(t), Some(ip)) => Some(t.proxies.client_ip(ip, header("x-forwarded-for"))),
+        (None, Some(ip)) => Some(ip),
+        (_, None) => None,
+    };
+    if let Some(ip) = client {
+        req.extensions_mut().insert(ClientAddr(ip));
+    }
+    req.extensions_mut().insert(request_id.clone());
+
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = CURRENT
+        .scope(request_id.clone(), next.call(req).instrument(span.clone()))
+        .await?;
+    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+        response
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER.clone(), value);
+    }
+
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    if let Some(t) = &telemetry {
+        t.metrics
+            .observe(&route, method.as_str(), status, elapsed.as_secs_f64());
+    }
+    span.in_scope(|| {
+        let client = client.map(|ip| ip.to_string()).unwrap_or_default();
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::error!(method = %method, path = %path, status, ms, client = %client, "[HTTP] request failed");
+        } else if status >= 400 {
+            tracing::info!(method = %method, path = %path, status, ms, client = %client, "[HTTP] request rejected");
+        } else {
+            tracing::debug!(method = %method, path = %path, status, ms, client = %client, "[HTTP] request");
+        }
+    });
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::middleware::from_fn;
+    use actix_web::test as atest;
+    use actix_web::{App, HttpResponse};
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    #[test]
+    fn incoming_ids_are_restricted_to_safe_characters() {
+        assert!(RequestId::from_header("abc-123_x.y:z").is_some());
+        assert!(RequestId::from_header("").is_none());
+        assert!(RequestId::from_header("a b").is_none());
+        assert!(RequestId::from_header("a\"b").is_none());
+        assert!(RequestId::from_header(&"a".repeat(129)).is_none());
+        assert_eq!(RequestId::generate().as_str().len(), 36);
+    }
+
+    async fn echo_id() -> HttpResponse {
+        HttpResponse::Ok().body(
+            current_request_id()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    fn app_data(trusted: &[&str]) -> web::Data<HttpTelemetry> {
+        web::Data::new(HttpTelemetry {
+            proxies: TrustedProxies::parse(trusted).unwrap(),
+            metrics: HttpMetrics::register(&mut Registry::default()),
+        })
+    }
+
+    #[actix_rt::test]
+    async fn generated_id_is_echoed_and_visible_to_the_handler() {
+        let app = atest::init_service(
+            App::new()
+                .app_data(app_data(&[]))
+                .wrap(from_fn(request_context))
+                .route("/", web::get().to(echo_id)),
+        )
+        .await;
+        let req = atest::TestRequest::get()
+            .uri("/")
+            .peer_addr("198.51.100.1:5000".parse().unwrap())
+            .insert_header(("x-request-id", "forged-by-client"))
+            .to_request();
+        let res = atest::call_service(&app, req).await;
+        let header = res
+            .headers()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(
+            header, "forged-by-client",
+            "untrusted peers cannot choose the id"
+        );
+        assert_eq!(header.len(), 36);
+        let body = atest::read_body(res).await;
+        assert_eq!(body, header.as_bytes());
+    }
+
+    #[actix_rt::test]
+    async fn trusted_proxy_id_is_honoured() {
+        let app = atest::init_service(
+            App::new()
+                .app_data(app_data(&["10.0.0.0/8"]))
+                .wrap(from_fn(request_context))
+                .route("/", web::get().to(echo_id)),
+        )
+        .await;
+        let req = atest::TestRequest::get()
+            .uri("/")
+            .peer_addr("10.0.0.7:5000".parse().unwrap())
+            .insert_header(("x-request-id", "lb-42"))
+            .to_request();
+        let res = atest::call_service(&app, req).await;
+        assert_eq!(res.headers().get("x-request-id").unwrap(), "lb-42");
+    }
+}
