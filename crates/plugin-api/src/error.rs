@@ -1,0 +1,301 @@
+//! The one JSON error shape of the HTTP API, and registration errors.
+
+use std::borrow::Cow;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, error, web};
+use callplane_telemetry::current_request_id;
+use serde_json::json;
+
+/// An API error: a status and the body `{"error":{"code","message","request_id"}}`.
+///
+/// Plugins map their own `thiserror` enums into it (or implement [`ResponseError`] with
+/// [`ApiError::response`]). 5xx messages are logged in full but sent generic, so internals never
+/// reach a client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with any status.
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401 `unauthenticated`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 409 `conflict`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 422 `invalid`.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+
+    /// 429 `rate_limited` with `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            .retry_after(retry_after_secs)
+    }
+
+    /// 500 `internal`: the detail is logged, the client sees a generic message.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+
+    /// 503 `unavailable` with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            .retry_after(retry_after_secs)
+    }
+
+    /// Adds a `Retry-After` header (seconds).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The message (for 5xx, the logged detail).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Builds the JSON response for `status`/`code`/`message`, with the current request id.
+    pub fn response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+        let request_id = current_request_id().map(|id| id.to_string());
+        HttpResponse::build(status).json(json!({
+            "error": { "code": code, "message": message, "request_id": request_id }
+        }))
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = if self.status.is_server_error() {
+            tracing::error!(code = %self.code, error = %self.message, "[HTTP] internal error");
+            match self.status {
+                StatusCode::INTERNAL_SERVER_ERROR => {
+                    "internal error; see the server log for this request id"
+                }
+                _ => self.message.as_str(),
+            }
+        } else {
+            self.message.as_str()
+        };
+        let mut response = Self::response(self.status, &self.code, message);
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// A plugin's registration failed. The host reports it as CP006 (or CP010 for configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// A configuration value the plugin needs is invalid.
+    #[error("configuration key {key}: {message}")]
+    Config {
+        /// The key, as written in `callplane.toml` or the environment.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Registers extractor configurations whose errors answer in the API's JSON shape: malformed JSON
+/// 400, JSON of the wrong shape 422, wrong content type 415, body over the limit 413, a bad query
+/// string 400, a path segment that does not parse 404.
+pub fn extractor_configs(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(64 * 1024)
+            .error_handler(json_error),
+    )
+    .app_data(
+        web::FormConfig::default()
+            .limit(64 * 1024)
+            .error_handler(form_error),
+    )
+    .app_data(web::PayloadConfig::default().limit(256 * 1024))
+    .app_data(web::QueryConfig::default().error_handler(query_error))
+    .app_data(web::PathConfig::default().error_handler(path_error));
+}
+
+fn json_error(err: error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    use error::JsonPayloadError as E;
+    let api = match &err {
+        E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request body is too large",
+        ),
+        E::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ),
+        E::Deserialize(e) if e.is_data() => {
+            ApiError::unprocessable(format!("invalid request body: {e}"))
+        }
+        E::Deserialize(e) => ApiError::bad_request(format!("malformed JSON: {e}")),
+        other => ApiError::bad_request(format!("unreadable request body: {other}")),
+    };
+    api.into()
+}
+
+fn form_error(err: error::UrlencodedError, _: &HttpRequest) -> actix_web::Error {
+    use error::UrlencodedError as E;
+    let api = match &err {
+        E::Overflow { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request body is too large",
+        ),
+        E::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/x-www-form-urlencoded",
+        ),
+        other => ApiError::bad_request(format!("malformed form body: {other}")),
+    };
+    api.into()
+}
+
+fn query_error(err: error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(format!("invalid query string: {err}")).into()
+}
+
+fn path_error(_: error::PathError, req: &HttpRequest) -> actix_web::Error {
+    ApiError::not_found(format!("no such resource: {}", req.path())).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test as atest;
+    use actix_web::{App, body};
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[allow(dead_code)]
+        n: u32,
+    }
+
+    async fn take(_: web::Json<Body>) -> HttpResponse {
+        HttpResponse::NoContent().finish()
+    }
+
+    async fn status_and_code(
+        payload: &'static str,
+        content_type: &'static str,
+    ) -> (u16, serde_json::Value) {
+        let app = atest::init_service(
+            App::new()
+                .configure(extractor_configs)
+                .route("/", web::post().to(take)),
+        )
+        .await;
+        let req = atest::TestRequest::post()
+            .uri("/")
+            .insert_header(("content-type", content_type))
+            .set_payload(payload)
+            .to_request();
+        let res = atest::call_service(&app, req).await;
+        let status = res.status().as_u16();
+        let bytes = body::to_bytes(res.into_body()).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[actix_rt::test]
+    async fn extractor_errors_use_the_json_shape() {
+        assert_eq!(status_and_code("{", "application/json").await.0, 400);
+        assert_eq!(
+            status_and_code(r#"{"n":"x"}"#, "application/json").await.0,
+            422
+        );
+        let (status, body) = status_and_code(r#"{"n":1,"extra":2}"#, "application/json").await;
+        assert_eq!(status, 422);
+        assert_eq!(body["error"]["code"], "invalid");
+        assert_eq!(status_and_code(r#"{"n":1}"#, "text/plain").await.0, 415);
+        let big =
+            Box::leak(format!(r#"{{"n":1,"pad":"{}"}}"#, "x".repeat(70_000)).into_boxed_str());
+        let (status, body) = status_and_code(big, "application/json").await;
+        assert_eq!(status, 413);
+        assert_eq!(body["error"]["code"], "too_large");
+    }
+
+    #[actix_rt::test]
+    async fn internal_errors_hide_their_detail() {
+        let res = ApiError::internal("password=hunter2 in the connection string").error_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = body::to_bytes(res.into_body()).await.unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("\"code\":\"internal\""), "{text}");
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_after() {
+        let res = ApiError::too_many_requests("slow down", 30).error_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers().get("retry-after").unwrap(), "30");
+    }
+}

@@ -1,0 +1,614 @@
+//! The [`Registrar`] a plugin declares itself through, the resulting [`Registration`] (data), and
+//! [`mount`], which turns route tables into actix services.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use actix_web::body::EitherBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{FromRequest, Handler, Responder, web};
+use callplane_storage::{Db, Migration};
+use futures_util::future::LocalBoxFuture;
+use prometheus_client::registry::Registry;
+
+use crate::{Access, AccessProvider, ApiError, Capability, Settings};
+
+/// Builds a fresh actix [`actix_web::Route`] for a worker. `HttpServer` runs the app factory once
+/// per worker thread, so the route table holds factories, not consumed values.
+pub type HandlerFactory = Arc<dyn Fn() -> actix_web::Route + Send + Sync>;
+
+/// Adds one piece of plugin state (`web::Data<T>`) to an app.
+pub type StateInstaller = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// A readiness check contributed by a plugin (`/readyz`).
+pub type ReadinessCheck = Arc<dyn Fn() -> LocalBoxFuture<'static, ReadinessReport> + Send + Sync>;
+
+/// The answer of a [`ReadinessCheck`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadinessReport {
+    /// Whether this check lets the instance take traffic.
+    pub ready: bool,
+    /// Details shown in `/readyz` (e.g. a spool backlog).
+    pub detail: serde_json::Value,
+}
+
+/// One declared route: data the host validates before serving.
+#[derive(Clone)]
+pub struct RouteSpec {
+    /// The plugin that declared it (`host` for the host's own routes).
+    pub plugin: &'static str,
+    /// HTTP method.
+    pub method: Method,
+    /// Path pattern in actix syntax (`/api/calls/{call_sid}`).
+    pub path: String,
+    /// Who may call it.
+    pub access: Access,
+    /// Builds the actix route (method guard and handler, no access check).
+    pub handler: HandlerFactory,
+}
+
+impl fmt::Debug for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteSpec")
+            .field("plugin", &self.plugin)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteSpec {
+    /// Builds a route spec from any actix handler.
+    pub fn new<F, Args>(
+        plugin: &'static str,
+        method: Method,
+        path: &str,
+        access: Access,
+        handler: F,
+    ) -> Self
+    where
+        F: Handler<Args> + Send + Sync,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        let guard = method.clone();
+        Self {
+            plugin,
+            method,
+            path: path.to_owned(),
+            access,
+            handler: Arc::new(move || web::route().method(guard.clone()).to(handler.clone())),
+        }
+    }
+
+    /// The path with every `{parameter}` replaced by `{}`: two routes with the same method and
+    /// shape collide (actix would silently serve only the first).
+    pub fn shape(&self) -> String {
+        let mut shape = String::with_capacity(self.path.len());
+        let mut in_param = false;
+        for c in self.path.chars() {
+            match c {
+                '{' => {
+                    in_param = true;
+                    shape.push_str("{}");
+                }
+                '}' => in_param = false,
+                _ if !in_param => shape.push(c),
+                _ => {}
+            }
+        }
+        shape
+    }
+}
+
+/// Everything one plugin declared.
+#[derive(Default)]
+pub struct Registration {
+    /// The routes, in declaration order.
+    pub routes: Vec<RouteSpec>,
+    /// The migrations, in version order.
+    pub migrations: Vec<Migration>,
+    /// Shared state to add to the app.
+    pub states: Vec<StateInstaller>,
+    /// Access capabilities this plugin enforces for everyone.
+    pub providers: Vec<(Capability, Arc<dyn AccessProvider>)>,
+    /// Readiness checks, by name.
+    pub readiness: Vec<(String, ReadinessCheck)>,
+    /// Malformed declarations (bad paths, …): the registration counts as failed.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("routes", &self.routes)
+            .field("migrations", &self.migrations.len())
+            .field("states", &self.states.len())
+            .field(
+                "providers",
+                &self.providers.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            )
+            .field(
+                "readiness",
+                &self.readiness.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("problems", &self.problems)
+            .finish()
+    }
+}
+
+/// What a plugin's `register` function declares itself through, in the shape of actix's
+/// `configure`: routes with their access policy, migrations, state, access providers and
+/// readiness checks. Nothing is served until the host has validated every plugin's declarations.
+pub struct Registrar<'a> {
+    plugin: &'static str,
+    settings: &'a Settings,
+    db: &'a Db,
+    metrics: &'a mut Registry,
+    out: Registration,
+}
+
+impl fmt::Debug for Registrar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registrar")
+            .field("plugin", &self.plugin)
+            .field("out", &self.out)
+            .finish()
+    }
+}
+
+impl<'a> Registrar<'a> {
+    /// A registrar for `plugin`. The host makes one per plugin; plugin tests make their own.
+    pub fn new(
+        plugin: &'static str,
+        settings: &'a Settings,
+        db: &'a Db,
+        metrics: &'a mut Registry,
+    ) -> Self {
+        Self {
+            plugin,
+            settings,
+            db,
+            metrics,
+            out: Registration::default(),
+        }
+    }
+
+    /// The plugin being registered.
+    pub fn plugin(&self) -> &'static str {
+        self.plugin
+    }
+
+    /// Validated configuration.
+    pub fn settings(&self) -> &Settings {
+        self.settings
+    }
+
+    /// The shared database pool (connects lazily; migrations run after registration).
+    pub fn db(&self) -> &Db {
+        self.db
+    }
+
+    /// This plugin's metrics registry (series are prefixed `callplane_<plugin>_`).
+    pub fn metrics(&mut self) -> &mut Registry {
+        self.metrics
+    }
+
+    /// Declares a route.
+    pub fn route<F, Args>(
+        &mut self,
+        method: Method,
+        path: &str,
+        access: Access,
+        handler: F,
+    ) -> &mut Self
+    where
+        F: Handler<Args> + Send + Sync,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        if let Err(problem) = check_path(path) {
+            self.out
+                .problems
+                .push(format!("{method} {path:?}: {problem}"));
+        }
+        if let Access::PageAccess(page) = access {
+            if !is_page_name(page) {
+                self.out.problems.push(format!(
+                    "{method} {path}: page name {page:?} must be lowercase [a-z0-9_-]"
+                ));
+            }
+        }
+        self.out
+            .routes
+            .push(RouteSpec::new(self.plugin, method, path, access, handler));
+        self
+    }
+
+    /// Declares a `GET` route.
+    pub fn get<F, Args>(&mut self, path: &str, access: Access, handler: F) -> &mut Self
+    where
+        F: Handler<Args> + Send + Sync,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::GET, path, access, handler)
+    }
+
+    /// Declares a `POST` route.
+    pub fn post<F, Args>(&mut self, path: &str, access: Access, handler: F) -> &mut Self
+    where
+        F: Handler<Args> + Send + Sync,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::POST, path, access, handler)
+    }
+
+    /// Declares a `PUT` route.
+    pub fn put<F, Args>(&mut self, path: &str, access: Access, handler: F) -> &mut Self
+    where
+        F: Handler<Args> + Send + Sync,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::PUT, path, access, handler)
+    }
+
+    /// Declares a `PATCH` route.
+    pub fn patch<F, Args>(&mut self, path: &str, access: Access, handler: F) -> &mut Self
+    where
+        F: Handler<Args> + Send + Sync,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::PATCH, path, access, handler)
+    }
+
+    /// Declares a `DELETE` route.
+    pub fn delete<F, Args>(&mut self, path: &str, access: Access, handler: F) -> &mut Self
+    where
+        F: Handler<Args> + Send + Sync,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.route(Method::DELETE, path, access, handler)
+    }
+
+    /// Declares the plugin's migrations (versions strictly increasing).
+    pub fn migrations(&mut self, migrations: &[Migration]) -> &mut Self {
+        self.out.migrations.extend_from_slice(migrations);
+        self
+    }
+
+    /// Shares `value` with handlers as `web::Data<T>`; returns the same handle.
+    pub fn state<T: Send + Sync + 'static>(&mut self, value: T) -> web::Data<T> {
+        let data = web::Data::new(value);
+        let installed = data.clone();
+        self.out
+            .states
+            .push(Arc::new(move |cfg: &mut web::ServiceConfig| {
+                cfg.app_data(installed.clone());
+            }));
+        data
+    }
+
+    /// Provides `capability` to every plugin (at most one plugin may provide each).
+    pub fn provide_access(
+        &mut self,
+        capability: Capability,
+        provider: impl AccessProvider,
+    ) -> &mut Self {
+        self.out.providers.push((capability, Arc::new(provider)));
+        self
+    }
+
+    /// Adds a readiness check reported under `name` in `/readyz`.
+    pub fn readiness(&mut self, name: &str, check: ReadinessCheck) -> &mut Self {
+        self.out.readiness.push((name.to_owned(), check));
+        self
+    }
+
+    /// Ends registration and returns the declarations.
+    pub fn finish(self) -> Registration {
+        self.out
+    }
+}
+
+fn is_page_name(page: &str) -> bool {
+    !page.is_empty()
+        && page
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Checks a route path: absolute, no empty segments, no trailing slash, no query or fragment, and
+/// `{name}` parameters that are whole segments.
+fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("paths start with '/'");
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        return Err("paths do not end with '/'");
+    }
+    for segment in path[1..].split('/') {
+        if path == "/" {
+            break;
+        }
+        if segment.is_empty() {
+            return Err("empty path segment");
+        }
+        if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let mut chars = name.chars();
+            let valid = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err("parameters are {name} with name [A-Za-z_][A-Za-z0-9_]*");
+            }
+        } else if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+        {
+            return Err(
+                "literal segments use [A-Za-z0-9-_.~] (a parameter is a whole segment: {name})",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Mounts `routes` into `cfg`: one actix resource per path (so several methods share it and any
+/// other method gets a JSON 405 with `Allow`), each route wrapped with the provider of its access
+/// policy. A route whose capability has no provider is refused at boot; should one ever get here,
+/// it fails closed with 500.
+pub fn mount(
+    cfg: &mut web::ServiceConfig,
+    routes: &[RouteSpec],
+    providers: &BTreeMap<Capability, Arc<dyn AccessProvider>>,
+) {
+    let mut by_path: Vec<(&str, Vec<&RouteSpec>)> = Vec::new();
+    for route in routes {
+        match by_path.iter_mut().find(|(path, _)| *path == route.path) {
+            Some((_, group)) => group.push(route),
+            None => by_path.push((&route.path, vec![route])),
+        }
+    }
+    for (path, group) in by_path {
+        let allow = group
+            .iter()
+            .map(|r| r.method.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resource = web::resource(path).default_service(web::to(move || {
+            let allow = allow.clone();
+            async move {
+                let mut res = ApiError::response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    &format!("allowed methods: {allow}"),
+                );
+                if let Ok(value) = header::HeaderValue::from_str(&allow) {
+                    res.headers_mut().insert(header::ALLOW, value);
+                }
+                res
+            }
+        }));
+        for spec in group {
+            let route = (spec.handler)();
+            resource = resource.route(match spec.access.capability() {
+                None => route,
+                Some(capability) => {
+                    let provider = providers.get(&capability).cloned();
+                    let access = spec.access;
+                    route.wrap(from_fn(move |req, next| {
+                        enforce(provider.clone(), access, req, next)
+                    }))
+                }
+            });
+        }
+        cfg.service(resource);
+    }
+}
+
+async fn enforce(
+    provider: Option<Arc<dyn AccessProvider>>,
+    access: Access,
+    mut req: ServiceRequest,
+    next: Next<actix_web::body::BoxBody>,
+) -> Result<ServiceResponse<EitherBody<actix_web::body::BoxBody>>, actix_web::Error> {
+    let Some(provider) = provider else {
+        tracing::error!(access = %access, path = %req.path(), "[HTTP] no provider for access policy; refusing");
+        let res = ApiError::response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "access policy cannot be enforced",
+        );
+        return Ok(req.into_response(res).map_into_right_body());
+    };
+    match provider.authorize(&mut req, access).await {
+        Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
+        Err(denied) => Ok(req.into_response(denied).map_into_right_body()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::dev::Service;
+    use actix_web::test as atest;
+    use actix_web::{App, HttpMessage, HttpResponse};
+
+    use super::*;
+    use crate::Principal;
+
+    #[test]
+    fn paths_are_checked() {
+        for ok in [
+            "/",
+            "/livez",
+            "/api/calls/{call_sid}",
+            "/webhook/incoming_call",
+            "/a.b/c-d_e~",
+        ] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "", "api", "/api/", "/a//b", "/a/{}", "/a/x{id}", "/a/{1d}", "/a b", "/a?x=1", "/a#f",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shapes_ignore_parameter_names() {
+        let a = RouteSpec::new("a", Method::GET, "/api/x/{id}", Access::Public, || async {
+            ""
+        });
+        let b = RouteSpec::new(
+            "b",
+            Method::GET,
+            "/api/x/{other_id}",
+            Access::Public,
+            || async { "" },
+        );
+        assert_eq!(a.shape(), "/api/x/{}");
+        assert_eq!(a.shape(), b.shape());
+    }
+
+    /// Lets a request in when it carries `x-user: <business>`, as a `Principal` of that business.
+    struct HeaderSessions;
+
+    impl AccessProvider for HeaderSessions {
+        fn authorize<'a>(
+            &'a self,
+            req: &'a mut ServiceRequest,
+            access: Access,
+        ) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
+            Box::pin(async move {
+                let business = req
+                    .headers()
+                    .get("x-user")
+                    .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        ApiError::response(
+                            StatusCode::UNAUTHORIZED,
+                            "unauthenticated",
+                            "no session",
+                        )
+                    })?;
+                if access == Access::PageAccess("secret") {
+                    return Err(ApiError::response(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "no page",
+                    ));
+                }
+                req.extensions_mut().insert(Principal {
+                    user_id: 1,
+                    business_id: business,
+                    email: "a@example.com".into(),
+                    role: "agent".into(),
+                    pages: vec!["calls".into()],
+                    admin: false,
+                });
+                Ok(())
+            })
+        }
+    }
+
+    async fn whoami(who: Principal) -> String {
+        who.business_id.to_string()
+    }
+
+    fn table() -> Vec<RouteSpec> {
+        let settings = Settings::default();
+        let db = Db::connect_lazy("sqlite::memory:").unwrap();
+        let mut metrics = Registry::default();
+        let mut reg = Registrar::new("demo", &settings, &db, &mut metrics);
+        reg.get("/open", Access::Public, || async { "open" })
+            .get("/calls", Access::PageAccess("calls"), whoami)
+            .post("/calls", Access::PageAccess("calls"), whoami)
+            .get("/secret", Access::PageAccess("secret"), whoami)
+            .get("/unprovided", Access::TwilioSignature, || async {
+                "should never run"
+            });
+        let out = reg.finish();
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        out.routes
+    }
+
+    #[actix_rt::test]
+    async fn mounted_routes_enforce_their_policies() {
+        let routes = table();
+        let mut providers: BTreeMap<Capability, Arc<dyn AccessProvider>> = BTreeMap::new();
+        providers.insert(Capability::Sessions, Arc::new(HeaderSessions));
+        let app =
+            atest::init_service(App::new().configure(|cfg| mount(cfg, &routes, &providers))).await;
+        let status = |req: atest::TestRequest| {
+            let app = &app;
+            async move { app.call(req.to_request()).await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status(atest::TestRequest::get().uri("/open")).await, 200);
+        assert_eq!(status(atest::TestRequest::get().uri("/calls")).await, 401);
+        assert_eq!(
+            status(
+                atest::TestRequest::get()
+                    .uri("/calls")
+                    .insert_header(("x-user", "7"))
+            )
+            .await,
+            200
+        );
+        assert_eq!(
+            status(
+                atest::TestRequest::post()
+                    .uri("/calls")
+                    .insert_header(("x-user", "7"))
+            )
+            .await,
+            200
+        );
+        assert_eq!(
+            status(
+                atest::TestRequest::get()
+                    .uri("/secret")
+                    .insert_header(("x-user", "7"))
+            )
+            .await,
+            403
+        );
+        assert_eq!(
+            status(atest::TestRequest::get().uri("/unprovided")).await,
+            500,
+            "fails closed"
+        );
+        let res = app
+            .call(
+                atest::TestRequest::delete()
+                    .uri("/calls")
+                    .insert_header(("x-user", "7"))
+                    .to_request(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 405);
+        assert_eq!(res.headers().get("allow").unwrap(), "GET, POST");
+        let body = atest::read_body(
+            app.call(
+                atest::TestRequest::get()
+                    .uri("/calls")
+                    .insert_header(("x-user", "7"))
+                    .to_request(),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(body, "7");
+    }
+}
