@@ -130,13 +130,14 @@ pub async fn request_context(
     }
     span.in_scope(|| {
         let client = client.map(|ip| ip.to_string()).unwrap_or_default();
-        let ms = elapsed.as_secs_f64() * 1000.0;
-        if status >= 500 {
-            tracing::error!(method = %method, path = %path, status, ms, client = %client, "[HTTP] request failed");
+        let ms = format!("{:.3}", elapsed.as_secs_f64() * 1000.0);
+        if status >= 500 && status != 503 {
+            tracing::error!(method = %method, path = %path, status, ms = %ms, client = %client, "[HTTP] request failed");
         } else if status >= 400 {
-            tracing::info!(method = %method, path = %path, status, ms, client = %client, "[HTTP] request rejected");
+            // Includes 503: a draining or not-ready instance answers it on purpose.
+            tracing::info!(method = %method, path = %path, status, ms = %ms, client = %client, "[HTTP] request rejected");
         } else {
-            tracing::debug!(method = %method, path = %path, status, ms, client = %client, "[HTTP] request");
+            tracing::debug!(method = %method, path = %path, status, ms = %ms, client = %client, "[HTTP] request");
         }
     });
     Ok(response)

@@ -1,0 +1,674 @@
+//! Plugin discovery, ordering, registration and validation of the whole route table.
+//!
+//! [`plan`] turns the linked plugins and the configuration into a [`BootPlan`]: the plugins in boot
+//! order with their status, every finding (CP001–CP010), and the validated route table. It binds
+//! nothing and runs no migration, so `serve`, `check`, `routes` and `plugins` all share it.
+//!
+//! Order of work: names (CP002) → critical manifest (CP001) → requirement cycles (CP005) → absent
+//! requirements (CP004) → registration in dependency order (CP006, CP010 from plugins) → route
+//! table (CP002 capability providers, CP004 missing providers, CP003, CP007, CP008, CP009).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use callplane_plugin_api::{Access, ReadinessCheck};
+use callplane_plugin_api::{
+    AccessProvider, Capability, RegisterError, Registrar, Registration, RoutePlugin, RouteSpec,
+    is_valid_plugin_name,
+};
+use callplane_storage::Db;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::finding::{Finding, Level};
+
+/// Public routes allowed under `/api/` (CP009): signing in needs no session.
+pub const PUBLIC_API_ALLOWLIST: &[(&str, &str)] = &[("POST", "/api/auth/login")];
+
+/// The name routes of the host itself carry.
+pub const HOST: &str = "host";
+
+/// Where a plugin ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginStatus {
+    /// Registered; its routes are served.
+    Active,
+    /// Non-critical and failed: left out, the host runs degraded.
+    Disabled,
+    /// In the critical manifest but not in this binary.
+    Missing,
+    /// Failed and critical (or invalid): the host refuses to start.
+    Failed,
+}
+
+/// One plugin as `plugins`, `check` and `/readyz` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginReport {
+    /// Name.
+    pub name: String,
+    /// Version (empty when missing).
+    pub version: String,
+    /// One-line summary.
+    pub summary: String,
+    /// Whether the host refuses to start without it.
+    pub critical: bool,
+    /// Plugins it needs.
+    pub requires: Vec<String>,
+    /// Where it ended up.
+    pub status: PluginStatus,
+    /// How many routes it serves.
+    pub routes: usize,
+    /// Why it is not active.
+    pub reason: Option<String>,
+}
+
+/// A registered plugin and its declarations.
+pub struct ActivePlugin {
+    /// The submission.
+    pub plugin: &'static RoutePlugin,
+    /// Whether it is critical (own flag or manifest).
+    pub critical: bool,
+    /// What it declared.
+    pub registration: Registration,
+}
+
+/// Everything boot validation decided.
+pub struct BootPlan {
+    /// Every finding, requirements order then name.
+    pub findings: Vec<Finding>,
+    /// Every plugin: boot order first, then those that never got that far, by name.
+    pub plugins: Vec<PluginReport>,
+    /// Active plugins in boot order.
+    pub active: Vec<ActivePlugin>,
+    /// The route table that will be served (host routes included).
+    pub routes: Vec<RouteSpec>,
+    /// The access providers, one per capability.
+    pub providers: BTreeMap<Capability, Arc<dyn AccessProvider>>,
+}
+
+impl BootPlan {
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.level == Level::Error)
+    }
+
+    /// Readiness checks of the active plugins, as (plugin, name, check).
+    pub fn readiness_checks(&self) -> Vec<(String, String, ReadinessCheck)> {
+        self.active
+            .iter()
+            .flat_map(|a| {
+                a.registration
+                    .readiness
+                    .iter()
+                    .map(|(name, check)| (a.plugin.name.to_owned(), name.clone(), check.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether `route` belongs to a critical plugin (host routes are critical).
+    pub fn route_is_critical(&self, route: &RouteSpec) -> bool {
+        route.plugin == HOST
+            || self
+                .active
+                .iter()
+                .any(|a| a.plugin.name == route.plugin && a.critical)
+    }
+}
+
+struct Planner<'a> {
+    config: &'a Config,
+    findings: Vec<Finding>,
+    /// Why each plugin that will not run is out, and whether that is fatal.
+    out: BTreeMap<&'static str, (PluginStatus, String)>,
+}
+
+impl Planner<'_> {
+    fn critical(&self, plugin: &RoutePlugin) -> bool {
+        plugin.critical
+            || self
+                .config
+                .critical_plugins
+                .iter()
+                .any(|n| n == plugin.name)
+    }
+
+    /// Records that `plugin` cannot run: an error (status failed) when it is critical, otherwise a
+    /// warning and the plugin is disabled.
+    fn fail(&mut self, plugin: &RoutePlugin, id: &'static str, message: String, hint: String) {
+        let critical = self.critical(plugin);
+        let (finding, status) = if critical {
+            (
+                Finding::error(id, Some(plugin.name), message.clone(), hint),
+                PluginStatus::Failed,
+            )
+        } else {
+            (
+                Finding::warning(id, Some(plugin.name), message.clone(), hint),
+                PluginStatus::Disabled,
+            )
+        };
+        self.findings.push(finding);
+        self.out.entry(plugin.name).or_insert((status, message));
+    }
+}
+
+/// Discovers, orders, registers and validates `linked` plugins plus the host's own routes.
+pub fn plan(
+    config: &Config,
+    linked: &[&'static RoutePlugin],
+    db: &Db,
+    registry: &mut Registry,
+    host_routes: Vec<RouteSpec>,
+) -> BootPlan {
+    let mut planner = Planner {
+        config,
+        findings: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    let mut reports: BTreeMap<String, PluginReport> = BTreeMap::new();
+
+    // Names: valid and unique.
+    let mut by_name: BTreeMap<&'static str, Vec<&'static RoutePlugin>> = BTreeMap::new();
+    for &plugin in linked {
+        by_name.entry(plugin.name).or_default().push(plugin);
+    }
+    let mut candidates: BTreeMap<&'static str, &'static RoutePlugin> = BTreeMap::new();
+    for (name, copies) in &by_name {
+        let first = copies[0];
+        reports.insert(name.to_string(), report(first, planner.critical(first)));
+        if !is_valid_plugin_name(name) {
+            planner.findings.push(Finding::error(
+                "CP006",
+                Some(name),
+                format!("plugin name {name:?} is invalid"),
+                "plugin names are lowercase [a-z0-9_-], starting with a letter",
+            ));
+            planner
+                .out
+                .insert(name, (PluginStatus::Failed, "invalid name".to_owned()));
+        } else if copies.len() > 1 {
+            let versions: Vec<&str> = copies.iter().map(|p| p.version).collect();
+            planner.findings.push(Finding::error(
+                "CP002",
+                Some(name),
+                format!("{} plugins share the name '{name}' (versions {})", copies.len(), versions.join(", ")),
+                "each plugin crate submits one RoutePlugin with a unique name; remove or rename the duplicate",
+            ));
+            planner
+                .out
+                .insert(name, (PluginStatus::Failed, "duplicate name".to_owned()));
+        } else {
+            candidates.insert(name, first);
+        }
+    }
+
+    // The critical manifest: a plugin cannot announce its own absence.
+    for name in &config.critical_plugins {
+        if !by_name.contains_key(name.as_str()) {
+            planner.findings.push(Finding::error(
+                "CP001",
+                Some(name),
+                format!("critical plugin '{name}' is missing: not compiled into this binary"),
+                format!(
+                    "build with the default features (cargo feature plugin-{name}) or remove '{name}' from CALLPLANE_CRITICAL_PLUGINS"
+                ),
+            ));
+            reports.insert(
+                name.clone(),
+                PluginReport {
+                    name: name.clone(),
+                    version: String::new(),
+                    summary: String::new(),
+                    critical: true,
+                    requires: Vec::new(),
+                    status: PluginStatus::Missing,
+                    routes: 0,
+                    reason: Some("not compiled into this binary".to_owned()),
+                },
+            );
+        }
+    }
+
+    // Requirement cycles, then absent requirements (propagated to whoever needs a plugin that is out).
+    for cycle in find_cycles(&candidates) {
+        let path = cycle
+            .iter()
+            .chain(cycle.first())
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(" → ");
+        for name in &cycle {
+            planner.out.insert(
+                name,
+                (PluginStatus::Failed, format!("requirement cycle {path}")),
+            );
+        }
+        planner.findings.push(Finding::error(
+            "CP005",
+            Some(cycle[0]),
+            format!("plugin requirements form a cycle: {path}"),
+            "requirements must form a tree: move the shared part into a plugin both can require",
+        ));
+    }
+    propagate_requirements(&mut planner, &candidates);
+
+    // Registration in dependency order.
+    let order = boot_order(&candidates, &planner.out);
+    let mut active: Vec<ActivePlugin> = Vec::new();
+    for name in &order {
+        let plugin = candidates[name];
+        if let Some(missing) = plugin
+            .requires
+            .iter()
+            .find(|r| planner.out.contains_key(*r))
+        {
+            let (message, hint) = requirement_finding(plugin, missing, "failed to register");
+            planner.fail(plugin, "CP004", message, hint);
+            continue;
+        }
+        let mut registrar = Registrar::new(
+            plugin.name,
+            &config.settings,
+            db,
+            registry.sub_registry_with_prefix(plugin.name),
+        );
+        let outcome = catch_unwind(AssertUnwindSafe(|| (plugin.register)(&mut registrar)));
+        let registration = registrar.finish();
+        let failure = match outcome {
+            Ok(Ok(())) if registration.problems.is_empty() => None,
+            Ok(Ok(())) => Some((
+                "CP006",
+                format!(
+                    "declared invalid routes: {}",
+                    registration.problems.join("; ")
+                ),
+            )),
+            Ok(Err(RegisterError::Config { key, message })) => Some((
+                "CP010",
+                format!("configuration key {key} is invalid for plugin '{name}': {message}"),
+            )),
+            Ok(Err(error)) => Some(("CP006", format!("registration returned an error: {error}"))),
+            Err(panic) => Some((
+                "CP006",
+                format!("registration panicked: {}", panic_message(&panic)),
+            )),
+        };
+        match failure {
+            None => active.push(ActivePlugin {
+                plugin,
+                critical: planner.critical(plugin),
+                registration,
+            }),
+            Some((id, message)) => {
+                let hint = if id == "CP010" {
+                    "fix the configuration value named above".to_owned()
+                } else if planner.critical(plugin) {
+                    format!(
+                        "fix plugin '{name}' or its configuration; a critical plugin that cannot register stops the boot"
+                    )
+                } else {
+                    format!(
+                        "plugin '{name}' is not critical, so the host starts without it (DEGRADED); fix it to restore its routes"
+                    )
+                };
+                if id == "CP010" {
+                    planner
+                        .findings
+                        .push(Finding::error(id, Some(name), message.clone(), hint));
+                    planner
+                        .out
+                        .insert(plugin.name, (PluginStatus::Failed, message));
+                } else {
+                    planner.fail(plugin, id, message, hint);
+                }
+            }
+        }
+    }
+
+    // Capability providers: exactly one each, and present for every route that needs one.
+    let mut providers: BTreeMap<Capability, (&'static str, Arc<dyn AccessProvider>)> =
+        BTreeMap::new();
+    for a in &active {
+        for (capability, provider) in &a.registration.providers {
+            if let Some((first, _)) = providers.get(capability) {
+                planner.findings.push(Finding::error(
+                    "CP002",
+                    Some(a.plugin.name),
+                    format!(
+                        "plugins '{first}' and '{}' both provide {}",
+                        a.plugin.name,
+                        capability.describe()
+                    ),
+                    "exactly one plugin may enforce each access capability; drop one of them",
+                ));
+            } else {
+                providers.insert(*capability, (a.plugin.name, provider.clone()));
+            }
+        }
+    }
+    let mut unprovided: Vec<(usize, Capability, Vec<String>)> = Vec::new();
+    for (index, a) in active.iter().enumerate() {
+        let mut needs: BTreeMap<Capability, Vec<String>> = BTreeMap::new();
+        for route in &a.registration.routes {
+            if let Some(capability) = route
+                .access
+                .capability()
+                .filter(|c| !providers.contains_key(c))
+            {
+                needs.entry(capability).or_default().push(format!(
+                    "{} {} ({})",
+                    route.method, route.path, route.access
+                ));
+            }
+        }
+        unprovided.extend(needs.into_iter().map(|(c, routes)| (index, c, routes)));
+    }
+    let mut dropped = BTreeSet::new();
+    for (index, capability, routes) in unprovided {
+        let plugin = active[index].plugin;
+        let provider = capability.provider_plugin();
+        let status = reports.get(provider).map(|r| r.status);
+        let why = match (candidates.contains_key(provider), planner.out.get(provider)) {
+            (true, Some((_, reason))) => format!("'{provider}' failed ({reason})"),
+            (true, None) => format!("'{provider}' registered no provider for it"),
+            (false, _)
+                if status == Some(PluginStatus::Missing) || !by_name.contains_key(provider) =>
+            {
+                format!("'{provider}' is not in this binary")
+            }
+            (false, _) => format!("'{provider}' is unusable"),
+        };
+        let message = format!(
+            "plugin '{}' has {} route(s) that need {} from plugin '{provider}', but {why}: {}",
+            plugin.name,
+            routes.len(),
+            capability.describe(),
+            routes.join(", ")
+        );
+        let hint = format!(
+            "build with plugin-{provider} (and keep it registered), or change the routes' access policy"
+        );
+        planner.fail(plugin, "CP004", message, hint);
+        if planner
+            .out
+            .get(plugin.name)
+            .is_some_and(|(s, _)| *s == PluginStatus::Disabled)
+        {
+            dropped.insert(plugin.name);
+        }
+    }
+    let failed: BTreeSet<&str> = planner.out.keys().copied().collect();
+    active.retain(|a| !failed.contains(a.plugin.name) && !dropped.contains(a.plugin.name));
+
+    // The route table.
+    let mut routes: Vec<RouteSpec> = host_routes;
+    for a in &active {
+        routes.extend(a.registration.routes.iter().cloned());
+    }
+    check_routes(&routes, &mut planner.findings);
+
+    // Reports and deterministic finding order.
+    for a in &active {
+        if let Some(r) = reports.get_mut(a.plugin.name) {
+            r.status = PluginStatus::Active;
+            r.routes = a.registration.routes.len();
+        }
+    }
+    for (name, (status, reason)) in &planner.out {
+        if let Some(r) = reports.get_mut(*name) {
+            r.status = *status;
+            r.reason = Some(reason.clone());
+        }
+    }
+    let display: Vec<String> = order
+        .iter()
+        .map(|n| n.to_string())
+        .chain(
+            reports
+                .keys()
+                .filter(|n| !order.contains(&n.as_str()))
+                .cloned(),
+        )
+        .collect();
+    let rank = |plugin: &Option<String>| match plugin {
+        None => 0,
+        Some(p) if p == HOST => display.len() + 1,
+        Some(p) => display
+            .iter()
+            .position(|n| n == p)
+            .map_or(display.len() + 1, |i| i + 1),
+    };
+    let mut findings = planner.findings;
+    findings.sort_by_key(|f| (rank(&f.plugin), f.id));
+    let plugins = display.iter().filter_map(|n| reports.remove(n)).collect();
+    let providers = providers.into_iter().map(|(c, (_, p))| (c, p)).collect();
+
+    BootPlan {
+        findings,
+        plugins,
+        active,
+        routes,
+        providers,
+    }
+}
+
+fn report(plugin: &RoutePlugin, critical: bool) -> PluginReport {
+    PluginReport {
+        name: plugin.name.to_owned(),
+        version: plugin.version.to_owned(),
+        summary: plugin.summary.to_owned(),
+        critical,
+        requires: plugin.requires.iter().map(|r| r.to_string()).collect(),
+        status: PluginStatus::Failed,
+        routes: 0,
+        reason: None,
+    }
+}
+
+fn requirement_finding(plugin: &RoutePlugin, required: &str, state: &str) -> (String, String) {
+    (
+        format!(
+            "plugin '{}' requires '{required}', which {state}",
+            plugin.name
+        ),
+        format!(
+            "build with plugin-{required} and make sure it registers, or remove the requirement"
+        ),
+    )
+}
+
+/// Marks, until nothing changes, every plugin whose requirement is absent or out.
+fn propagate_requirements(
+    planner: &mut Planner<'_>,
+    candidates: &BTreeMap<&'static str, &'static RoutePlugin>,
+) {
+    loop {
+        let mut changed = false;
+        for (name, plugin) in candidates {
+            if planner.out.contains_key(name) {
+                continue;
+            }
+            let problem = plugin.requires.iter().find_map(|r| {
+                if !candidates.contains_key(r) {
+                    Some((r, "is absent from this binary".to_owned()))
+                } else {
+                    planner
+                        .out
+                        .get(r)
+                        .map(|(_, reason)| (r, format!("cannot run ({reason})")))
+                }
+            });
+            if let Some((required, state)) = problem {
+                let (message, hint) = requirement_finding(plugin, required, &state);
+                planner.fail(plugin, "CP004", message, hint);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}
+
+/// Every elementary cycle reachable in the requirement graph, each reported once, rotated to start
+/// at its smallest name.
+fn find_cycles(
+    candidates: &BTreeMap<&'static str, &'static RoutePlugin>,
+) -> Vec<Vec<&'static str>> {
+    fn visit(
+        node: &'static str,
+        candidates: &BTreeMap<&'static str, &'static RoutePlugin>,
+        stack: &mut Vec<&'static str>,
+        done: &mut BTreeSet<&'static str>,
+        cycles: &mut BTreeSet<Vec<&'static str>>,
+    ) {
+        if let Some(pos) = stack.iter().position(|n| *n == node) {
+            let mut cycle = stack[pos..].to_vec();
+            let min = cycle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, n)| **n)
+                .map_or(0, |(i, _)| i);
+            cycle.rotate_left(min);
+            cycles.insert(cycle);
+            return;
+        }
+        if done.contains(node) {
+            return;
+        }
+        stack.push(node);
+        for required in candidates[node].requires {
+            if let Some((name, _)) = candidates.get_key_value(required) {
+                visit(name, candidates, stack, done, cycles);
+            }
+        }
+        stack.pop();
+        done.insert(node);
+    }
+    let mut cycles = BTreeSet::new();
+    let mut done = BTreeSet::new();
+    for name in candidates.keys() {
+        visit(name, candidates, &mut Vec::new(), &mut done, &mut cycles);
+    }
+    cycles.into_iter().collect()
+}
+
+/// Requirements first, then name (Kahn's algorithm with a sorted ready set).
+fn boot_order(
+    candidates: &BTreeMap<&'static str, &'static RoutePlugin>,
+    out: &BTreeMap<&'static str, (PluginStatus, String)>,
+) -> Vec<&'static str> {
+    let runnable: BTreeMap<&'static str, &'static RoutePlugin> = candidates
+        .iter()
+        .filter(|(n, _)| !out.contains_key(*n))
+        .map(|(n, p)| (*n, *p))
+        .collect();
+    let mut pending: BTreeMap<&'static str, usize> = runnable
+        .iter()
+        .map(|(n, p)| {
+            (
+                *n,
+                p.requires
+                    .iter()
+                    .filter(|r| runnable.contains_key(*r))
+                    .count(),
+            )
+        })
+        .collect();
+    let mut ready: BTreeSet<&'static str> = pending
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(n, _)| *n)
+        .collect();
+    let mut order = Vec::with_capacity(runnable.len());
+    while let Some(name) = ready.pop_first() {
+        pending.remove(name);
+        order.push(name);
+        for (other, plugin) in &runnable {
+            if plugin.requires.contains(&name) {
+                if let Some(degree) = pending.get_mut(other) {
+                    *degree -= 1;
+                    if *degree == 0 {
+                        ready.insert(other);
+                    }
+                }
+            }
+        }
+    }
+    order
+}
+
+/// CP003 (collisions), CP007/CP008 (webhook policies), CP009 (public API routes).
+fn check_routes(routes: &[RouteSpec], findings: &mut Vec<Finding>) {
+    let mut seen: BTreeMap<(String, String), &RouteSpec> = BTreeMap::new();
+    for route in routes {
+        let key = (route.method.to_string(), route.shape());
+        if let Some(first) = seen.get(&key) {
+            findings.push(Finding::error(
+                "CP003",
+                Some(route.plugin),
+                format!(
+                    "route {} {} of plugin '{}' collides with {} {} of plugin '{}' (actix would silently serve only the first)",
+                    route.method, route.path, route.plugin, first.method, first.path, first.plugin
+                ),
+                "give one of the routes another path or method",
+            ));
+        } else {
+            seen.insert(key, route);
+        }
+        let webhook = route.path == "/webhook" || route.path.starts_with("/webhook/");
+        if webhook {
+            match route.access {
+                Access::TwilioSignature => {}
+                Access::PageAccess(page) => findings.push(Finding::error(
+                    "CP008",
+                    Some(route.plugin),
+                    format!(
+                        "webhook route {} {} uses PageAccess({page}): Twilio has no session, so every call would be refused",
+                        route.method, route.path
+                    ),
+                    "declare webhook routes with Access::TwilioSignature",
+                )),
+                other => findings.push(Finding::error(
+                    "CP007",
+                    Some(route.plugin),
+                    format!("webhook route {} {} is {other}, not TwilioSignature", route.method, route.path),
+                    "declare webhook routes with Access::TwilioSignature so forged calls are refused",
+                )),
+            }
+        }
+        let api = route.path.starts_with("/api/");
+        let allowed = PUBLIC_API_ALLOWLIST
+            .iter()
+            .any(|(m, p)| route.method.as_str() == *m && route.path == *p);
+        if api && route.access == Access::Public && !allowed {
+            findings.push(Finding::error(
+                "CP009",
+                Some(route.plugin),
+                format!(
+                    "API route {} {} is Public but not on the public allow-list",
+                    route.method, route.path
+                ),
+                format!(
+                    "declare it Authenticated, Admin or PageAccess(..); only {} may be public",
+                    PUBLIC_API_ALLOWLIST
+                        .iter()
+                        .map(|(m, p)| format!("{m} {p}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_owned())
+}

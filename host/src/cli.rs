@@ -1,0 +1,284 @@
+//! The command line (CONTRACT §4).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use callplane_plugin_api::linked_plugins;
+use callplane_storage::{Db, PluginMigrations, migrate};
+use callplane_telemetry::{Console, LogSettings};
+use clap::{Parser, Subcommand, ValueEnum};
+use prometheus_client::registry::Registry;
+
+use crate::boot::{self, BootPlan};
+use crate::config::{self, Config};
+use crate::deploy;
+use crate::finding::{Finding, Level, any_at_least};
+use crate::health::host_routes;
+use crate::report;
+use crate::server;
+
+/// `EX_CONFIG`: validation failed, nothing was started.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// callplane: the call-plane host. Validates every plugin and route before it serves.
+#[derive(Debug, Parser)]
+#[command(name = "callplane", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: ./callplane.toml when present). Also CALLPLANE_CONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate, migrate, bind and serve until SIGTERM/SIGINT.
+    Serve,
+    /// Run the full boot validation without binding a port (the CI boot-check job).
+    Check {
+        /// Also treat the production checklist (CP1xx) as errors and probe the database.
+        #[arg(long)]
+        deploy: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Lowest finding level that fails the check (exit 78).
+        #[arg(long, value_enum, default_value_t = FailLevel::Error)]
+        fail_level: FailLevel,
+    },
+    /// List the route table: METHOD PATH PLUGIN ACCESS CRITICAL.
+    Routes {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// List the plugins: name, version, critical, requires, status.
+    Plugins {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Apply pending migrations of every plugin.
+    Migrate,
+}
+
+/// Output format of `check`, `routes` and `plugins`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// For machines (shapes in docs/cli.md).
+    Json,
+}
+
+/// `--fail-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailLevel {
+    /// Fail on errors only.
+    Error,
+    /// Fail on warnings too.
+    Warning,
+}
+
+/// Parses the process arguments and runs the command. Fixture binaries in tests call this too.
+#[must_use]
+pub fn main() -> ExitCode {
+    let started = Instant::now();
+    run(Cli::parse(), started)
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli, started: Instant) -> ExitCode {
+    let env = config::process_env();
+    let (config, mut findings) = config::load(cli.config.as_deref(), &env);
+    // Held until the runtime is done: dropping it flushes every buffered log line.
+    let _logs = match cli.command {
+        Command::Serve => server::init_logging(&config, &mut findings),
+        _ => quiet_logging(&config, &env),
+    };
+    actix_web::rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Serve => server::run(config, findings, started).await,
+            Command::Check {
+                deploy,
+                format,
+                fail_level,
+            } => check(&config, findings, deploy, format, fail_level).await,
+            Command::Routes { format } => {
+                let (plan, findings) = validate(&config, findings);
+                match format {
+                    Format::Text => print!("{}", report::routes_text(&plan)),
+                    Format::Json => println!("{}", report::routes_json(&plan)),
+                }
+                finish_listing(&findings)
+            }
+            Command::Plugins { format } => {
+                let (plan, findings) = validate(&config, findings);
+                match format {
+                    Format::Text => print!("{}", report::plugins_text(&plan.plugins)),
+                    Format::Json => println!("{}", serde_json::json!({ "plugins": plan.plugins })),
+                }
+                finish_listing(&findings)
+            }
+            Command::Migrate => run_migrate(&config, findings).await,
+        }
+    })
+}
+
+/// Commands other than `serve` log to standard error (their standard output is their result) and
+/// write no files. Quiet unless RUST_LOG asks for more.
+fn quiet_logging(
+    config: &Config,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Option<callplane_telemetry::LogGuard> {
+    let filter = if env.contains_key("RUST_LOG") {
+        config.log_filter.clone()
+    } else {
+        "warn".to_owned()
+    };
+    callplane_telemetry::logging::init(&LogSettings {
+        format: config.log_format,
+        filter,
+        dir: None,
+        console: Console::Stderr,
+    })
+    .ok()
+}
+
+/// Config findings plus the boot plan's, without binding or migrating.
+pub fn validate(config: &Config, mut findings: Vec<Finding>) -> (BootPlan, Vec<Finding>) {
+    let db = lazy_db(config, &mut findings);
+    let mut registry = Registry::default();
+    let plan = boot::plan(config, &linked_plugins(), &db, &mut registry, host_routes());
+    findings.extend(plan.findings.iter().cloned());
+    (plan, findings)
+}
+
+/// The lazily connecting pool (a URL that cannot be used is a CP010 finding; the pool then points
+/// at an in-memory database so validation can go on).
+pub fn lazy_db(config: &Config, findings: &mut Vec<Finding>) -> Db {
+    Db::connect_lazy(&config.database_url).unwrap_or_else(|e| {
+        findings.push(Finding::error(
+            "CP010",
+            None,
+            format!("configuration key database_url cannot be used: {e}"),
+            "e.g. sqlite://data/callplane.db or postgres://user:password@host/db",
+        ));
+        Db::connect_lazy("sqlite::memory:").expect("an in-memory SQLite URL is always valid")
+    })
+}
+
+fn finish_listing(findings: &[Finding]) -> ExitCode {
+    for finding in findings {
+        for line in finding.lines() {
+            eprintln!("{line}");
+        }
+    }
+    if any_at_least(findings, Level::Error) {
+        eprintln!("{}", report::fatal_line(findings));
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn check(
+    config: &Config,
+    findings: Vec<Finding>,
+    deploy: bool,
+    format: Format,
+    fail_level: FailLevel,
+) -> ExitCode {
+    let (plan, mut findings) = validate(config, findings);
+    let level = if deploy { Level::Error } else { Level::Warning };
+    findings.extend(deploy::static_checks(config, level));
+    if deploy {
+        let mut ignored = Vec::new();
+        let db = lazy_db(config, &mut ignored);
+        findings.extend(deploy::database_check(&db, level).await);
+    }
+    let threshold = match fail_level {
+        FailLevel::Error => Level::Error,
+        FailLevel::Warning => Level::Warning,
+    };
+    let failed = any_at_least(&findings, threshold);
+    match format {
+        Format::Json => println!("{}", report::check_json(!failed, &plan.plugins, &findings)),
+        Format::Text => {
+            for p in &plan.plugins {
+                match p.status {
+                    boot::PluginStatus::Active => println!("{}", report::registered_line(p)),
+                    boot::PluginStatus::Disabled => println!("{}", report::degraded_line(p)),
+                    _ => {}
+                }
+            }
+            for finding in &findings {
+                for line in finding.lines() {
+                    println!("{line}");
+                }
+            }
+            if failed {
+                println!("{}", report::fatal_line(&findings));
+            } else {
+                let (errors, warnings) = crate::finding::counts(&findings);
+                println!(
+                    "[BOOT] check passed: plugins={} routes={} errors={errors} warnings={warnings}",
+                    plan.active.len(),
+                    plan.routes.len()
+                );
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run_migrate(config: &Config, findings: Vec<Finding>) -> ExitCode {
+    let (plan, findings) = validate(config, findings);
+    if any_at_least(&findings, Level::Error) {
+        for finding in &findings {
+            for line in finding.lines() {
+                eprintln!("{line}");
+            }
+        }
+        eprintln!("[MIGRATE] ❌ refusing to migrate: boot validation failed");
+        return ExitCode::FAILURE;
+    }
+    let mut ignored = Vec::new();
+    let db = lazy_db(config, &mut ignored);
+    let sets: Vec<PluginMigrations<'_>> = plan
+        .active
+        .iter()
+        .map(|a| PluginMigrations {
+            plugin: a.plugin.name,
+            migrations: &a.registration.migrations,
+        })
+        .collect();
+    match migrate(&db, &sets).await {
+        Ok(applied) => {
+            for m in &applied {
+                println!(
+                    "[MIGRATE] applied plugin={} version={} ({})",
+                    m.plugin, m.version, m.description
+                );
+            }
+            println!(
+                "[MIGRATE] done: {} migration(s) applied to {}",
+                applied.len(),
+                db.redacted_url()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("[MIGRATE] ❌ {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,682 @@
+//! Configuration: `callplane.toml` overridden by environment variables (CONTRACT §5).
+//!
+//! Every problem becomes a CP010 finding naming the key (and the variable it came from), and every
+//! problem is reported, not only the first. A key with a bad value keeps its default so the rest of
+//! the validation can still run; the finding alone stops the boot. Secret values are never echoed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use callplane_plugin_api::{Secret, Settings, is_valid_plugin_name};
+use callplane_storage::DbKind;
+use callplane_telemetry::{LogFormat, TrustedProxies, logging};
+
+use crate::finding::Finding;
+
+/// The environment variable naming the config file.
+pub const CONFIG_ENV: &str = "CALLPLANE_CONFIG";
+/// The config file read when none is named.
+pub const DEFAULT_CONFIG_FILE: &str = "callplane.toml";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CALLPLANE_BIND`.
+    pub bind: SocketAddr,
+    /// `CALLPLANE_DATABASE_URL`.
+    pub database_url: String,
+    /// `CALLPLANE_CRITICAL_PLUGINS`, de-duplicated, in the order given.
+    pub critical_plugins: Vec<String>,
+    /// `CALLPLANE_LOG_DIR`.
+    pub log_dir: PathBuf,
+    /// `CALLPLANE_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `RUST_LOG`.
+    pub log_filter: String,
+    /// `CALLPLANE_SHUTDOWN_DRAIN_SECS`.
+    pub shutdown_drain_secs: u64,
+    /// What plugins see: public base URL, trusted proxies, instances, Twilio account.
+    pub settings: Settings,
+    /// The file the configuration came from, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://data/callplane.db".to_owned(),
+            critical_plugins: ["permissions", "calendar", "twilio"]
+                .map(str::to_owned)
+                .to_vec(),
+            log_dir: PathBuf::from("data/logs"),
+            log_format: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            shutdown_drain_secs: 5,
+            settings: Settings::default(),
+            file: None,
+        }
+    }
+}
+
+/// One configuration key: its name in the file and its environment variable.
+struct Key {
+    file: &'static str,
+    env: &'static str,
+    secret: bool,
+}
+
+const fn key(file: &'static str, env: &'static str) -> Key {
+    Key {
+        file,
+        env,
+        secret: false,
+    }
+}
+
+/// Every key, in the order of CONTRACT §5.
+const KEYS: &[Key] = &[
+    key("bind", "CALLPLANE_BIND"),
+    key("database_url", "CALLPLANE_DATABASE_URL"),
+    key("public_base_url", "CALLPLANE_PUBLIC_BASE_URL"),
+    key("trusted_proxies", "CALLPLANE_TRUSTED_PROXIES"),
+    key("critical_plugins", "CALLPLANE_CRITICAL_PLUGINS"),
+    key("instances", "CALLPLANE_INSTANCES"),
+    key("log_dir", "CALLPLANE_LOG_DIR"),
+    key("log_format", "CALLPLANE_LOG_FORMAT"),
+    key("log_filter", "RUST_LOG"),
+    key("shutdown_drain_secs", "CALLPLANE_SHUTDOWN_DRAIN_SECS"),
+    key("twilio.account_sid", "TWILIO_ACCOUNT_SID"),
+    Key {
+        file: "twilio.auth_token",
+        env: "TWILIO_AUTH_TOKEN",
+        secret: true,
+    },
+    key("twilio.api_base", "TWILIO_API_BASE"),
+];
+
+/// A raw value and where it came from.
+enum Raw {
+    File(toml::Value),
+    Env(String),
+}
+
+struct Loader {
+    findings: Vec<Finding>,
+    file_label: String,
+}
+
+impl Loader {
+    fn bad(&mut self, key: &Key, raw: &Raw, problem: &str, hint: &str) {
+        let source = match raw {
+            Raw::File(_) => format!("`{}` in {}", key.file, self.file_label),
+            Raw::Env(_) => format!("environment variable {}", key.env),
+        };
+        let shown = match (key.secret, raw) {
+            (true, _) => "<secret>".to_owned(),
+            (false, Raw::File(value)) => value.to_string(),
+            (false, Raw::Env(value)) => format!("{value:?}"),
+        };
+        self.findings.push(Finding::error(
+            "CP010",
+            None,
+            format!("configuration key {source} has an invalid value {shown}: {problem}"),
+            hint,
+        ));
+    }
+
+    fn string(&mut self, key: &Key, raw: &Raw) -> Option<String> {
+        match raw {
+            Raw::Env(value) => Some(value.clone()),
+            Raw::File(toml::Value::String(value)) => Some(value.clone()),
+            Raw::File(_) => {
+                self.bad(key, raw, "expected a string", "quote the value");
+                None
+            }
+        }
+    }
+
+    fn list(&mut self, key: &Key, raw: &Raw) -> Option<Vec<String>> {
+        match raw {
+            Raw::Env(value) => Some(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            Raw::File(toml::Value::Array(items)) => {
+                let strings: Option<Vec<String>> = items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect();
+                if strings.is_none() {
+                    self.bad(
+                        key,
+                        raw,
+                        "expected an array of strings",
+                        "write e.g. [\"a\", \"b\"]",
+                    );
+                }
+                strings
+            }
+            Raw::File(_) => {
+                self.bad(
+                    key,
+                    raw,
+                    "expected an array of strings",
+                    "write e.g. [\"a\", \"b\"]",
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(
+        &mut self,
+        key: &Key,
+        raw: &Raw,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Option<u64> {
+        let parsed = match raw {
+            Raw::Env(value) => value.trim().parse::<u64>().ok(),
+            Raw::File(toml::Value::Integer(n)) => u64::try_from(*n).ok(),
+            Raw::File(_) => None,
+        };
+        match parsed {
+            Some(n) if range.contains(&n) => Some(n),
+            _ => {
+                let problem = format!(
+                    "expected a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                );
+                self.bad(key, raw, &problem, "write a plain number, e.g. 5");
+                None
+            }
+        }
+    }
+}
+
+/// Reads the configuration from `file` (or `callplane.toml` when it exists and no file is named)
+/// and the environment `env`. Returns the configuration (defaults where values were bad) and the
+/// CP010 findings.
+pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Config, Vec<Finding>) {
+    let mut config = Config::default();
+    let named = file
+        .map(Path::to_path_buf)
+        .or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
+    let path = named.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG_FILE);
+        default.is_file().then_some(default)
+    });
+    let mut loader = Loader {
+        findings: Vec::new(),
+        file_label: path
+            .as_ref()
+            .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string()),
+    };
+
+    let mut raw: BTreeMap<&'static str, Raw> = BTreeMap::new();
+    if let Some(path) = &path {
+        match read_file(path) {
+            Ok(table) => collect_file_keys(&table, &mut raw, &mut loader),
+            Err(message) => loader.findings.push(Finding::error(
+                "CP010",
+                None,
+                format!("configuration file {}: {message}", path.display()),
+                "fix the file, or point CALLPLANE_CONFIG / --config at another one",
+            )),
+        }
+        config.file = Some(path.clone());
+    }
+    collect_env_keys(env, &mut raw, &mut loader);
+
+    for key in KEYS {
+        if let Some(value) = raw.get(key.file) {
+            apply(&mut config, key, value, &mut loader);
+        }
+    }
+    (config, loader.findings)
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))?;
+    toml::from_str::<toml::Table>(&text).map_err(|e| {
+        // The message alone: the default rendering quotes the offending line, which could hold a secret.
+        let line = e
+            .span()
+            .map(|span| text[..span.start].lines().count().max(1));
+        match line {
+            Some(line) => format!("is not valid TOML (line {line}): {}", e.message()),
+            None => format!("is not valid TOML: {}", e.message()),
+        }
+    })
+}
+
+fn collect_file_keys(
+    table: &toml::Table,
+    raw: &mut BTreeMap<&'static str, Raw>,
+    loader: &mut Loader,
+) {
+    let mut flat = Vec::new();
+    for (name, value) in table {
+        match (name.as_str(), value) {
+            ("twilio", toml::Value::Table(inner)) => {
+                flat.extend(
+                    inner
+                        .iter()
+                        .map(|(k, v)| (format!("twilio.{k}"), v.clone())),
+                );
+            }
+            _ => flat.push((name.clone(), value.clone())),
+        }
+    }
+    for (name, value) in flat {
+        match KEYS.iter().find(|k| k.file == name) {
+            Some(key) => {
+                raw.insert(key.file, Raw::File(value));
+            }
+            None => loader.findings.push(Finding::error(
+                "CP010",
+                None,
+                format!(
+                    "unknown configuration key `{name}` in {}",
+                    loader.file_label
+                ),
+                format!(
+                    "known keys: {}",
+                    KEYS.iter().map(|k| k.file).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+fn collect_env_keys(
+    env: &BTreeMap<String, String>,
+    raw: &mut BTreeMap<&'static str, Raw>,
+    loader: &mut Loader,
+) {
+    for (name, value) in env {
+        if let Some(key) = KEYS.iter().find(|k| k.env == name) {
+            raw.insert(key.file, Raw::Env(value.clone()));
+        } else if name.starts_with("CALLPLANE_") && name != CONFIG_ENV {
+            loader.findings.push(Finding::error(
+                "CP010",
+                None,
+                format!("unknown environment variable {name}"),
+                format!(
+                    "known variables: {CONFIG_ENV}, {}",
+                    KEYS.iter()
+                        .map(|k| k.env)
+                        .filter(|e| e.starts_with("CALLPLANE_"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
+    match key.file {
+        "bind" => {
+            if let Some(text) = loader.string(key, raw) {
+                match text.trim().parse::<SocketAddr>() {
+                    Ok(addr) => config.bind = addr,
+                    Err(_) => loader.bad(
+                        key,
+                        raw,
+                        "expected an IP address and port",
+                        "e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
+                    ),
+                }
+            }
+        }
+        "database_url" => {
+            if let Some(url) = loader.string(key, raw) {
+                match DbKind::from_url(url.trim()) {
+                    Ok(_) => config.database_url = url.trim().to_owned(),
+                    Err(_) => loader.bad(
+                        key,
+                        raw,
+                        "expected sqlite://… or postgres://…",
+                        "e.g. sqlite://data/callplane.db or postgres://user:password@host/db",
+                    ),
+                }
+            }
+        }
+        "public_base_url" => {
+            if let Some(url) = loader.string(key, raw) {
+                match base_url(&url) {
+                    Ok(url) => config.settings.public_base_url = url,
+                    Err(problem) => loader.bad(
+                        key,
+                        raw,
+                        &problem,
+                        "the URL Twilio calls, e.g. https://voice.example.com",
+                    ),
+                }
+            }
+        }
+        "trusted_proxies" => {
+            if let Some(entries) = loader.list(key, raw) {
+                match TrustedProxies::parse(&entries) {
+                    Ok(proxies) => config.settings.trusted_proxies = proxies,
+                    Err(e) => loader.bad(
+                        key,
+                        raw,
+                        &e.to_string(),
+                        "comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1/32",
+                    ),
+                }
+            }
+        }
+        "critical_plugins" => {
+            if let Some(names) = loader.list(key, raw) {
+                let mut seen = BTreeSet::new();
+                let mut ok = true;
+                for name in &names {
+                    if !is_valid_plugin_name(name) {
+                        ok = false;
+                        loader.bad(
+                            key,
+                            raw,
+                            &format!("{name:?} is not a plugin name"),
+                            "lowercase names such as permissions,calendar,twilio",
+                        );
+                    }
+                }
+                if ok {
+                    config.critical_plugins = names
+                        .into_iter()
+                        .filter(|n| seen.insert(n.clone()))
+                        .collect();
+                }
+            }
+        }
+        "instances" => {
+            if let Some(n) = loader.integer(key, raw, 1..=1000) {
+                config.settings.instances = u32::try_from(n).unwrap_or(1);
+            }
+        }
+        "log_dir" => {
+            if let Some(dir) = loader.string(key, raw) {
+                if dir.trim().is_empty() {
+                    loader.bad(
+                        key,
+                        raw,
+                        "expected a directory",
+                        "e.g. data/logs or /var/log/callplane",
+                    );
+                } else {
+                    config.log_dir = PathBuf::from(dir);
+                }
+            }
+        }
+        "log_format" => {
+            if let Some(format) = loader.string(key, raw) {
+                match format.trim() {
+                    "text" => config.log_format = LogFormat::Text,
+                    "json" => config.log_format = LogFormat::Json,
+                    _ => loader.bad(
+                        key,
+                        raw,
+                        "expected text or json",
+                        "text for people, json for log shippers",
+                    ),
+                }
+            }
+        }
+        "log_filter" => {
+            if let Some(filter) = loader.string(key, raw) {
+                match logging::parse_filter(&filter) {
+                    Ok(_) => config.log_filter = filter,
+                    Err(e) => loader.bad(key, raw, &e.to_string(), "e.g. info, or info,sqlx=warn"),
+                }
+            }
+        }
+        "shutdown_drain_secs" => {
+            if let Some(n) = loader.integer(key, raw, 0..=3600) {
+                config.shutdown_drain_secs = n;
+            }
+        }
+        "twilio.account_sid" => {
+            if let Some(sid) = loader.string(key, raw) {
+                let sid = sid.trim();
+                let valid = sid.len() == 34
+                    && sid.starts_with("AC")
+                    && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
+                if valid {
+                    config.settings.twilio.account_sid = sid.to_owned();
+                } else {
+                    loader.bad(
+                        key,
+                        raw,
+                        "expected AC followed by 32 hex digits",
+                        "copy the Account SID from the Twilio console",
+                    );
+                }
+            }
+        }
+        "twilio.auth_token" => {
+            if let Some(token) = loader.string(key, raw) {
+                if token.trim().is_empty() {
+                    loader.bad(
+                        key,
+                        raw,
+                        "the auth token is empty",
+                        "copy the Auth Token from the Twilio console",
+                    );
+                } else {
+                    config.settings.twilio.auth_token = Secret::new(token.trim());
+                }
+            }
+        }
+        "twilio.api_base" => {
+            if let Some(url) = loader.string(key, raw) {
+                match base_url(&url) {
+                    Ok(url) => config.settings.twilio.api_base = url,
+                    Err(problem) => loader.bad(
+                        key,
+                        raw,
+                        &problem,
+                        "https://api.twilio.com, or a local fake in tests",
+                    ),
+                }
+            }
+        }
+        other => unreachable!("key {other} is in KEYS but not applied"),
+    }
+}
+
+/// Validates an http(s) base URL and returns it without a trailing slash.
+fn base_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("expected an http:// or https:// URL".to_owned());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("a base URL has no query or fragment".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("a base URL carries no credentials".to_owned());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// The process environment as a map (variables that are not valid UTF-8 are kept, lossily, so a
+/// bad value is still reported rather than ignored).
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let (config, findings) = load(Some(file("").path()), &env(&[]));
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url, "sqlite://data/callplane.db");
+        assert_eq!(config.settings.public_base_url, "http://127.0.0.1:8080");
+        assert!(config.settings.trusted_proxies.is_empty());
+        assert_eq!(
+            config.critical_plugins,
+            ["permissions", "calendar", "twilio"]
+        );
+        assert_eq!(config.log_dir, PathBuf::from("data/logs"));
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_filter, "info");
+        assert_eq!(config.shutdown_drain_secs, 5);
+        assert_eq!(config.settings.twilio.api_base, "https://api.twilio.com");
+    }
+
+    #[test]
+    fn the_checked_in_dev_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../callplane.toml");
+        let (config, findings) = load(Some(&path), &env(&[]));
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let f = file(
+            "bind = \"127.0.0.1:9000\"\nlog_format = \"text\"\n[twilio]\napi_base = \"http://127.0.0.1:1/\"\n",
+        );
+        let (config, findings) = load(
+            Some(f.path()),
+            &env(&[
+                ("CALLPLANE_BIND", "0.0.0.0:9100"),
+                ("CALLPLANE_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+                ("CALLPLANE_CRITICAL_PLUGINS", "twilio,twilio,calendar"),
+                ("CALLPLANE_LOG_FORMAT", "json"),
+                ("CALLPLANE_PUBLIC_BASE_URL", "https://voice.example.com/"),
+                ("TWILIO_AUTH_TOKEN", "tok"),
+                ("RUST_LOG", "debug,sqlx=warn"),
+                (
+                    "TWILIO_API_KEY",
+                    "unrelated variables of other tools are fine",
+                ),
+            ]),
+        );
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(config.bind.to_string(), "0.0.0.0:9100");
+        assert_eq!(config.settings.trusted_proxies.nets().len(), 2);
+        assert_eq!(config.critical_plugins, ["twilio", "calendar"]);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log_filter, "debug,sqlx=warn");
+        assert_eq!(config.settings.public_base_url, "https://voice.example.com");
+        assert_eq!(config.settings.twilio.auth_token.expose(), "tok");
+        assert_eq!(config.settings.twilio.api_base, "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn every_bad_value_and_unknown_key_is_reported() {
+        let f = file(
+            "bind = \"nope\"\ninstances = 0\ncolour = \"blue\"\n[twilio]\naccount_sid = \"XX1\"\nregion = \"ie1\"\n",
+        );
+        let (_, findings) = load(
+            Some(f.path()),
+            &env(&[
+                ("CALLPLANE_LOG_FORMAT", "xml"),
+                ("CALLPLANE_SHUTDOWN_DRAIN_SECS", "-1"),
+                ("CALLPLANE_DATABSE_URL", "sqlite://typo.db"),
+                ("CALLPLANE_TRUSTED_PROXIES", "10.0.0.0/99"),
+                ("CALLPLANE_PUBLIC_BASE_URL", "ftp://x"),
+                ("CALLPLANE_DATABASE_URL", "mysql://x"),
+                ("TWILIO_AUTH_TOKEN", " "),
+            ]),
+        );
+        assert!(
+            findings
+                .iter()
+                .all(|f| f.id == "CP010" && f.level == crate::finding::Level::Error)
+        );
+        let text: Vec<&str> = findings.iter().map(|f| f.message.as_str()).collect();
+        for needle in [
+            "`bind`",
+            "`instances`",
+            "unknown configuration key `colour`",
+            "`twilio.account_sid`",
+            "unknown configuration key `twilio.region`",
+            "CALLPLANE_LOG_FORMAT",
+            "CALLPLANE_SHUTDOWN_DRAIN_SECS",
+            "unknown environment variable CALLPLANE_DATABSE_URL",
+            "CALLPLANE_TRUSTED_PROXIES",
+            "CALLPLANE_PUBLIC_BASE_URL",
+            "CALLPLANE_DATABASE_URL",
+            "TWILIO_AUTH_TOKEN",
+        ] {
+            assert!(
+                text.iter().any(|m| m.contains(needle)),
+                "no finding names {needle}: {text:#?}"
+            );
+        }
+        assert_eq!(findings.len(), 12, "{text:#?}");
+    }
+
+    #[test]
+    fn secrets_are_never_echoed() {
+        let f = file("[twilio]\nauth_token = 12345\n");
+        let (_, findings) = load(Some(f.path()), &env(&[]));
+        assert_eq!(findings.len(), 1);
+        assert!(
+            !findings[0].message.contains("12345"),
+            "{}",
+            findings[0].message
+        );
+        let f = file("[twilio]\nauth_token = \"hunter2\nbind = 1\n");
+        let (_, findings) = load(Some(f.path()), &env(&[]));
+        assert!(
+            !findings[0].message.contains("hunter2"),
+            "{}",
+            findings[0].message
+        );
+        assert!(
+            findings[0].message.contains("line 2"),
+            "{}",
+            findings[0].message
+        );
+    }
+
+    #[test]
+    fn a_missing_named_file_is_an_error_but_a_missing_default_is_not() {
+        let (_, findings) = load(Some(Path::new("/nonexistent/callplane.toml")), &env(&[]));
+        assert_eq!(findings.len(), 1);
+        assert!(findings[0].message.contains("cannot be read"));
+        let (_, findings) = load(None, &env(&[("CALLPLANE_CONFIG", "/nonexistent/x.toml")]));
+        assert_eq!(findings.len(), 1);
+    }
+}

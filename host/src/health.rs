@@ -1,0 +1,199 @@
+//! The host's own routes: `/livez`, `/readyz`, `/metrics`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::http::header::ContentType;
+use actix_web::{HttpResponse, web};
+use callplane_plugin_api::{Access, ApiError, ReadinessCheck, RouteSpec};
+use callplane_storage::Db;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::boot::{HOST, PluginReport, PluginStatus};
+
+/// How long `/readyz` waits for the database before calling it unreachable.
+const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Shared by the health handlers and the shutdown sequence.
+pub struct HostState {
+    draining: AtomicBool,
+    draining_gauge: Gauge,
+    db: Db,
+    plugins: Vec<PluginReport>,
+    checks: Vec<(String, String, ReadinessCheck)>,
+    registry: Registry,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+    version: String,
+    critical: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+impl HostState {
+    /// Registers the boot-info series (`callplane_build_info`, `callplane_plugin_info`,
+    /// `callplane_draining`) and takes ownership of the finished registry.
+    pub fn new(
+        db: Db,
+        plugins: Vec<PluginReport>,
+        checks: Vec<(String, String, ReadinessCheck)>,
+        mut registry: Registry,
+    ) -> Self {
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "callplane build", build);
+        let info = Family::<PluginLabels, Gauge>::default();
+        for p in &plugins {
+            let labels = PluginLabels {
+                plugin: p.name.clone(),
+                version: p.version.clone(),
+                critical: p.critical.to_string(),
+                status: serde_json::to_value(p.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            };
+            info.get_or_create(&labels).set(1);
+        }
+        registry.register(
+            "plugin_info",
+            "Plugins known at boot, with their status",
+            info,
+        );
+        let draining_gauge = Gauge::default();
+        registry.register(
+            "draining",
+            "1 while the instance drains before stopping",
+            draining_gauge.clone(),
+        );
+        Self {
+            draining: AtomicBool::new(false),
+            draining_gauge,
+            db,
+            plugins,
+            checks,
+            registry,
+        }
+    }
+
+    /// Turns readiness off for good: the load balancer stops sending new traffic.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.draining_gauge.set(1);
+    }
+
+    /// Whether the instance is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// The host's routes, declared like any plugin's so `routes` lists them and collisions are found.
+pub fn host_routes() -> Vec<RouteSpec> {
+    vec![
+        RouteSpec::new(
+            HOST,
+            actix_web::http::Method::GET,
+            "/livez",
+            Access::Public,
+            livez,
+        ),
+        RouteSpec::new(
+            HOST,
+            actix_web::http::Method::GET,
+            "/readyz",
+            Access::Public,
+            readyz,
+        ),
+        RouteSpec::new(
+            HOST,
+            actix_web::http::Method::GET,
+            "/metrics",
+            Access::Public,
+            metrics,
+        ),
+    ]
+}
+
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "alive" }))
+}
+
+async fn readyz(state: web::Data<HostState>) -> HttpResponse {
+    let draining = state.is_draining();
+    let db = state.db.ping(DB_PROBE_TIMEOUT).await;
+    let mut checks = serde_json::Map::new();
+    let mut checks_ready = true;
+    for (plugin, name, check) in &state.checks {
+        let report = check().await;
+        checks_ready &= report.ready;
+        checks.insert(
+            format!("{plugin}.{name}"),
+            json!({ "ready": report.ready, "detail": report.detail }),
+        );
+    }
+    let critical_down = state
+        .plugins
+        .iter()
+        .any(|p| p.critical && p.status != PluginStatus::Active);
+    let degraded = state
+        .plugins
+        .iter()
+        .any(|p| p.status != PluginStatus::Active);
+    let ready = !draining && db.is_ok() && !critical_down && checks_ready;
+    let status = match (ready, degraded) {
+        (false, _) => "not_ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    let body = json!({
+        "status": status,
+        "draining": draining,
+        "database": {
+            "kind": state.db.kind().as_str(),
+            "reachable": db.is_ok(),
+            "error": db.err().map(|e| e.to_string()),
+        },
+        "plugins": state.plugins.iter().map(|p| json!({
+            "name": p.name,
+            "version": p.version,
+            "critical": p.critical,
+            "status": p.status,
+            "reason": p.reason,
+        })).collect::<Vec<_>>(),
+        "checks": checks,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<HostState>) -> Result<HttpResponse, ApiError> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.registry)
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .insert_header(ContentType(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                .parse()
+                .map_err(|_| ApiError::internal("mime"))?,
+        ))
+        .body(text))
+}

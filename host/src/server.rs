@@ -1,0 +1,268 @@
+//! `serve`: logging, boot validation, migrations, bind, ready, graceful drain.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use callplane_plugin_api::{
+    AccessProvider, ApiError, Capability, RouteSpec, StateInstaller, extractor_configs, mount,
+};
+use callplane_storage::{PluginMigrations, migrate};
+use callplane_telemetry::{
+    Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, request_context,
+};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::boot::{self, PluginStatus};
+use crate::cli::{EXIT_CONFIG, lazy_db};
+use crate::config::Config;
+use crate::deploy;
+use crate::finding::{Finding, Level};
+use crate::health::{HostState, host_routes};
+use crate::report;
+
+/// How long in-flight requests get to finish once the listener has stopped.
+const GRACEFUL_TIMEOUT_SECS: u64 = 30;
+
+/// What every worker's app is built from (created once, shared by the per-worker factory).
+struct AppParts {
+    routes: Vec<RouteSpec>,
+    providers: std::collections::BTreeMap<Capability, Arc<dyn AccessProvider>>,
+    states: Vec<StateInstaller>,
+}
+
+/// Installs logging for `serve`: console plus the rolling files. An unusable log directory is a
+/// CP105 error (without a log file the call trace would be lost); logging then falls back to the
+/// console so the findings are still printed.
+pub fn init_logging(config: &Config, findings: &mut Vec<Finding>) -> Option<LogGuard> {
+    let settings = LogSettings {
+        format: config.log_format,
+        filter: config.log_filter.clone(),
+        dir: Some(config.log_dir.clone()),
+        console: Console::Stdout,
+    };
+    match callplane_telemetry::logging::init(&settings) {
+        Ok(guard) => Some(guard),
+        Err(error) => {
+            findings.push(Finding::error(
+                "CP105",
+                None,
+                error.to_string(),
+                "create the log directory and give the service user write access, or set CALLPLANE_LOG_DIR",
+            ));
+            callplane_telemetry::logging::init(&LogSettings {
+                dir: None,
+                ..settings
+            })
+            .ok()
+        }
+    }
+}
+
+/// Validates, migrates, binds and serves until a signal; returns the process exit code.
+pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -> ExitCode {
+    let db = lazy_db(&config, &mut findings);
+    let mut registry = Registry::with_prefix("callplane");
+    let plan = boot::plan(
+        &config,
+        &callplane_plugin_api::linked_plugins(),
+        &db,
+        &mut registry,
+        host_routes(),
+    );
+    findings.extend(plan.findings.iter().cloned());
+    findings.extend(
+        deploy::static_checks(&config, Level::Warning)
+            .into_iter()
+            .filter(|f| f.id != "CP105"),
+    );
+
+    for p in &plan.plugins {
+        match p.status {
+            PluginStatus::Active => tracing::info!(
+                plugin = %p.name,
+                version = %p.version,
+                routes = p.routes,
+                critical = p.critical,
+                "{}",
+                report::registered_line(p)
+            ),
+            PluginStatus::Disabled => {
+                tracing::warn!(plugin = %p.name, "{}", report::degraded_line(p))
+            }
+            PluginStatus::Missing | PluginStatus::Failed => {}
+        }
+    }
+    for finding in &findings {
+        let [head, hint] = finding.lines();
+        let plugin = finding.plugin.as_deref();
+        match finding.level {
+            Level::Error => tracing::error!(id = finding.id, plugin, "{head}"),
+            Level::Warning => tracing::warn!(id = finding.id, plugin, "{head}"),
+        }
+        match finding.level {
+            Level::Error => tracing::error!(id = finding.id, "{hint}"),
+            Level::Warning => tracing::warn!(id = finding.id, "{hint}"),
+        }
+    }
+    if findings.iter().any(|f| f.level == Level::Error) {
+        tracing::error!("{}", report::fatal_line(&findings));
+        return ExitCode::from(EXIT_CONFIG);
+    }
+
+    let sets: Vec<PluginMigrations<'_>> = plan
+        .active
+        .iter()
+        .map(|a| PluginMigrations {
+            plugin: a.plugin.name,
+            migrations: &a.registration.migrations,
+        })
+        .collect();
+    if let Err(error) = migrate(&db, &sets).await {
+        tracing::error!(error = %error, database = db.redacted_url(), "[BOOT] ❌ migrations failed");
+        return ExitCode::FAILURE;
+    }
+
+    let listener = match TcpListener::bind(config.bind) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(bind = %config.bind, error = %error, "[BOOT] ❌ cannot bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(config.bind);
+
+    let telemetry = web::Data::new(HttpTelemetry {
+        proxies: config.settings.trusted_proxies.clone(),
+        metrics: HttpMetrics::register(&mut registry),
+    });
+    let checks = plan.readiness_checks();
+    let plugin_count = plan.active.len();
+    let route_count = plan.routes.len();
+    let parts = Arc::new(AppParts {
+        states: plan
+            .active
+            .iter()
+            .flat_map(|a| a.registration.states.iter().cloned())
+            .collect(),
+        routes: plan.routes,
+        providers: plan.providers,
+    });
+    let host = web::Data::new(HostState::new(db.clone(), plan.plugins, checks, registry));
+    let db_data = web::Data::new(db.clone());
+
+    let factory_host = host.clone();
+    let server = HttpServer::new(move || {
+        let parts = parts.clone();
+        App::new()
+            .app_data(telemetry.clone())
+            .app_data(factory_host.clone())
+            .app_data(db_data.clone())
+            .configure(extractor_configs)
+            .configure(move |cfg| {
+                for install in &parts.states {
+                    install(cfg);
+                }
+                mount(cfg, &parts.routes, &parts.providers);
+            })
+            .default_service(web::to(not_found))
+            .wrap(from_fn(request_context))
+    })
+    .disable_signals()
+    .shutdown_timeout(GRACEFUL_TIMEOUT_SECS)
+    .client_request_timeout(Duration::from_secs(10));
+    let server = match server.listen(listener) {
+        Ok(server) => server.run(),
+        Err(error) => {
+            tracing::error!(bind = %bound, error = %error, "[BOOT] ❌ cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let boot_ms = started.elapsed().as_millis();
+    tracing::info!(
+        bind = %bound,
+        plugins = plugin_count,
+        routes = route_count,
+        boot_ms = u64::try_from(boot_ms).unwrap_or(u64::MAX),
+        "[BOOT] ready bind={bound} plugins={plugin_count} routes={route_count} boot_ms={boot_ms}"
+    );
+
+    let handle = server.handle();
+    actix_web::rt::spawn(shutdown_on_signal(
+        handle,
+        host,
+        Duration::from_secs(config.shutdown_drain_secs),
+    ));
+    let result = server.await;
+    db.close().await;
+    match result {
+        Ok(()) => {
+            tracing::info!("[SHUTDOWN] stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "[SHUTDOWN] server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError as _;
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+/// First SIGTERM/SIGINT: readiness goes 503 at once and the instance keeps serving for the drain
+/// period, so the load balancer notices before the listener closes; then actix stops accepting and
+/// lets in-flight requests finish. A second signal at any point stops at once.
+async fn shutdown_on_signal(
+    handle: actix_web::dev::ServerHandle,
+    host: web::Data<HostState>,
+    drain: Duration,
+) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(error = %error, "[SHUTDOWN] cannot install signal handlers; stop with SIGKILL");
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    host.start_draining();
+    tracing::info!(
+        signal = name,
+        drain_secs = drain.as_secs(),
+        "[SHUTDOWN] draining: readiness is 503, still serving; a second signal stops at once"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(drain) => {}
+        _ = term.recv() => return stop_now(&handle).await,
+        _ = int.recv() => return stop_now(&handle).await,
+    }
+    tracing::info!(
+        timeout_secs = GRACEFUL_TIMEOUT_SECS,
+        "[SHUTDOWN] drain over: closing the listener, finishing in-flight requests"
+    );
+    let graceful = handle.stop(true);
+    tokio::select! {
+        () = graceful => {}
+        _ = term.recv() => stop_now(&handle).await,
+        _ = int.recv() => stop_now(&handle).await,
+    }
+}
+
+async fn stop_now(handle: &actix_web::dev::ServerHandle) {
+    tracing::warn!("[SHUTDOWN] second signal: stopping now");
+    handle.stop(false).await;
+}
