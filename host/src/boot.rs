@@ -672,3 +672,372 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-text panic payload".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::HttpResponse;
+    use actix_web::dev::ServiceRequest;
+    use callplane_plugin_api::{Access, AccessProvider, Capability};
+    use futures_util::future::LocalBoxFuture;
+
+    use super::*;
+
+    struct AllowAll;
+
+    impl AccessProvider for AllowAll {
+        fn authorize<'a>(
+            &'a self,
+            _: &'a mut ServiceRequest,
+            _: Access,
+        ) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    async fn ok() -> &'static str {
+        "ok"
+    }
+
+    const fn plugin(
+        name: &'static str,
+        requires: &'static [&'static str],
+        critical: bool,
+        register: fn(&mut Registrar<'_>) -> Result<(), RegisterError>,
+    ) -> RoutePlugin {
+        RoutePlugin {
+            name,
+            version: "1.2.3",
+            summary: "test plugin",
+            requires,
+            critical,
+            register,
+        }
+    }
+
+    fn sessions(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.provide_access(Capability::Sessions, AllowAll);
+        reg.post("/api/auth/login", Access::Public, ok)
+            .get("/api/me", Access::Authenticated, ok);
+        Ok(())
+    }
+    fn signatures(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.provide_access(Capability::TwilioSignature, AllowAll);
+        reg.post("/webhook/incoming_call", Access::TwilioSignature, ok);
+        Ok(())
+    }
+    fn notes(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.get("/api/notes/{id}", Access::PageAccess("notes"), ok);
+        Ok(())
+    }
+    fn other_notes(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.get("/api/notes/{note_id}", Access::PageAccess("notes"), ok);
+        Ok(())
+    }
+    fn nothing(_: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        Ok(())
+    }
+    fn fails(_: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        Err(RegisterError::Other("database schema too new".into()))
+    }
+    fn panics(_: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        panic!("boom at registration")
+    }
+    fn bad_config(_: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        Err(RegisterError::Config {
+            key: "twilio.api_base".into(),
+            message: "unreachable".into(),
+        })
+    }
+    fn bad_path(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.get("/api/x//y", Access::Authenticated, ok);
+        Ok(())
+    }
+    fn webhook_public(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.post("/webhook/open", Access::Public, ok).post(
+            "/webhook/paged",
+            Access::PageAccess("calls"),
+            ok,
+        );
+        Ok(())
+    }
+    fn public_api(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.get("/api/leak", Access::Public, ok);
+        Ok(())
+    }
+    fn shadows_livez(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.get("/livez", Access::Public, ok);
+        Ok(())
+    }
+
+    static PERMISSIONS: RoutePlugin = plugin("permissions", &[], false, sessions);
+    static TWILIO: RoutePlugin = plugin("twilio", &[], false, signatures);
+    static NOTES: RoutePlugin = plugin("notes", &["permissions"], false, notes);
+    static NOTES_AGAIN: RoutePlugin = plugin("notes", &[], false, nothing);
+    static MEMOS: RoutePlugin = plugin("memos", &["permissions"], false, other_notes);
+    static LONELY: RoutePlugin = plugin("lonely", &[], false, notes);
+    static NEEDS_GHOST: RoutePlugin = plugin("needs-ghost", &["ghost"], false, nothing);
+    static NEEDS_NEEDY: RoutePlugin = plugin("needs-needy", &["needs-ghost"], false, nothing);
+    static CYCLE_A: RoutePlugin = plugin("cycle-a", &["cycle-b"], false, nothing);
+    static CYCLE_B: RoutePlugin = plugin("cycle-b", &["cycle-a"], false, nothing);
+    static FAILS: RoutePlugin = plugin("fails", &[], false, fails);
+    static FAILS_CRITICAL: RoutePlugin = plugin("fails-critical", &[], true, fails);
+    static PANICS: RoutePlugin = plugin("panics", &[], false, panics);
+    static BAD_CONFIG: RoutePlugin = plugin("bad-config", &[], false, bad_config);
+    static BAD_PATH: RoutePlugin = plugin("bad-path", &[], false, bad_path);
+    static WEBHOOKS: RoutePlugin = plugin("webhooks", &[], false, webhook_public);
+    static PUBLIC_API: RoutePlugin = plugin("public-api", &[], false, public_api);
+    static SHADOW: RoutePlugin = plugin("shadow", &[], false, shadows_livez);
+    static SECOND_SESSIONS: RoutePlugin = plugin("sessions-two", &[], false, |reg| {
+        reg.provide_access(Capability::Sessions, AllowAll);
+        Ok(())
+    });
+    static BAD_NAME: RoutePlugin = plugin("Bad Name", &[], false, nothing);
+
+    fn run(linked: &[&'static RoutePlugin], critical: &[&str]) -> BootPlan {
+        let config = Config {
+            critical_plugins: critical.iter().map(|s| s.to_string()).collect(),
+            ..Config::default()
+        };
+        let db = Db::connect_lazy("sqlite::memory:").unwrap();
+        plan(
+            &config,
+            linked,
+            &db,
+            &mut Registry::default(),
+            crate::health::host_routes(),
+        )
+    }
+
+    fn ids(plan: &BootPlan) -> Vec<(&'static str, Level, Option<&str>)> {
+        plan.findings
+            .iter()
+            .map(|f| (f.id, f.level, f.plugin.as_deref()))
+            .collect()
+    }
+
+    fn status(plan: &BootPlan, name: &str) -> PluginStatus {
+        plan.plugins
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.status)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_valid_table_boots_in_requirement_then_name_order() {
+        let plan = run(
+            &[&TWILIO, &NOTES, &PERMISSIONS],
+            &["permissions", "notes", "twilio"],
+        );
+        assert!(plan.findings.is_empty(), "{:?}", plan.findings);
+        let order: Vec<&str> = plan.active.iter().map(|a| a.plugin.name).collect();
+        assert_eq!(order, ["permissions", "notes", "twilio"]);
+        assert_eq!(plan.routes.len(), 3 + 2 + 1 + 1);
+        assert_eq!(plan.providers.len(), 2);
+        assert!(
+            plan.plugins
+                .iter()
+                .all(|p| p.status == PluginStatus::Active && p.critical)
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_critical_plugins_are_cp001() {
+        let plan = run(&[&PERMISSIONS], &["permissions", "calendar", "twilio"]);
+        assert_eq!(
+            ids(&plan),
+            [
+                ("CP001", Level::Error, Some("calendar")),
+                ("CP001", Level::Error, Some("twilio"))
+            ]
+        );
+        assert_eq!(status(&plan, "twilio"), PluginStatus::Missing);
+        assert!(
+            plan.findings[1]
+                .message
+                .contains("'twilio' is missing: not compiled into this binary")
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_names_are_cp002() {
+        let plan = run(&[&NOTES, &PERMISSIONS, &NOTES_AGAIN], &[]);
+        assert_eq!(ids(&plan), [("CP002", Level::Error, Some("notes"))]);
+        assert!(
+            plan.findings[0]
+                .message
+                .contains("2 plugins share the name 'notes'")
+        );
+        assert_eq!(status(&plan, "notes"), PluginStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn two_providers_of_one_capability_are_cp002() {
+        let plan = run(&[&PERMISSIONS, &SECOND_SESSIONS], &[]);
+        assert_eq!(ids(&plan), [("CP002", Level::Error, Some("sessions-two"))]);
+    }
+
+    #[tokio::test]
+    async fn colliding_routes_are_cp003_even_with_other_parameter_names() {
+        let plan = run(&[&PERMISSIONS, &NOTES, &MEMOS, &SHADOW], &[]);
+        let found = ids(&plan);
+        assert_eq!(
+            found,
+            [
+                ("CP003", Level::Error, Some("notes")),
+                ("CP003", Level::Error, Some("shadow"))
+            ]
+        );
+        assert!(plan.findings[0].message.contains("GET /api/notes/{id} of plugin 'notes' collides with GET /api/notes/{note_id} of plugin 'memos'"), "{}", plan.findings[0].message);
+        assert!(plan.findings[1].message.contains("plugin 'host'"));
+    }
+
+    #[tokio::test]
+    async fn absent_requirements_are_cp004_and_propagate() {
+        let plan = run(&[&NEEDS_GHOST, &NEEDS_NEEDY], &["needs-needy"]);
+        assert_eq!(
+            ids(&plan),
+            [
+                ("CP004", Level::Warning, Some("needs-ghost")),
+                ("CP004", Level::Error, Some("needs-needy"))
+            ]
+        );
+        assert_eq!(status(&plan, "needs-ghost"), PluginStatus::Disabled);
+        assert_eq!(status(&plan, "needs-needy"), PluginStatus::Failed);
+        assert!(
+            plan.findings[0]
+                .message
+                .contains("requires 'ghost', which is absent")
+        );
+    }
+
+    #[tokio::test]
+    async fn page_access_without_a_session_provider_is_cp004() {
+        let plan = run(&[&LONELY], &["lonely"]);
+        assert_eq!(ids(&plan), [("CP004", Level::Error, Some("lonely"))]);
+        let message = &plan.findings[0].message;
+        assert!(
+            message.contains("from plugin 'permissions', but 'permissions' is not in this binary"),
+            "{message}"
+        );
+        assert!(
+            message.contains("GET /api/notes/{id} (PageAccess(notes))"),
+            "{message}"
+        );
+        // Non-critical: the plugin is disabled and the host runs degraded.
+        let plan = run(&[&LONELY], &[]);
+        assert_eq!(ids(&plan), [("CP004", Level::Warning, Some("lonely"))]);
+        assert_eq!(status(&plan, "lonely"), PluginStatus::Disabled);
+        assert_eq!(plan.routes.len(), 3, "only the host routes remain");
+    }
+
+    #[tokio::test]
+    async fn requirement_cycles_are_cp005() {
+        let plan = run(&[&CYCLE_B, &CYCLE_A, &PERMISSIONS], &[]);
+        assert_eq!(ids(&plan), [("CP005", Level::Error, Some("cycle-a"))]);
+        assert!(
+            plan.findings[0]
+                .message
+                .contains("'cycle-a' → 'cycle-b' → 'cycle-a'")
+        );
+        assert_eq!(plan.active.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn registration_errors_and_panics_are_cp006() {
+        let plan = run(
+            &[&FAILS, &PANICS, &FAILS_CRITICAL, &BAD_PATH, &PERMISSIONS],
+            &["panics"],
+        );
+        assert_eq!(
+            ids(&plan),
+            [
+                ("CP006", Level::Warning, Some("bad-path")),
+                ("CP006", Level::Warning, Some("fails")),
+                ("CP006", Level::Error, Some("fails-critical")),
+                ("CP006", Level::Error, Some("panics")),
+            ]
+        );
+        assert!(
+            plan.findings[3]
+                .message
+                .contains("panicked: boom at registration")
+        );
+        assert!(plan.findings[0].message.contains("empty path segment"));
+        assert_eq!(status(&plan, "fails"), PluginStatus::Disabled);
+        assert_eq!(status(&plan, "panics"), PluginStatus::Failed);
+        assert_eq!(status(&plan, "permissions"), PluginStatus::Active);
+    }
+
+    #[tokio::test]
+    async fn webhook_policies_are_cp007_and_cp008() {
+        let plan = run(&[&WEBHOOKS, &PERMISSIONS], &[]);
+        assert_eq!(
+            ids(&plan),
+            [
+                ("CP007", Level::Error, Some("webhooks")),
+                ("CP008", Level::Error, Some("webhooks"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn public_api_routes_off_the_allow_list_are_cp009() {
+        let plan = run(&[&PUBLIC_API, &PERMISSIONS], &[]);
+        assert_eq!(
+            ids(&plan),
+            [("CP009", Level::Error, Some("public-api"))],
+            "login itself is allowed"
+        );
+    }
+
+    #[tokio::test]
+    async fn plugin_configuration_errors_are_cp010_and_invalid_names_cp006() {
+        let plan = run(&[&BAD_CONFIG, &BAD_NAME], &[]);
+        assert_eq!(
+            ids(&plan),
+            [
+                ("CP010", Level::Error, Some("bad-config")),
+                ("CP006", Level::Error, Some("Bad Name"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn findings_are_deterministic_whatever_the_link_order() {
+        let a = run(
+            &[
+                &FAILS,
+                &CYCLE_A,
+                &NEEDS_GHOST,
+                &CYCLE_B,
+                &WEBHOOKS,
+                &PERMISSIONS,
+            ],
+            &["ghost"],
+        );
+        let b = run(
+            &[
+                &PERMISSIONS,
+                &WEBHOOKS,
+                &CYCLE_B,
+                &NEEDS_GHOST,
+                &CYCLE_A,
+                &FAILS,
+            ],
+            &["ghost"],
+        );
+        assert_eq!(a.findings, b.findings);
+        assert_eq!(
+            a.plugins
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            b.plugins
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(a.findings.len(), 6, "{:#?}", a.findings);
+    }
+}
