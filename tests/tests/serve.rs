@@ -1,0 +1,413 @@
+//! A fixture host served for real: health, metrics, request ids, logs, access enforcement, the
+//! route table as the CLI reports it, degraded plugins and the SIGTERM drain.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use callplane_e2e::harness::{Sandbox, Server};
+
+const OK: &str = env!("CARGO_BIN_EXE_fixture-ok");
+const DEGRADED: &str = env!("CARGO_BIN_EXE_fixture-degraded");
+const CRITICAL: (&str, &str) = ("CALLPLANE_CRITICAL_PLUGINS", "permissions,notes,twilio");
+
+fn serve_ok(sandbox: &Sandbox, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![CRITICAL];
+    env.extend_from_slice(extra);
+    sandbox.serve(Path::new(OK), &env)
+}
+
+#[test]
+fn health_metrics_request_ids_and_log_file() {
+    let sandbox = Sandbox::new();
+    let server = serve_ok(&sandbox, &[]);
+
+    let live = server.get("/livez");
+    assert_eq!(live.status, 200);
+    assert_eq!(live.json()["status"], "alive");
+
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let body = ready.json();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["draining"], false);
+    assert_eq!(body["database"]["reachable"], true);
+    assert_eq!(body["database"]["kind"], "sqlite");
+    assert_eq!(body["checks"]["notes.backlog"]["ready"], true);
+    let plugins: Vec<(String, String)> = body["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = ["permissions", "notes", "slow", "twilio"]
+        .iter()
+        .map(|n| (n.to_string(), "active".to_owned()))
+        .collect();
+    assert_eq!(
+        plugins, expected,
+        "boot order: requirements first, then name"
+    );
+
+    // Request ids: generated, echoed, not taken from an untrusted client, present in the log line.
+    let missing = server.request(
+        "GET",
+        "/no/such/route",
+        &[("x-request-id", "client-chosen")],
+        None,
+    );
+    assert_eq!(missing.status, 404);
+    let id = missing.header("x-request-id").unwrap().to_owned();
+    assert_ne!(id, "client-chosen");
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(missing.json()["error"]["request_id"], id.as_str());
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    for needle in [
+        "callplane_build_info{version=\"0.1.0\"} 1",
+        "callplane_plugin_info{plugin=\"notes\",version=\"0.0.1-fixture\",critical=\"true\",status=\"active\"} 1",
+        "callplane_http_requests_total{route=\"/livez\",method=\"GET\",status=\"200\"} 1",
+        "callplane_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1",
+        "callplane_draining 0",
+    ] {
+        assert!(
+            metrics.body.contains(needle),
+            "metrics lack {needle}:\n{}",
+            metrics.body
+        );
+    }
+
+    server.signal("TERM");
+    let (status, _) = server.wait();
+    assert!(status.success(), "clean shutdown exits 0: {status}");
+    let log = sandbox.log_text();
+    assert!(log.contains("[BOOT] ready bind=127.0.0.1:"), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("[HTTP] request rejected"))
+        .expect("the 404 is logged");
+    assert!(line.contains(&format!("request_id={id}")), "{line}");
+    assert!(line.contains("path=/no/such/route status=404"), "{line}");
+    assert!(
+        log.contains("[SHUTDOWN] stopped"),
+        "flushed at exit:\n{log}"
+    );
+}
+
+#[test]
+fn access_policies_are_enforced_by_the_host() {
+    let sandbox = Sandbox::new();
+    let server = serve_ok(&sandbox, &[]);
+    let notes = |token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        server.request("GET", "/api/notes", &headers, None)
+    };
+    let anonymous = notes(None);
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.json()["error"]["code"], "unauthenticated");
+    assert!(anonymous.json()["error"]["request_id"].is_string());
+    assert_eq!(notes(Some("1:calendar")).status, 403);
+    assert_eq!(notes(Some("1:notes")).status, 200);
+
+    let post = |token: &str, body: &str| {
+        let auth = format!("Bearer {token}");
+        server.request(
+            "POST",
+            "/api/notes",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Some(body),
+        )
+    };
+    assert_eq!(post("1:notes", r#"{"body":"call back"}"#).status, 201);
+    assert_eq!(post("1:notes", "{").status, 400);
+    assert_eq!(post("1:notes", r#"{"body":"x","extra":1}"#).status, 422);
+    assert_eq!(post("1:notes", r#"{"body":7}"#).status, 422);
+    assert_eq!(
+        post("1:calendar", r#"{"body":"x"}"#).status,
+        403,
+        "checked before the body is read"
+    );
+    assert_eq!(
+        notes(Some("1:notes")).json(),
+        serde_json::json!([[1, "call back"]])
+    );
+    assert_eq!(
+        notes(Some("2:notes")).json(),
+        serde_json::json!([]),
+        "migrations ran; tenants are separate"
+    );
+
+    let unsigned = server.request("POST", "/webhook/ping", &[], Some(""));
+    assert_eq!(unsigned.status, 403);
+    assert_eq!(unsigned.header("content-type"), Some("text/xml"));
+    let signed = server.request(
+        "POST",
+        "/webhook/ping",
+        &[("x-twilio-signature", "valid")],
+        Some(""),
+    );
+    assert_eq!(signed.status, 200);
+    assert!(signed.body.contains("<Say>pong</Say>"));
+    let wrong_method = server.request("GET", "/webhook/ping", &[], None);
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+}
+
+#[test]
+fn routes_and_check_json_match_the_live_table() {
+    let sandbox = Sandbox::new();
+    let routes = sandbox.run(Path::new(OK), &["routes", "--format", "json"], &[CRITICAL]);
+    assert_eq!(routes.code, Some(0), "{}", routes.stderr);
+    let table: serde_json::Value = serde_json::from_str(&routes.stdout).unwrap();
+    let table = table["routes"].as_array().unwrap().clone();
+    assert_eq!(table.len(), 9, "{table:#?}");
+    let text = sandbox.run(Path::new(OK), &["routes"], &[CRITICAL]);
+    assert_eq!(text.stdout.lines().count(), table.len() + 1);
+    assert!(
+        text.stdout
+            .lines()
+            .next()
+            .unwrap()
+            .starts_with("METHOD  PATH")
+    );
+    assert!(
+        text.stdout
+            .contains("GET     /api/notes       notes        PageAccess(notes)  true"),
+        "{}",
+        text.stdout
+    );
+
+    let check = sandbox.run(Path::new(OK), &["check", "--format", "json"], &[CRITICAL]);
+    assert_eq!(check.code, Some(0));
+    let check: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!(check["ok"], true);
+
+    let server = serve_ok(&sandbox, &[]);
+    for route in &table {
+        let method = route["method"].as_str().unwrap();
+        let path = route["path"]
+            .as_str()
+            .unwrap()
+            .replace("{", "")
+            .replace("}", "");
+        let reply = server.request(method, &path, &[], Some(""));
+        let unmatched = reply.status == 404 && reply.body.contains("no route for");
+        assert!(!unmatched, "{method} {path} is in the table but not served");
+        let expected = match route["access"].as_str().unwrap() {
+            "Public" => None,
+            "TwilioSignature" => Some(403),
+            _ => Some(401),
+        };
+        if let Some(status) = expected {
+            assert_eq!(reply.status, status, "{method} {path} without credentials");
+        }
+    }
+    let off_table = server.request("DELETE", "/api/everything", &[], None);
+    assert_eq!(off_table.status, 404);
+
+    let ready = server.get("/readyz").json();
+    let live_plugins: Vec<&str> = ready["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let checked: Vec<&str> = check["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(live_plugins, checked);
+}
+
+#[test]
+fn trusted_proxy_request_ids_are_honoured_and_json_logs_carry_them() {
+    let sandbox = Sandbox::new();
+    let server = serve_ok(
+        &sandbox,
+        &[
+            ("CALLPLANE_TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("CALLPLANE_LOG_FORMAT", "json"),
+        ],
+    );
+    let reply = server.request(
+        "GET",
+        "/nowhere",
+        &[
+            ("x-request-id", "lb-req-42"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+        None,
+    );
+    assert_eq!(reply.header("x-request-id"), Some("lb-req-42"));
+    let invalid = server.request(
+        "GET",
+        "/nowhere",
+        &[("x-request-id", "bad id with spaces")],
+        None,
+    );
+    assert_ne!(invalid.header("x-request-id"), Some("bad id with spaces"));
+    server.signal("TERM");
+    let (status, _) = server.wait();
+    assert!(status.success());
+    let log = sandbox.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let ready = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("[BOOT] ready"))
+        })
+        .unwrap();
+    assert!(
+        ready["bind"].is_string() && ready["boot_ms"].is_number(),
+        "{ready}"
+    );
+    let request = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "lb-req-42")
+        .expect("the request's lines carry the proxy's request id");
+    assert_eq!(
+        request["client"], "198.51.100.7",
+        "client address from X-Forwarded-For of a trusted proxy"
+    );
+}
+
+#[test]
+fn sigterm_turns_readiness_off_first_and_finishes_in_flight_requests() {
+    let sandbox = Sandbox::new();
+    let server = serve_ok(&sandbox, &[("CALLPLANE_SHUTDOWN_DRAIN_SECS", "2")]);
+    assert_eq!(server.get("/readyz").status, 200);
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| {
+            let reply = server.get("/fixture/slow?ms=3500");
+            (reply, Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        server.signal("TERM");
+        let signalled = Instant::now();
+        let mut not_ready = None;
+        while signalled.elapsed() < Duration::from_secs(2) {
+            if server.get("/readyz").status == 503 {
+                not_ready = Some(Instant::now());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let not_ready = not_ready.expect("readiness turns 503 during the drain");
+        assert!(
+            not_ready.duration_since(signalled) < Duration::from_secs(1),
+            "at once, not after the drain"
+        );
+        assert_eq!(
+            server.get("/livez").status,
+            200,
+            "still serving while draining"
+        );
+        let (reply, finished) = slow.join().unwrap();
+        assert_eq!(reply.status, 200, "the in-flight request completes");
+        assert_eq!(reply.body, "done");
+        assert!(
+            not_ready < finished,
+            "readiness was 503 before the slow request finished"
+        );
+    });
+    let (status, output) = server.wait();
+    assert!(status.success(), "{status}\n{output}");
+    let draining = output.find("[SHUTDOWN] draining").expect("drain logged");
+    let closing = output
+        .find("[SHUTDOWN] drain over")
+        .expect("listener close logged");
+    assert!(draining < closing);
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let sandbox = Sandbox::new();
+    let server = serve_ok(&sandbox, &[("CALLPLANE_SHUTDOWN_DRAIN_SECS", "60")]);
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.get("/readyz").status, 503);
+    let started = Instant::now();
+    server.signal("INT");
+    let (_, output) = server.wait();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped without waiting for the 60 s drain"
+    );
+    assert!(
+        output.contains("[SHUTDOWN] second signal: stopping now"),
+        "{output}"
+    );
+}
+
+#[test]
+fn non_critical_registration_failures_degrade_instead_of_stopping() {
+    let sandbox = Sandbox::new();
+    let env = [("CALLPLANE_CRITICAL_PLUGINS", "permissions,notes")];
+    let server = sandbox.serve(Path::new(DEGRADED), &env);
+    let output = server.output();
+    assert!(output.contains("[BOOT][DEGRADED] plugin=crashy disabled: registration panicked: fixture: registration panicked"), "{output}");
+    assert!(
+        output.contains("[BOOT][DEGRADED] plugin=flaky disabled: registration returned an error"),
+        "{output}"
+    );
+    assert!(output.contains("[BOOT][WARN] CP006"), "{output}");
+    let ready = server.get("/readyz");
+    assert_eq!(
+        ready.status, 200,
+        "non-critical failures keep the instance ready"
+    );
+    let body = ready.json();
+    assert_eq!(body["status"], "degraded");
+    let crashy = body["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "crashy")
+        .unwrap();
+    assert_eq!(crashy["status"], "disabled");
+
+    let plugins = sandbox.run(Path::new(DEGRADED), &["plugins", "--format", "json"], &env);
+    assert_eq!(plugins.code, Some(0));
+    let listed: serde_json::Value = serde_json::from_str(&plugins.stdout).unwrap();
+    let statuses: Vec<(&str, &str)> = listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("crashy", "disabled"),
+            ("flaky", "disabled"),
+            ("permissions", "active"),
+            ("notes", "active")
+        ]
+    );
+    let text = sandbox.run(Path::new(DEGRADED), &["plugins"], &env);
+    assert!(text.stdout.contains("flaky        0.0.1-fixture  false     -            disabled (registration returned an error"), "{}", text.stdout);
+}
