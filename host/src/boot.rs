@@ -588,12 +588,12 @@ fn boot_order(
         pending.remove(name);
         order.push(name);
         for (other, plugin) in &runnable {
-            if plugin.requires.contains(&name) {
-                if let Some(degree) = pending.get_mut(other) {
-                    *degree -= 1;
-                    if *degree == 0 {
-                        ready.insert(other);
-                    }
+            if plugin.requires.contains(&name)
+                && let Some(degree) = pending.get_mut(other)
+            {
+                *degree -= 1;
+                if *degree == 0 {
+                    ready.insert(other);
                 }
             }
         }

@@ -2,6 +2,8 @@
 //! the critical plugins and must refuse to start with CP001 for each, before binding a port; so
 //! must a `--no-default-features` build (built here for real, in its own target directory).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

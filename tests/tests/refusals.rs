@@ -1,6 +1,8 @@
 //! Every boot finding, from a real fixture host process: the exit code, the finding ids, and no
 //! port bound (see `Sandbox::serve_refused`).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::path::Path;
 
 use callplane_e2e::harness::Sandbox;

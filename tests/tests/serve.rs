@@ -1,6 +1,8 @@
 //! A fixture host served for real: health, metrics, request ids, logs, access enforcement, the
 //! route table as the CLI reports it, degraded plugins and the SIGTERM drain.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

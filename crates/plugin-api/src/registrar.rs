@@ -216,12 +216,12 @@ impl<'a> Registrar<'a> {
                 .problems
                 .push(format!("{method} {path:?}: {problem}"));
         }
-        if let Access::PageAccess(page) = access {
-            if !is_page_name(page) {
-                self.out.problems.push(format!(
-                    "{method} {path}: page name {page:?} must be lowercase [a-z0-9_-]"
-                ));
-            }
+        if let Access::PageAccess(page) = access
+            && !is_page_name(page)
+        {
+            self.out.problems.push(format!(
+                "{method} {path}: page name {page:?} must be lowercase [a-z0-9_-]"
+            ));
         }
         self.out
             .routes

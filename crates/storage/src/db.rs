@@ -142,16 +142,14 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
         });
     }
     let in_memory = path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
-    if !in_memory {
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+    let parent = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = parent.filter(|_| !in_memory) {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     let has_mode = query.split('&').any(|p| p.starts_with("mode="));
     Ok(match (has_mode, query.is_empty()) {

@@ -333,7 +333,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_migrations_apply_once() {
         let (_dir, db) = temp_db();
-        let other = Db::connect_lazy(&db.redacted_url().to_owned()).unwrap();
+        let other = Db::connect_lazy(db.redacted_url()).unwrap();
         let sets = [PluginMigrations {
             plugin: "notes",
             migrations: &[NOTES_V1, NOTES_V2],

@@ -226,10 +226,10 @@ where
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let extensions = span.extensions();
-                if let Some(formatted) = extensions.get::<FormattedFields<N>>() {
-                    if !formatted.is_empty() {
-                        write!(writer, " {formatted}")?;
-                    }
+                if let Some(formatted) = extensions.get::<FormattedFields<N>>()
+                    && !formatted.is_empty()
+                {
+                    write!(writer, " {formatted}")?;
                 }
             }
         }
