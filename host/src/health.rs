@@ -197,3 +197,87 @@ async fn metrics(state: web::Data<HostState>) -> Result<HttpResponse, ApiError> 
         ))
         .body(text))
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, test as atest};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::boot::PluginReport;
+
+    fn plugin(name: &str, critical: bool, status: PluginStatus) -> PluginReport {
+        PluginReport {
+            name: name.into(),
+            version: "1".into(),
+            summary: String::new(),
+            critical,
+            requires: vec![],
+            status,
+            routes: 0,
+            reason: None,
+        }
+    }
+
+    async fn probe(db: Db, plugins: Vec<PluginReport>, draining: bool) -> (u16, Value) {
+        let state = web::Data::new(HostState::new(db, plugins, vec![], Registry::default()));
+        if draining {
+            state.start_draining();
+        }
+        let app = atest::init_service(
+            App::new()
+                .app_data(state)
+                .route("/readyz", web::get().to(readyz)),
+        )
+        .await;
+        let res =
+            atest::call_service(&app, atest::TestRequest::get().uri("/readyz").to_request()).await;
+        let status = res.status().as_u16();
+        (status, atest::read_body_json(res).await)
+    }
+
+    #[actix_web::test]
+    async fn readiness_follows_database_draining_and_plugins() {
+        let sqlite = || Db::connect_lazy("sqlite::memory:").unwrap();
+        let (status, body) = probe(
+            sqlite(),
+            vec![plugin("a", true, PluginStatus::Active)],
+            false,
+        )
+        .await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+
+        let (status, body) = probe(
+            sqlite(),
+            vec![plugin("a", true, PluginStatus::Active)],
+            true,
+        )
+        .await;
+        assert_eq!((status, body["draining"].as_bool()), (503, Some(true)));
+
+        let (status, body) = probe(
+            sqlite(),
+            vec![plugin("b", false, PluginStatus::Disabled)],
+            false,
+        )
+        .await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("degraded")));
+
+        let (status, _) = probe(
+            sqlite(),
+            vec![plugin("c", true, PluginStatus::Failed)],
+            false,
+        )
+        .await;
+        assert_eq!(status, 503, "a critical plugin that is not active");
+
+        let down = Db::connect_lazy("postgres://nobody:pw@127.0.0.1:1/none").unwrap();
+        let (status, body) = probe(down, vec![], false).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["database"]["reachable"], false);
+        assert!(
+            !body.to_string().contains("pw@"),
+            "no credentials in the answer: {body}"
+        );
+    }
+}

@@ -396,3 +396,78 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A fresh PostgreSQL database on the server named by `TEST_POSTGRES_URL`, dropped on drop.
+#[derive(Debug)]
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    /// The URL of the fresh database.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates a database, or returns `None` (saying so on stderr) when `TEST_POSTGRES_URL` is not
+    /// set. `.ci/run` sets it, so nothing is skipped in CI.
+    ///
+    /// # Panics
+    /// When the server refuses to create the database.
+    pub fn create(test: &str) -> Option<Self> {
+        let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!(
+                "SKIPPED {test}: TEST_POSTGRES_URL is not set (PostgreSQL tests run in .ci/run)"
+            );
+            return None;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("cp_e2e_{}_{nanos}", std::process::id());
+        admin_sql(&admin_url, format!("CREATE DATABASE {name}"));
+        let url = url_with_path(&admin_url, &name);
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        admin_sql(
+            &self.admin_url,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn url_with_path(base: &str, database: &str) -> String {
+    let (without_query, query) = base
+        .split_once('?')
+        .map_or((base, None), |(b, q)| (b, Some(q)));
+    let root = without_query
+        .rsplit_once('/')
+        .map_or(without_query, |(root, _)| root);
+    match query {
+        Some(q) => format!("{root}/{database}?{q}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+fn admin_sql(admin_url: &str, sql: String) {
+    use callplane_plugin_api::storage::{Db, sqlx};
+    let admin_url = admin_url.to_owned();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let db = Db::connect_lazy(&admin_url).expect("TEST_POSTGRES_URL is a postgres:// URL");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(db.pool())
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            db.close().await;
+        });
+    })
+    .join()
+    .expect("admin SQL thread");
+}

@@ -413,3 +413,83 @@ fn non_critical_registration_failures_degrade_instead_of_stopping() {
     let text = sandbox.run(Path::new(DEGRADED), &["plugins"], &env);
     assert!(text.stdout.contains("flaky        0.0.1-fixture  false     -            disabled (registration returned an error"), "{}", text.stdout);
 }
+
+#[test]
+fn two_instances_share_postgresql() {
+    let Some(pg) = callplane_e2e::harness::PgDatabase::create("two_instances_share_postgresql")
+    else {
+        return;
+    };
+    let sandboxes = [Sandbox::new(), Sandbox::new()];
+    let env = [
+        CRITICAL,
+        ("CALLPLANE_DATABASE_URL", pg.url.as_str()),
+        ("CALLPLANE_INSTANCES", "2"),
+    ];
+    // Both boot at once against the empty database: migrations must apply exactly once.
+    let servers: Vec<Server> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sandboxes
+            .iter()
+            .map(|s| scope.spawn(|| s.serve(Path::new(OK), &env)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let applied: usize = servers
+        .iter()
+        .map(|s| s.output().matches("[MIGRATE] applied").count())
+        .sum();
+    assert_eq!(
+        applied, 1,
+        "one instance migrated, the other found nothing to do"
+    );
+    let ready = servers[1].get("/readyz").json();
+    assert_eq!(ready["database"]["kind"], "postgres");
+    assert_eq!(ready["database"]["reachable"], true);
+
+    let auth = ("authorization", "Bearer 5:notes");
+    let created = servers[0].request(
+        "POST",
+        "/api/notes",
+        &[auth, ("content-type", "application/json")],
+        Some(r#"{"body":"shared"}"#),
+    );
+    assert_eq!(created.status, 201);
+    let seen = servers[1].request("GET", "/api/notes", &[auth], None);
+    assert_eq!(
+        seen.json(),
+        serde_json::json!([[1, "shared"]]),
+        "written on one instance, read on the other"
+    );
+    drop(servers);
+}
+
+#[test]
+fn no_log_line_is_dropped_under_load() {
+    let sandbox = Sandbox::new();
+    let server = serve_ok(&sandbox, &[]);
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 250;
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let server = &server;
+            scope.spawn(move || {
+                for i in 0..PER_THREAD {
+                    assert_eq!(server.get(&format!("/load/{t}/{i}")).status, 404);
+                }
+            });
+        }
+    });
+    server.signal("TERM");
+    let (status, _) = server.wait();
+    assert!(status.success());
+    let log = sandbox.log_text();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("[HTTP] request rejected") && l.contains("path=/load/"))
+        .count();
+    assert_eq!(
+        logged,
+        THREADS * PER_THREAD,
+        "every request's line reached the log file"
+    );
+}

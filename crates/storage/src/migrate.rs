@@ -343,3 +343,113 @@ mod tests {
         assert_eq!(versions(&db).await.len(), 2);
     }
 }
+
+/// The same guarantees on PostgreSQL, in a fresh database per test. They need `TEST_POSTGRES_URL`
+/// (a role that may create databases); without it they say so and pass, and `.ci/run` sets it.
+#[cfg(test)]
+mod postgres_tests {
+    use super::*;
+
+    const TABLE_V1: Migration = Migration {
+        version: 1,
+        description: "items",
+        sqlite: "",
+        postgres: "CREATE TABLE items (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);",
+    };
+
+    /// A fresh, uniquely named database on the test server, dropped on drop.
+    struct FreshDb {
+        admin: Db,
+        name: String,
+        url: String,
+    }
+
+    impl FreshDb {
+        async fn create() -> Option<Self> {
+            let Ok(base) = std::env::var("TEST_POSTGRES_URL") else {
+                eprintln!(
+                    "SKIPPED: TEST_POSTGRES_URL is not set; PostgreSQL migration tests did not run"
+                );
+                return None;
+            };
+            let admin = Db::connect_lazy(&base).unwrap();
+            let name = unique_name();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(admin.pool())
+                .await
+                .unwrap();
+            let mut url = url::Url::parse(&base).unwrap();
+            url.set_path(&name);
+            Some(Self {
+                admin,
+                name,
+                url: url.to_string(),
+            })
+        }
+    }
+
+    /// A name no other test (in this or a concurrent run) uses.
+    fn unique_name() -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("cp_storage_{}_{nanos}_{n}", std::process::id())
+    }
+
+    impl Drop for FreshDb {
+        fn drop(&mut self) {
+            let admin = self.admin.clone();
+            let name = self.name.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(admin.pool())
+                    .await;
+                });
+            })
+            .join()
+            .unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_boots_on_an_empty_postgres_migrate_once() {
+        let Some(fresh) = FreshDb::create().await else {
+            return;
+        };
+        let a = Db::connect_lazy(&fresh.url).unwrap();
+        let b = Db::connect_lazy(&fresh.url).unwrap();
+        assert_eq!(a.kind(), DbKind::Postgres);
+        let sets = [PluginMigrations {
+            plugin: "items",
+            migrations: &[TABLE_V1],
+        }];
+        let (ra, rb) = tokio::join!(migrate(&a, &sets), migrate(&b, &sets));
+        assert_eq!(
+            ra.unwrap().len() + rb.unwrap().len(),
+            1,
+            "exactly one instance applied it"
+        );
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT plugin, version FROM callplane_schema_versions")
+                .fetch_all(a.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows, [("items".to_owned(), 1)]);
+        sqlx::query("INSERT INTO items (name) VALUES ($1)")
+            .bind("x")
+            .execute(a.pool())
+            .await
+            .unwrap();
+        a.close().await;
+        b.close().await;
+    }
+}
