@@ -135,8 +135,8 @@ impl Planner<'_> {
                 .any(|n| n == plugin.name)
     }
 
-    /// Records that `plugin` cannot run: an error (status failed) when it is critical, otherwise a
-    /// warning and the plugin is disabled.
+    /// Records that `plugin` cannot register (CP006): an error (status failed) when it is
+    /// critical, otherwise a warning and the plugin is disabled: the host runs degraded.
     fn fail(&mut self, plugin: &RoutePlugin, id: &'static str, message: String, hint: String) {
         let critical = self.critical(plugin);
         let (finding, status) = if critical {
@@ -152,6 +152,15 @@ impl Planner<'_> {
         };
         self.findings.push(finding);
         self.out.entry(plugin.name).or_insert((status, message));
+    }
+
+    /// Records an error that stops the boot whether or not `plugin` is critical (CP004, CP010).
+    fn refuse(&mut self, plugin: &RoutePlugin, id: &'static str, message: String, hint: String) {
+        self.findings
+            .push(Finding::error(id, Some(plugin.name), message.clone(), hint));
+        self.out
+            .entry(plugin.name)
+            .or_insert((PluginStatus::Failed, message));
     }
 }
 
@@ -213,7 +222,7 @@ pub fn plan(
                 Some(name),
                 format!("critical plugin '{name}' is missing: not compiled into this binary"),
                 format!(
-                    "build with the default features (cargo feature plugin-{name}) or remove '{name}' from CALLPLANE_CRITICAL_PLUGINS"
+                    "build with the default features or remove '{name}' from CALLPLANE_CRITICAL_PLUGINS"
                 ),
             ));
             reports.insert(
@@ -257,6 +266,21 @@ pub fn plan(
 
     // Registration in dependency order.
     let order = boot_order(&candidates, &planner.out);
+    // Every plugin still in the running must have a place in the order; one without would be
+    // silently absent. (Cycles were removed above, so this is a safety net, not a path.)
+    let unordered: Vec<&'static str> = candidates
+        .keys()
+        .filter(|n| !planner.out.contains_key(*n) && !order.contains(n))
+        .copied()
+        .collect();
+    for name in unordered {
+        planner.refuse(
+            candidates[name],
+            "CP005",
+            format!("plugin '{name}' could not be ordered after its requirements"),
+            "check the plugin's requires list".to_owned(),
+        );
+    }
     let mut active: Vec<ActivePlugin> = Vec::new();
     for name in &order {
         let plugin = candidates[name];
@@ -266,14 +290,14 @@ pub fn plan(
             .find(|r| planner.out.contains_key(*r))
         {
             let (message, hint) = requirement_finding(plugin, missing, "failed to register");
-            planner.fail(plugin, "CP004", message, hint);
+            planner.refuse(plugin, "CP004", message, hint);
             continue;
         }
         let mut registrar = Registrar::new(
             plugin.name,
             &config.settings,
             db,
-            registry.sub_registry_with_prefix(plugin.name),
+            registry.sub_registry_with_prefix(plugin.name.replace('-', "_")),
         );
         let outcome = catch_unwind(AssertUnwindSafe(|| (plugin.register)(&mut registrar)));
         let registration = registrar.finish();
@@ -315,12 +339,7 @@ pub fn plan(
                     )
                 };
                 if id == "CP010" {
-                    planner
-                        .findings
-                        .push(Finding::error(id, Some(name), message.clone(), hint));
-                    planner
-                        .out
-                        .insert(plugin.name, (PluginStatus::Failed, message));
+                    planner.refuse(plugin, id, message, hint);
                 } else {
                     planner.fail(plugin, id, message, hint);
                 }
@@ -366,7 +385,6 @@ pub fn plan(
         }
         unprovided.extend(needs.into_iter().map(|(c, routes)| (index, c, routes)));
     }
-    let mut dropped = BTreeSet::new();
     for (index, capability, routes) in unprovided {
         let plugin = active[index].plugin;
         let provider = capability.provider_plugin();
@@ -391,17 +409,10 @@ pub fn plan(
         let hint = format!(
             "build with plugin-{provider} (and keep it registered), or change the routes' access policy"
         );
-        planner.fail(plugin, "CP004", message, hint);
-        if planner
-            .out
-            .get(plugin.name)
-            .is_some_and(|(s, _)| *s == PluginStatus::Disabled)
-        {
-            dropped.insert(plugin.name);
-        }
+        planner.refuse(plugin, "CP004", message, hint);
     }
-    let failed: BTreeSet<&str> = planner.out.keys().copied().collect();
-    active.retain(|a| !failed.contains(a.plugin.name) && !dropped.contains(a.plugin.name));
+    let out: BTreeSet<&str> = planner.out.keys().copied().collect();
+    active.retain(|a| !out.contains(a.plugin.name));
 
     // The route table.
     let mut routes: Vec<RouteSpec> = host_routes;
@@ -503,7 +514,7 @@ fn propagate_requirements(
             });
             if let Some((required, state)) = problem {
                 let (message, hint) = requirement_finding(plugin, required, &state);
-                planner.fail(plugin, "CP004", message, hint);
+                planner.refuse(plugin, "CP004", message, hint);
                 changed = true;
             }
         }
@@ -571,10 +582,12 @@ fn boot_order(
         .map(|(n, p)| {
             (
                 *n,
+                // Distinct requirements: each lowers the count once when it registers.
                 p.requires
                     .iter()
                     .filter(|r| runnable.contains_key(*r))
-                    .count(),
+                    .collect::<BTreeSet<_>>()
+                    .len(),
             )
         })
         .collect();
@@ -604,6 +617,7 @@ fn boot_order(
 /// CP003 (collisions), CP007/CP008 (webhook policies), CP009 (public API routes).
 fn check_routes(routes: &[RouteSpec], findings: &mut Vec<Finding>) {
     let mut seen: BTreeMap<(String, String), &RouteSpec> = BTreeMap::new();
+    let mut shapes: BTreeMap<String, &RouteSpec> = BTreeMap::new();
     for route in routes {
         let key = (route.method.to_string(), route.shape());
         if let Some(first) = seen.get(&key) {
@@ -616,9 +630,23 @@ fn check_routes(routes: &[RouteSpec], findings: &mut Vec<Finding>) {
                 ),
                 "give one of the routes another path or method",
             ));
-        } else {
-            seen.insert(key, route);
+        } else if let Some(first) = shapes.get(&route.shape())
+            && first.path != route.path
+        {
+            // Same shape, other parameter names: actix matches the first resource of that shape
+            // for every method, so the other routes would answer 405 forever.
+            findings.push(Finding::error(
+                "CP003",
+                Some(route.plugin),
+                format!(
+                    "route {} {} of plugin '{}' has the shape of {} {} of plugin '{}' with other parameter names (actix would route both to the first)",
+                    route.method, route.path, route.plugin, first.method, first.path, first.plugin
+                ),
+                format!("name the parameters as in {}", first.path),
+            ));
         }
+        seen.entry(key).or_insert(route);
+        shapes.entry(route.shape()).or_insert(route);
         let webhook = route.path == "/webhook" || route.path.starts_with("/webhook/");
         if webhook {
             match route.access {
@@ -792,6 +820,11 @@ mod tests {
         Ok(())
     });
     static BAD_NAME: RoutePlugin = plugin("Bad Name", &[], false, nothing);
+    static REPEATS: RoutePlugin = plugin("repeats", &["permissions", "permissions"], true, notes);
+    static DELETES: RoutePlugin = plugin("deletes", &["permissions"], false, |reg| {
+        reg.delete("/api/notes/{note}", Access::PageAccess("notes"), ok);
+        Ok(())
+    });
 
     fn run(linked: &[&'static RoutePlugin], critical: &[&str]) -> BootPlan {
         let config = Config {
@@ -898,11 +931,15 @@ mod tests {
         assert_eq!(
             ids(&plan),
             [
-                ("CP004", Level::Warning, Some("needs-ghost")),
+                ("CP004", Level::Error, Some("needs-ghost")),
                 ("CP004", Level::Error, Some("needs-needy"))
             ]
         );
-        assert_eq!(status(&plan, "needs-ghost"), PluginStatus::Disabled);
+        assert_eq!(
+            status(&plan, "needs-ghost"),
+            PluginStatus::Failed,
+            "CP004 is an error, critical or not"
+        );
         assert_eq!(status(&plan, "needs-needy"), PluginStatus::Failed);
         assert!(
             plan.findings[0]
@@ -924,10 +961,10 @@ mod tests {
             message.contains("GET /api/notes/{id} (PageAccess(notes))"),
             "{message}"
         );
-        // Non-critical: the plugin is disabled and the host runs degraded.
+        // Not critical either: a page-access route without page-access resolution never serves.
         let plan = run(&[&LONELY], &[]);
-        assert_eq!(ids(&plan), [("CP004", Level::Warning, Some("lonely"))]);
-        assert_eq!(status(&plan, "lonely"), PluginStatus::Disabled);
+        assert_eq!(ids(&plan), [("CP004", Level::Error, Some("lonely"))]);
+        assert_eq!(status(&plan, "lonely"), PluginStatus::Failed);
         assert_eq!(plan.routes.len(), 3, "only the host routes remain");
     }
 
@@ -1000,6 +1037,25 @@ mod tests {
                 ("CP010", Level::Error, Some("bad-config")),
                 ("CP006", Level::Error, Some("Bad Name"))
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_requirement_listed_twice_still_registers() {
+        let plan = run(&[&REPEATS, &PERMISSIONS], &["repeats"]);
+        assert!(plan.findings.is_empty(), "{:?}", plan.findings);
+        assert_eq!(status(&plan, "repeats"), PluginStatus::Active);
+    }
+
+    #[tokio::test]
+    async fn one_shape_with_other_parameter_names_is_cp003_across_methods() {
+        let plan = run(&[&PERMISSIONS, &NOTES, &DELETES], &[]);
+        // `deletes` registers first (name order), so `notes` is the one reported.
+        assert_eq!(ids(&plan), [("CP003", Level::Error, Some("notes"))]);
+        assert!(
+            plan.findings[0].hint.contains("/api/notes/{note}"),
+            "{:?}",
+            plan.findings[0]
         );
     }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use callplane_plugin_api::{Secret, Settings, is_valid_plugin_name};
-use callplane_storage::DbKind;
+use callplane_storage::{DbKind, redact_url};
 use callplane_telemetry::{LogFormat, TrustedProxies, logging};
 
 use crate::finding::Finding;
@@ -113,10 +113,19 @@ impl Loader {
             Raw::File(_) => format!("`{}` in {}", key.file, self.file_label),
             Raw::Env(_) => format!("environment variable {}", key.env),
         };
+        // URLs may carry credentials (`postgres://app:password@…`): shown with the password masked.
+        let text = |value: &str| {
+            if key.file.ends_with("url") || key.file.ends_with("api_base") {
+                redact_url(value)
+            } else {
+                value.to_owned()
+            }
+        };
         let shown = match (key.secret, raw) {
             (true, _) => "<secret>".to_owned(),
+            (false, Raw::File(toml::Value::String(value))) => format!("{:?}", text(value)),
             (false, Raw::File(value)) => value.to_string(),
-            (false, Raw::Env(value)) => format!("{value:?}"),
+            (false, Raw::Env(value)) => format!("{:?}", text(value)),
         };
         self.findings.push(Finding::error(
             "CP010",
@@ -248,7 +257,7 @@ fn read_file(path: &Path) -> Result<toml::Table, String> {
         // The message alone: the default rendering quotes the offending line, which could hold a secret.
         let line = e
             .span()
-            .map(|span| text[..span.start].lines().count().max(1));
+            .map(|span| text[..span.start].matches('\n').count() + 1);
         match line {
             Some(line) => format!("is not valid TOML (line {line}): {}", e.message()),
             None => format!("is not valid TOML: {}", e.message()),
@@ -301,6 +310,10 @@ fn collect_env_keys(
     loader: &mut Loader,
 ) {
     for (name, value) in env {
+        // An empty RUST_LOG means "not set" (an empty filter would silence everything).
+        if name == "RUST_LOG" && value.trim().is_empty() {
+            continue;
+        }
         if let Some(key) = KEYS.iter().find(|k| k.env == name) {
             raw.insert(key.file, Raw::Env(value.clone()));
         } else if name.starts_with("CALLPLANE_") && name != CONFIG_ENV {
@@ -645,6 +658,32 @@ mod tests {
             );
         }
         assert_eq!(findings.len(), 12, "{text:#?}");
+    }
+
+    #[test]
+    fn passwords_in_bad_urls_are_masked() {
+        let (_, findings) = load(
+            Some(file("").path()),
+            &env(&[
+                ("CALLPLANE_DATABASE_URL", "postgress://app:s3cret@db/cp"),
+                ("RUST_LOG", ""),
+            ]),
+        );
+        assert_eq!(
+            findings.len(),
+            1,
+            "an empty RUST_LOG is not an error: {findings:?}"
+        );
+        assert!(
+            !findings[0].message.contains("s3cret"),
+            "{}",
+            findings[0].message
+        );
+        assert!(
+            findings[0].message.contains("postgress://app:***@db/cp"),
+            "{}",
+            findings[0].message
+        );
     }
 
     #[test]

@@ -17,6 +17,11 @@ use crate::boot::{HOST, PluginReport, PluginStatus};
 
 /// How long `/readyz` waits for the database before calling it unreachable.
 const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a database probe result is reused: a flood of `/readyz` must not take the pool's
+/// connections away from the webhooks.
+const DB_PROBE_TTL: Duration = Duration::from_secs(1);
+/// How long a plugin's readiness check may take before it counts as not ready.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shared by the health handlers and the shutdown sequence.
 pub struct HostState {
@@ -26,6 +31,7 @@ pub struct HostState {
     plugins: Vec<PluginReport>,
     checks: Vec<(String, String, ReadinessCheck)>,
     registry: Registry,
+    last_probe: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,6 +94,7 @@ impl HostState {
             plugins,
             checks,
             registry,
+            last_probe: std::sync::Mutex::new(None),
         }
     }
 
@@ -95,6 +102,31 @@ impl HostState {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.draining_gauge.set(1);
+    }
+
+    /// Whether the database answers, probed at most once per [`DB_PROBE_TTL`]. The error itself is
+    /// logged, not returned: `/readyz` is public.
+    async fn database_reachable(&self) -> bool {
+        let cached = *self
+            .last_probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, reachable)) = cached.filter(|(at, _)| at.elapsed() < DB_PROBE_TTL) {
+            return reachable;
+        }
+        let reachable = match self.db.ping(DB_PROBE_TIMEOUT).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(error = %error, database = self.db.redacted_url(), "[HEALTH] database unreachable");
+                false
+            }
+        };
+        *self
+            .last_probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), reachable));
+        reachable
     }
 
     /// Whether the instance is draining.
@@ -136,11 +168,14 @@ async fn livez() -> HttpResponse {
 
 async fn readyz(state: web::Data<HostState>) -> HttpResponse {
     let draining = state.is_draining();
-    let db = state.db.ping(DB_PROBE_TIMEOUT).await;
+    let db_reachable = state.database_reachable().await;
     let mut checks = serde_json::Map::new();
     let mut checks_ready = true;
     for (plugin, name, check) in &state.checks {
-        let report = check().await;
+        let report = tokio::time::timeout(CHECK_TIMEOUT, check()).await.unwrap_or_else(|_| {
+            tracing::warn!(plugin = %plugin, check = %name, "[HEALTH] readiness check timed out");
+            callplane_plugin_api::ReadinessReport { ready: false, detail: json!("timed out") }
+        });
         checks_ready &= report.ready;
         checks.insert(
             format!("{plugin}.{name}"),
@@ -155,7 +190,7 @@ async fn readyz(state: web::Data<HostState>) -> HttpResponse {
         .plugins
         .iter()
         .any(|p| p.status != PluginStatus::Active);
-    let ready = !draining && db.is_ok() && !critical_down && checks_ready;
+    let ready = !draining && db_reachable && !critical_down && checks_ready;
     let status = match (ready, degraded) {
         (false, _) => "not_ready",
         (true, true) => "degraded",
@@ -166,15 +201,13 @@ async fn readyz(state: web::Data<HostState>) -> HttpResponse {
         "draining": draining,
         "database": {
             "kind": state.db.kind().as_str(),
-            "reachable": db.is_ok(),
-            "error": db.err().map(|e| e.to_string()),
+            "reachable": db_reachable,
         },
         "plugins": state.plugins.iter().map(|p| json!({
             "name": p.name,
             "version": p.version,
             "critical": p.critical,
             "status": p.status,
-            "reason": p.reason,
         })).collect::<Vec<_>>(),
         "checks": checks,
     });

@@ -12,7 +12,7 @@ use callplane_plugin_api::{
 };
 use callplane_storage::{PluginMigrations, migrate};
 use callplane_telemetry::{
-    Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, request_context,
+    BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, request_context,
 };
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
@@ -84,6 +84,7 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
     for p in &plan.plugins {
         match p.status {
             PluginStatus::Active => tracing::info!(
+                target: BOOT_TARGET,
                 plugin = %p.name,
                 version = %p.version,
                 routes = p.routes,
@@ -92,7 +93,7 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
                 report::registered_line(p)
             ),
             PluginStatus::Disabled => {
-                tracing::warn!(plugin = %p.name, "{}", report::degraded_line(p))
+                tracing::warn!(target: BOOT_TARGET, plugin = %p.name, "{}", report::degraded_line(p))
             }
             PluginStatus::Missing | PluginStatus::Failed => {}
         }
@@ -101,16 +102,18 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         let [head, hint] = finding.lines();
         let plugin = finding.plugin.as_deref();
         match finding.level {
-            Level::Error => tracing::error!(id = finding.id, plugin, "{head}"),
-            Level::Warning => tracing::warn!(id = finding.id, plugin, "{head}"),
+            Level::Error => tracing::error!(target: BOOT_TARGET, id = finding.id, plugin, "{head}"),
+            Level::Warning => {
+                tracing::warn!(target: BOOT_TARGET, id = finding.id, plugin, "{head}")
+            }
         }
         match finding.level {
-            Level::Error => tracing::error!(id = finding.id, "{hint}"),
-            Level::Warning => tracing::warn!(id = finding.id, "{hint}"),
+            Level::Error => tracing::error!(target: BOOT_TARGET, id = finding.id, "{hint}"),
+            Level::Warning => tracing::warn!(target: BOOT_TARGET, id = finding.id, "{hint}"),
         }
     }
     if findings.iter().any(|f| f.level == Level::Error) {
-        tracing::error!("{}", report::fatal_line(&findings));
+        tracing::error!(target: BOOT_TARGET, "{}", report::fatal_line(&findings));
         return ExitCode::from(EXIT_CONFIG);
     }
 
@@ -123,14 +126,14 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         })
         .collect();
     if let Err(error) = migrate(&db, &sets).await {
-        tracing::error!(error = %error, database = db.redacted_url(), "[BOOT] ❌ migrations failed");
+        tracing::error!(target: BOOT_TARGET, error = %error, database = db.redacted_url(), "[BOOT] ❌ migrations failed");
         return ExitCode::FAILURE;
     }
 
     let listener = match TcpListener::bind(config.bind) {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(bind = %config.bind, error = %error, "[BOOT] ❌ cannot bind");
+            tracing::error!(target: BOOT_TARGET, bind = %config.bind, error = %error, "[BOOT] ❌ cannot bind");
             return ExitCode::FAILURE;
         }
     };
@@ -178,13 +181,14 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
     let server = match server.listen(listener) {
         Ok(server) => server.run(),
         Err(error) => {
-            tracing::error!(bind = %bound, error = %error, "[BOOT] ❌ cannot listen");
+            tracing::error!(target: BOOT_TARGET, bind = %bound, error = %error, "[BOOT] ❌ cannot listen");
             return ExitCode::FAILURE;
         }
     };
 
     let boot_ms = started.elapsed().as_millis();
     tracing::info!(
+                target: BOOT_TARGET,
         bind = %bound,
         plugins = plugin_count,
         routes = route_count,
@@ -192,21 +196,30 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         "[BOOT] ready bind={bound} plugins={plugin_count} routes={route_count} boot_ms={boot_ms}"
     );
 
-    let handle = server.handle();
+    let (force_stop, forced) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(shutdown_on_signal(
-        handle,
+        server.handle(),
         host,
         Duration::from_secs(config.shutdown_drain_secs),
+        force_stop,
     ));
-    let result = server.await;
+    // A second signal abandons the graceful stop: returning here drops the log guard (flushing
+    // every line) and ends the process, worker threads included.
+    let result = tokio::select! {
+        result = server => result,
+        Ok(()) = forced => {
+            tracing::warn!(target: BOOT_TARGET, "[SHUTDOWN] stopped at once; in-flight requests were cut off");
+            return ExitCode::FAILURE;
+        }
+    };
     db.close().await;
     match result {
         Ok(()) => {
-            tracing::info!("[SHUTDOWN] stopped");
+            tracing::info!(target: BOOT_TARGET, "[SHUTDOWN] stopped");
             ExitCode::SUCCESS
         }
         Err(error) => {
-            tracing::error!(error = %error, "[SHUTDOWN] server failed");
+            tracing::error!(target: BOOT_TARGET, error = %error, "[SHUTDOWN] server failed");
             ExitCode::FAILURE
         }
     }
@@ -219,11 +232,13 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 
 /// First SIGTERM/SIGINT: readiness goes 503 at once and the instance keeps serving for the drain
 /// period, so the load balancer notices before the listener closes; then actix stops accepting and
-/// lets in-flight requests finish. A second signal at any point stops at once.
+/// lets in-flight requests finish. A second signal at any point stops at once (through `force`:
+/// actix handles one stop command at a time, so a second `stop` would wait for the first).
 async fn shutdown_on_signal(
     handle: actix_web::dev::ServerHandle,
     host: web::Data<HostState>,
     drain: Duration,
+    force: tokio::sync::oneshot::Sender<()>,
 ) {
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -231,7 +246,11 @@ async fn shutdown_on_signal(
     ) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(error), _) | (_, Err(error)) => {
-            tracing::error!(error = %error, "[SHUTDOWN] cannot install signal handlers; stop with SIGKILL");
+            tracing::error!(
+                target: BOOT_TARGET,
+                error = %error,
+                "[SHUTDOWN] cannot install signal handlers; stop with SIGKILL"
+            );
             return;
         }
     };
@@ -241,28 +260,28 @@ async fn shutdown_on_signal(
     };
     host.start_draining();
     tracing::info!(
+        target: BOOT_TARGET,
         signal = name,
         drain_secs = drain.as_secs(),
         "[SHUTDOWN] draining: readiness is 503, still serving; a second signal stops at once"
     );
+    let stop_gracefully = async {
+        tokio::time::sleep(drain).await;
+        tracing::info!(
+            target: BOOT_TARGET,
+            timeout_secs = GRACEFUL_TIMEOUT_SECS,
+            "[SHUTDOWN] drain over: closing the listener, finishing in-flight requests"
+        );
+        handle.stop(true).await;
+    };
     tokio::select! {
-        () = tokio::time::sleep(drain) => {}
-        _ = term.recv() => return stop_now(&handle).await,
-        _ = int.recv() => return stop_now(&handle).await,
-    }
-    tracing::info!(
-        timeout_secs = GRACEFUL_TIMEOUT_SECS,
-        "[SHUTDOWN] drain over: closing the listener, finishing in-flight requests"
-    );
-    let graceful = handle.stop(true);
-    tokio::select! {
-        () = graceful => {}
-        _ = term.recv() => stop_now(&handle).await,
-        _ = int.recv() => stop_now(&handle).await,
+        () = stop_gracefully => {}
+        _ = term.recv() => stop_now(force),
+        _ = int.recv() => stop_now(force),
     }
 }
 
-async fn stop_now(handle: &actix_web::dev::ServerHandle) {
-    tracing::warn!("[SHUTDOWN] second signal: stopping now");
-    handle.stop(false).await;
+fn stop_now(force: tokio::sync::oneshot::Sender<()>) {
+    tracing::warn!(target: BOOT_TARGET, "[SHUTDOWN] second signal: stopping now");
+    let _ = force.send(());
 }

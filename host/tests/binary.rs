@@ -59,7 +59,7 @@ fn assert_refuses_every_missing_plugin(bin: &Path) {
     assert!(!out.contains("[BOOT] ready"), "{out}");
     assert!(
         out.contains(
-            "[BOOT]    hint: build with the default features (cargo feature plugin-twilio)"
+            "[BOOT]    hint: build with the default features or remove 'twilio' from CALLPLANE_CRITICAL_PLUGINS"
         ),
         "{out}"
     );

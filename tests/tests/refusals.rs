@@ -178,7 +178,7 @@ fn critical_registration_error_and_panic_are_cp006() {
         &["CP006", "CP006"],
     );
     assert!(
-        out.contains("plugin 'broken'") || out.contains("registration returned an error: fixture"),
+        out.contains("registration returned an error: fixture: cannot reach its dependency"),
         "{out}"
     );
     assert!(

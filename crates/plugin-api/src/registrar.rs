@@ -379,6 +379,10 @@ pub fn mount(
             None => by_path.push((&route.path, vec![route])),
         }
     }
+    // Actix serves a request from the first resource whose pattern matches, so a literal segment
+    // must come before a parameter in the same position (`/api/calls/outbound` before
+    // `/api/calls/{call_sid}`), whatever order the plugins declared them in.
+    by_path.sort_by(|(a, _), (b, _)| specificity(a).cmp(&specificity(b)));
     for (path, group) in by_path {
         let allow = group
             .iter()
@@ -414,6 +418,13 @@ pub fn mount(
         }
         cfg.service(resource);
     }
+}
+
+/// Sort key of a path pattern: per segment, literals (`false`) before parameters (`true`).
+fn specificity(path: &str) -> Vec<(bool, &str)> {
+    path.split('/')
+        .map(|segment| (segment.starts_with('{'), segment))
+        .collect()
 }
 
 async fn enforce(
@@ -462,6 +473,40 @@ mod tests {
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[actix_rt::test]
+    async fn literal_segments_win_over_parameters_whatever_the_declaration_order() {
+        let settings = Settings::default();
+        let db = Db::connect_lazy("sqlite::memory:").unwrap();
+        let mut metrics = Registry::default();
+        let mut reg = Registrar::new("calls", &settings, &db, &mut metrics);
+        reg.get(
+            "/api/calls/{sid}",
+            Access::Public,
+            |sid: web::Path<String>| async move { format!("call {sid}") },
+        )
+        .post("/api/calls/outbound", Access::Public, || async {
+            "dialling"
+        });
+        let routes = reg.finish().routes;
+        let app =
+            atest::init_service(App::new().configure(|cfg| mount(cfg, &routes, &BTreeMap::new())))
+                .await;
+        let post = atest::call_and_read_body(
+            &app,
+            atest::TestRequest::post()
+                .uri("/api/calls/outbound")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(post, "dialling");
+        let get = atest::call_and_read_body(
+            &app,
+            atest::TestRequest::get().uri("/api/calls/CA1").to_request(),
+        )
+        .await;
+        assert_eq!(get, "call CA1");
     }
 
     #[test]

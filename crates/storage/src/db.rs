@@ -160,7 +160,7 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
 }
 
 /// Replaces the password of a URL with `***` so it can be logged or shown in a finding.
-pub(crate) fn redact_url(raw: &str) -> String {
+pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut parsed) if parsed.password().is_some() => {
             // Setting a password only fails for URLs that cannot have one, which this one has.

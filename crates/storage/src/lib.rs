@@ -13,7 +13,7 @@ mod db;
 mod error;
 mod migrate;
 
-pub use db::{Db, DbKind};
+pub use db::{Db, DbKind, redact_url};
 pub use error::StorageError;
 pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
 pub use sqlx;

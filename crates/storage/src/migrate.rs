@@ -110,6 +110,17 @@ pub async fn migrate(
         for row in rows {
             done.insert(row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?);
         }
+        let known: std::collections::BTreeSet<i64> =
+            set.migrations.iter().map(|m| m.version).collect();
+        for version in done.keys().filter(|v| !known.contains(v)) {
+            // A newer binary migrated this database (a rolling upgrade in progress, or a rollback):
+            // keep running, but say so.
+            tracing::warn!(
+                plugin = set.plugin,
+                version,
+                "[MIGRATE] the database has a migration this binary does not know"
+            );
+        }
         for migration in set.migrations {
             let sql = migration.sql(kind);
             let current = checksum(sql);
@@ -348,6 +359,8 @@ mod tests {
 /// (a role that may create databases); without it they say so and pass, and `.ci/run` sets it.
 #[cfg(test)]
 mod postgres_tests {
+    use std::io::Write as _;
+
     use super::*;
 
     const TABLE_V1: Migration = Migration {
@@ -367,7 +380,9 @@ mod postgres_tests {
     impl FreshDb {
         async fn create() -> Option<Self> {
             let Ok(base) = std::env::var("TEST_POSTGRES_URL") else {
-                eprintln!(
+                // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "SKIPPED: TEST_POSTGRES_URL is not set; PostgreSQL migration tests did not run"
                 );
                 return None;

@@ -15,6 +15,12 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+/// Target of the `[BOOT]`/`[SHUTDOWN]` lines. Always logged at `info`, whatever the filter says:
+/// a refused boot must never be silent.
+pub const BOOT_TARGET: &str = "callplane::boot";
+/// Target of the call trace lines (`[TWILIO][…]`, `[OUTBOUND][…]`). Always logged at `info`.
+pub const TRACE_TARGET: &str = "callplane::trace";
+
 /// Prefix of the rolling log files: `callplane.YYYY-MM-DD.log`.
 pub const LOG_FILE_PREFIX: &str = "callplane";
 
@@ -128,7 +134,15 @@ pub fn probe_log_dir(dir: &std::path::Path) -> Result<(), TelemetryError> {
 /// # Errors
 /// A bad filter, an unwritable log directory, or a subscriber already installed.
 pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
-    let filter = parse_filter(&settings.filter)?;
+    let mut filter = parse_filter(&settings.filter)?;
+    for target in [BOOT_TARGET, TRACE_TARGET] {
+        filter = filter.add_directive(format!("{target}=info").parse().map_err(
+            |e: tracing_subscriber::filter::ParseError| TelemetryError::Filter {
+                filter: target.to_owned(),
+                message: e.to_string(),
+            },
+        )?);
+    }
     let mut guards = Vec::new();
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
 
@@ -196,9 +210,9 @@ where
 ///
 /// Values print bare unless they are empty or contain whitespace or quotes, then quoted, so the
 /// contract's literal lines (`[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA…`)
-/// come out exactly and still grep. A field already spelled out in the message (`key=` appears in
-/// it) is not repeated: boot lines embed their fields in the message for the text format while
-/// the JSON format still gets them as keys.
+/// come out exactly and still grep. A field the message already shows is not repeated — `key=`
+/// starts a word of the message, or the value itself is a word of it — so boot lines can spell
+/// out their fields in the contract's wording while the JSON format still gets them as keys.
 #[derive(Debug, Clone, Copy)]
 pub struct TextFormat;
 
@@ -219,7 +233,7 @@ where
         event.record(&mut fields);
         writer.write_str(&fields.message)?;
         for (name, value) in &fields.pairs {
-            if !fields.message.contains(&format!("{name}=")) {
+            if !shown_in(&fields.message, name, value) {
                 write!(writer, " {name}={value}")?;
             }
         }
@@ -235,6 +249,20 @@ where
         }
         writeln!(writer)
     }
+}
+
+/// Whether `message` already shows the field: `name=` at the start of a word, or `value` as a
+/// whole word (bounded by non-alphanumeric characters).
+fn shown_in(message: &str, name: &str, value: &str) -> bool {
+    let word_at = |needle: &str, whole: bool| {
+        message.match_indices(needle).any(|(at, _)| {
+            let before = message[..at].chars().next_back();
+            let after = message[at + needle.len()..].chars().next();
+            let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
+            boundary(before) && (!whole || boundary(after))
+        })
+    };
+    word_at(&format!("{name}="), false) || (value.len() > 1 && word_at(value, true))
 }
 
 #[derive(Default)]
@@ -326,6 +354,43 @@ mod tests {
             out.trim_end()
                 .ends_with("INFO [BOOT] ✅ plugin=twilio routes=3 registered (calls)"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn only_fields_the_message_really_shows_are_left_out() {
+        let out = capture(LogFormat::Text, || {
+            tracing::error!(
+                id = "CP001",
+                plugin = "twilio",
+                "[BOOT] ❌ [BOOT][FATAL] CP001 critical plugin 'twilio' is missing"
+            );
+        });
+        assert!(
+            out.trim_end()
+                .ends_with("[BOOT][FATAL] CP001 critical plugin 'twilio' is missing"),
+            "{out}"
+        );
+        let out = capture(LogFormat::Text, || {
+            tracing::info!(id = 7, lead = "4", "call lead_id=42 ok")
+        });
+        assert!(
+            out.trim_end().ends_with("call lead_id=42 ok id=7 lead=4"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn boot_and_trace_lines_survive_any_filter() {
+        // `init` installs a global subscriber once per process; the directive logic is checked here.
+        let mut filter = parse_filter("off").unwrap();
+        for target in [BOOT_TARGET, TRACE_TARGET] {
+            filter = filter.add_directive(format!("{target}=info").parse().unwrap());
+        }
+        let text = filter.to_string();
+        assert!(
+            text.contains("callplane::boot=info") && text.contains("callplane::trace=info"),
+            "{text}"
         );
     }
 

@@ -96,8 +96,16 @@ pub async fn request_context(
         .filter(|_| trusted_peer)
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate);
+    // Every X-Forwarded-For line, in order: a proxy may add its own line instead of appending.
+    let forwarded_for = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let forwarded_for = (!forwarded_for.is_empty()).then_some(forwarded_for.as_str());
     let client = match (&telemetry, peer) {
-        (Some(t), Some(ip)) => Some(t.proxies.client_ip(ip, header("x-forwarded-for"))),
+        (Some(t), Some(ip)) => Some(t.proxies.client_ip(ip, forwarded_for)),
         (None, Some(ip)) => Some(ip),
         (_, None) => None,
     };
@@ -125,8 +133,12 @@ pub async fn request_context(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     if let Some(t) = &telemetry {
-        t.metrics
-            .observe(&route, method.as_str(), status, elapsed.as_secs_f64());
+        t.metrics.observe(
+            &route,
+            metric_method(&method),
+            status,
+            elapsed.as_secs_f64(),
+        );
     }
     span.in_scope(|| {
         let client = client.map(|ip| ip.to_string()).unwrap_or_default();
@@ -143,6 +155,22 @@ pub async fn request_context(
     Ok(response)
 }
 
+/// The method as a metrics label: the standard ones, everything else `other` (a client must not be
+/// able to create series at will).
+fn metric_method(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use actix_web::middleware::from_fn;
@@ -151,6 +179,20 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_metrics_label() {
+        use actix_web::http::Method;
+        assert_eq!(metric_method(&Method::GET), "GET");
+        assert_eq!(
+            metric_method(&Method::from_bytes(b"FOO1").unwrap()),
+            "other"
+        );
+        assert_eq!(
+            metric_method(&Method::from_bytes(b"PROPFIND").unwrap()),
+            "other"
+        );
+    }
 
     #[test]
     fn incoming_ids_are_restricted_to_safe_characters() {
@@ -224,5 +266,31 @@ mod tests {
             .to_request();
         let res = atest::call_service(&app, req).await;
         assert_eq!(res.headers().get("x-request-id").unwrap(), "lb-42");
+
+        // A forged first X-Forwarded-For line does not win over the proxy's own line.
+        let app = atest::init_service(
+            App::new()
+                .app_data(app_data(&["10.0.0.0/8"]))
+                .wrap(from_fn(request_context))
+                .route(
+                    "/",
+                    web::get().to(|req: actix_web::HttpRequest| async move {
+                        let client = req
+                            .extensions()
+                            .get::<ClientAddr>()
+                            .map(|c| c.0.to_string());
+                        HttpResponse::Ok().body(client.unwrap_or_default())
+                    }),
+                ),
+        )
+        .await;
+        let req = atest::TestRequest::get()
+            .uri("/")
+            .peer_addr("10.0.0.7:5000".parse().unwrap())
+            .append_header(("x-forwarded-for", "6.6.6.6"))
+            .append_header(("x-forwarded-for", "198.51.100.7"))
+            .to_request();
+        let body = atest::call_and_read_body(&app, req).await;
+        assert_eq!(body, "198.51.100.7");
     }
 }
