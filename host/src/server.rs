@@ -108,8 +108,8 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
             }
         }
         match finding.level {
-            Level::Error => tracing::error!(target: BOOT_TARGET, id = finding.id, "{hint}"),
-            Level::Warning => tracing::warn!(target: BOOT_TARGET, id = finding.id, "{hint}"),
+            Level::Error => tracing::error!(target: BOOT_TARGET, "{hint}"),
+            Level::Warning => tracing::warn!(target: BOOT_TARGET, "{hint}"),
         }
     }
     if findings.iter().any(|f| f.level == Level::Error) {
