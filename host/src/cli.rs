@@ -64,6 +64,14 @@ pub enum Command {
     },
     /// Apply pending migrations of every plugin.
     Migrate,
+    /// Bootstrap tenants and users (from the permissions plugin): create-business, create-user,
+    /// grant-page, list-businesses. `callplane admin --help` for details.
+    #[command(disable_help_flag = true)]
+    Admin {
+        /// The admin command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 /// Output format of `check`, `routes` and `plugins`.
@@ -125,6 +133,7 @@ pub fn run(cli: Cli, started: Instant) -> ExitCode {
                 finish_listing(&findings)
             }
             Command::Migrate => run_migrate(&config, findings).await,
+            Command::Admin { args } => run_plugin_command("admin", args, &config, findings).await,
         }
     })
 }
@@ -237,6 +246,70 @@ async fn check(
         ExitCode::from(EXIT_CONFIG)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Runs a command a plugin contributes (`admin` from `permissions`): validation must pass and
+/// migrations are applied first, so it works on a fresh database.
+async fn run_plugin_command(
+    name: &str,
+    args: Vec<String>,
+    config: &Config,
+    findings: Vec<Finding>,
+) -> ExitCode {
+    let (plan, findings) = validate(config, findings);
+    let Some(handler) = plan.active.iter().find_map(|a| {
+        a.registration
+            .commands
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| h.clone())
+    }) else {
+        eprintln!(
+            "callplane {name}: no plugin in this binary provides this command (the permissions plugin does)"
+        );
+        return ExitCode::FAILURE;
+    };
+    if any_at_least(&findings, Level::Error) {
+        print_findings(&findings);
+        eprintln!("callplane {name}: refusing: boot validation failed");
+        return ExitCode::FAILURE;
+    }
+    let mut ignored = Vec::new();
+    let db = lazy_db(config, &mut ignored);
+    let sets: Vec<PluginMigrations<'_>> = plan
+        .active
+        .iter()
+        .map(|a| PluginMigrations {
+            plugin: a.plugin.name,
+            migrations: &a.registration.migrations,
+        })
+        .collect();
+    if let Err(e) = migrate(&db, &sets).await {
+        eprintln!("callplane {name}: migrations failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    let context = callplane_plugin_api::CommandContext {
+        args,
+        db: db.clone(),
+        settings: config.settings.clone(),
+    };
+    let result = handler(context).await;
+    db.close().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("callplane {name}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_findings(findings: &[Finding]) {
+    for finding in findings {
+        for line in finding.lines() {
+            eprintln!("{line}");
+        }
     }
 }
 

@@ -26,6 +26,23 @@ pub type StateInstaller = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 /// A readiness check contributed by a plugin (`/readyz`).
 pub type ReadinessCheck = Arc<dyn Fn() -> LocalBoxFuture<'static, ReadinessReport> + Send + Sync>;
 
+/// What a plugin's command-line command gets: its arguments (after the command name), the
+/// database (migrated) and the configuration.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    /// The arguments after the command name, e.g. `["create-user", "--business", "1"]`.
+    pub args: Vec<String>,
+    /// The database, with every plugin's migrations applied.
+    pub db: Db,
+    /// Validated configuration.
+    pub settings: Settings,
+}
+
+/// A command-line command contributed by a plugin (`callplane admin …`). It prints its own output
+/// and returns an error message for the host to print (exit 1).
+pub type CommandHandler =
+    Arc<dyn Fn(CommandContext) -> LocalBoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// The answer of a [`ReadinessCheck`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadinessReport {
@@ -118,6 +135,8 @@ pub struct Registration {
     pub providers: Vec<(Capability, Arc<dyn AccessProvider>)>,
     /// Readiness checks, by name.
     pub readiness: Vec<(String, ReadinessCheck)>,
+    /// Command-line commands, by name.
+    pub commands: Vec<(String, CommandHandler)>,
     /// Malformed declarations (bad paths, …): the registration counts as failed.
     pub problems: Vec<String>,
 }
@@ -135,6 +154,10 @@ impl fmt::Debug for Registration {
             .field(
                 "readiness",
                 &self.readiness.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field(
+                "commands",
+                &self.commands.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("problems", &self.problems)
             .finish()
@@ -310,6 +333,13 @@ impl<'a> Registrar<'a> {
     /// Adds a readiness check reported under `name` in `/readyz`.
     pub fn readiness(&mut self, name: &str, check: ReadinessCheck) -> &mut Self {
         self.out.readiness.push((name.to_owned(), check));
+        self
+    }
+
+    /// Contributes the command-line command `callplane <name> …` (the host knows which names it
+    /// dispatches to plugins, such as `admin`).
+    pub fn command(&mut self, name: &str, handler: CommandHandler) -> &mut Self {
+        self.out.commands.push((name.to_owned(), handler));
         self
     }
 

@@ -1,0 +1,209 @@
+//! `callplane admin …`: bootstrap tenants and users without SQL.
+//!
+//! ```text
+//! callplane admin create-business --name "Dental Care" --phone +972501234567
+//! callplane admin create-user --business 1 --email dana@example.com --role owner   # password from stdin or a prompt
+//! callplane admin grant-page --business 1 --role agent --page settings
+//! callplane admin list-businesses
+//! ```
+//!
+//! Passwords are never command-line arguments (they would land in shell history and `ps`).
+
+use std::io::{BufRead, IsTerminal};
+use std::sync::Arc;
+
+use callplane_plugin_api::{CommandContext, CommandHandler};
+use clap::{Parser, Subcommand};
+
+use crate::store::{Store, StoreError};
+use crate::{PAGES, ROLES, is_e164, normalise_email, password, session};
+
+/// What callers hear when a business has no media stream.
+pub const DEFAULT_GREETING: &str = "Thank you for calling. Please hold while we connect you.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "callplane admin",
+    about = "Bootstrap tenants and users without SQL"
+)]
+struct AdminCli {
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a business (tenant) with the default role → page grants.
+    CreateBusiness {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// The E.164 number Twilio calls, e.g. +972501234567.
+        #[arg(long)]
+        phone: String,
+        /// What callers hear when no media stream is configured.
+        #[arg(long, default_value = DEFAULT_GREETING)]
+        greeting: String,
+        /// A wss:// media-stream URL for the business's calls.
+        #[arg(long)]
+        media_stream_url: Option<String>,
+    },
+    /// Create a user; the password is read from standard input, or prompted for on a terminal.
+    CreateUser {
+        /// The business id.
+        #[arg(long)]
+        business: i64,
+        /// E-mail address (the login).
+        #[arg(long)]
+        email: String,
+        /// owner, admin, agent or viewer.
+        #[arg(long, value_parser = ROLES)]
+        role: String,
+    },
+    /// Grant a page to a role in a business.
+    GrantPage {
+        /// The business id.
+        #[arg(long)]
+        business: i64,
+        /// owner, admin, agent or viewer.
+        #[arg(long, value_parser = ROLES)]
+        role: String,
+        /// calendar, calls, leads or settings.
+        #[arg(long, value_parser = PAGES)]
+        page: String,
+    },
+    /// List the businesses.
+    ListBusinesses,
+}
+
+/// The `admin` command for [`callplane_plugin_api::Registrar::command`].
+pub fn handler() -> CommandHandler {
+    Arc::new(|ctx| Box::pin(run(ctx)))
+}
+
+fn store_error(e: StoreError) -> String {
+    match e {
+        StoreError::NotFound => "no such business".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+async fn run(ctx: CommandContext) -> Result<(), String> {
+    let argv = std::iter::once("callplane admin".to_owned()).chain(ctx.args);
+    let cli = match AdminCli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            print!("{e}");
+            return Ok(());
+        }
+        Err(e) => return Err(e.to_string().trim_end().to_owned()),
+    };
+    let store = Store::new(ctx.db);
+    match cli.command {
+        AdminCommand::CreateBusiness {
+            name,
+            phone,
+            greeting,
+            media_stream_url,
+        } => {
+            let name = name.trim();
+            if name.is_empty() || name.len() > 200 {
+                return Err("--name must be 1–200 characters".to_owned());
+            }
+            if !is_e164(&phone) {
+                return Err(format!(
+                    "--phone {phone:?} is not an E.164 number such as +972501234567"
+                ));
+            }
+            if greeting.trim().is_empty() || greeting.len() > 1000 {
+                return Err("--greeting must be 1–1000 characters".to_owned());
+            }
+            if let Some(url) = &media_stream_url {
+                let ok = url::Url::parse(url)
+                    .is_ok_and(|u| matches!(u.scheme(), "wss" | "ws") && u.host_str().is_some());
+                if !ok {
+                    return Err(format!(
+                        "--media-stream-url {url:?} is not a ws:// or wss:// URL"
+                    ));
+                }
+            }
+            let id = store
+                .create_business(
+                    name,
+                    &phone,
+                    greeting.trim(),
+                    media_stream_url.as_deref(),
+                    session::now(),
+                )
+                .await
+                .map_err(store_error)?;
+            println!("created business id={id} name={name:?} phone={phone}");
+        }
+        AdminCommand::CreateUser {
+            business,
+            email,
+            role,
+        } => {
+            let email = normalise_email(&email)
+                .ok_or_else(|| format!("--email {email:?} is not an e-mail address"))?;
+            store.business(business).await.map_err(store_error)?;
+            let secret = read_password(&email)?;
+            crate::handlers::check_password(&secret).map_err(|e| e.message().to_owned())?;
+            let hash = password::hash(&secret);
+            let user = store
+                .create_user(business, &email, &hash, &role, session::now())
+                .await
+                .map_err(store_error)?;
+            println!(
+                "created user id={} email={} role={} business={}",
+                user.id, user.email, user.role, business
+            );
+        }
+        AdminCommand::GrantPage {
+            business,
+            role,
+            page,
+        } => {
+            store
+                .grant_page(business, &role, &page)
+                .await
+                .map_err(store_error)?;
+            let pages = store.pages(business, &role).await.map_err(store_error)?;
+            println!("business={business} role={role} pages={}", pages.join(","));
+        }
+        AdminCommand::ListBusinesses => {
+            let businesses = store.list_businesses().await.map_err(store_error)?;
+            println!("ID  PHONE            NAME");
+            for b in businesses {
+                println!("{:<3} {:<16} {}", b.id, b.phone_number, b.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The new user's password: prompted twice (without echo) on a terminal, else the first line of
+/// standard input.
+fn read_password(email: &str) -> Result<String, String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {email}: "))
+            .map_err(|e| e.to_string())?;
+        let second =
+            rpassword::prompt_password("Repeat the password: ").map_err(|e| e.to_string())?;
+        if first != second {
+            return Err("the passwords differ".to_owned());
+        }
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password from stdin: {e}"))?;
+        let password = line.trim_end_matches(['\n', '\r']).to_owned();
+        if password.is_empty() {
+            return Err("no password on standard input (pipe it in, e.g. `printf '%s\\n' \"$PW\" | callplane admin create-user …`)".to_owned());
+        }
+        Ok(password)
+    }
+}

@@ -1,0 +1,332 @@
+//! The HTTP handlers. Access is enforced by the host before any of these runs; each handler scopes
+//! its queries to the caller's business.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use callplane_plugin_api::telemetry::ClientAddr;
+use callplane_plugin_api::{ApiError, Principal};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::password::{self, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, Verified};
+use crate::session::{self, SESSION_TTL_SECS, SessionTokenHash};
+use crate::store::{Store, StoreError};
+use crate::{PAGES, ROLES, normalise_email};
+
+/// Failed logins allowed per account within [`THROTTLE_WINDOW_SECS`].
+pub const ACCOUNT_FAILURES: i64 = 5;
+/// Failed logins allowed per client address within [`THROTTLE_WINDOW_SECS`].
+pub const CLIENT_FAILURES: i64 = 20;
+/// The throttling window.
+pub const THROTTLE_WINDOW_SECS: i64 = 15 * 60;
+
+const BAD_CREDENTIALS: &str = "invalid e-mail address or password";
+
+/// Handler state.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthState {
+    pub(crate) store: Store,
+    pub(crate) secure_cookie: bool,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Duplicate(what) => ApiError::conflict(format!("{what} already exists")),
+            StoreError::NotFound => ApiError::not_found("no such resource"),
+            StoreError::Database(e) => {
+                tracing::error!(error = %e, "[AUTH] database error");
+                ApiError::unavailable("the database is unavailable; try again shortly", 5)
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginBody {
+    email: String,
+    password: String,
+}
+
+fn client_of(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<ClientAddr>()
+        .map(|c| c.0.to_string())
+        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Refuses with 429 when `subject` has too many recent failures.
+async fn throttle(
+    store: &Store,
+    scope: &str,
+    subject: &str,
+    limit: i64,
+    now: i64,
+) -> Result<(), ApiError> {
+    let (count, oldest) = store
+        .failures(scope, subject, now - THROTTLE_WINDOW_SECS)
+        .await?;
+    if count >= limit {
+        let retry = oldest
+            .map_or(THROTTLE_WINDOW_SECS, |t| t + THROTTLE_WINDOW_SECS - now)
+            .max(1);
+        tracing::warn!(scope, subject = %subject, failures = count, "[AUTH] login throttled");
+        return Err(ApiError::too_many_requests(
+            "too many failed sign-in attempts; try again later",
+            u64::try_from(retry).unwrap_or(1),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/auth/login {email, password}`: a session as an `HttpOnly` cookie and a bearer token.
+pub(crate) async fn login(
+    req: HttpRequest,
+    state: web::Data<AuthState>,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let now = session::now();
+    let client = client_of(&req);
+    let Some(email) = normalise_email(&body.email) else {
+        return Err(ApiError::unprocessable(
+            "email is not a valid e-mail address",
+        ));
+    };
+    if body.password.len() > MAX_PASSWORD_LEN {
+        return Err(ApiError::unprocessable(format!(
+            "password is longer than {MAX_PASSWORD_LEN} bytes"
+        )));
+    }
+    throttle(&state.store, "client", &client, CLIENT_FAILURES, now).await?;
+    throttle(&state.store, "account", &email, ACCOUNT_FAILURES, now).await?;
+
+    let credentials = state.store.credentials(&email).await?;
+    let password = body.password;
+    let check = credentials.clone();
+    // 600,000 PBKDF2 rounds: off the worker thread. Unknown accounts cost the same time.
+    // A hash with weaker parameters than today's is replaced on the way (same thread, same secret).
+    let (verified, rehashed) = web::block(move || match &check {
+        Some(c) => {
+            let verified = password::verify(&password, &c.password_hash);
+            (
+                verified,
+                (verified == Verified::YesRehash).then(|| password::hash(&password)),
+            )
+        }
+        None => {
+            password::burn(&password);
+            (Verified::No, None)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password check: {e}")))?;
+    let user = match credentials {
+        Some(c) if c.active && verified != Verified::No => c,
+        _ => {
+            state.store.record_failure("account", &email, now).await?;
+            state.store.record_failure("client", &client, now).await?;
+            tracing::warn!(email = %email, client = %client, "[AUTH] login failed");
+            return Err(ApiError::unauthorized(BAD_CREDENTIALS));
+        }
+    };
+    if let Some(hash) = rehashed {
+        state.store.set_password_hash(user.user_id, &hash).await?;
+        tracing::info!(
+            user_id = user.user_id,
+            "[AUTH] password hash upgraded to current parameters"
+        );
+    }
+    state
+        .store
+        .clear_failures("account", &email, now - THROTTLE_WINDOW_SECS)
+        .await?;
+    let token = session::new_token();
+    let expires_at = now + SESSION_TTL_SECS;
+    state
+        .store
+        .create_session(&session::token_hash(&token), user.user_id, now, expires_at)
+        .await?;
+    let principal = state
+        .store
+        .session_principal(&session::token_hash(&token), now)
+        .await?
+        .ok_or_else(|| ApiError::internal("a session just created cannot be read back"))?;
+    tracing::info!(user_id = principal.user_id, business_id = principal.business_id, client = %client, "[AUTH] login");
+    Ok(HttpResponse::Ok()
+        .cookie(session::cookie(Some(&token), state.secure_cookie))
+        .json(json!({
+            "token": token,
+            "token_type": "Bearer",
+            "expires_at": expires_at,
+            "user": { "id": principal.user_id, "email": principal.email, "role": principal.role },
+            "business_id": principal.business_id,
+            "pages": principal.pages,
+        })))
+}
+
+/// `POST /api/auth/logout`: revokes the session the request was authenticated with.
+pub(crate) async fn logout(
+    req: HttpRequest,
+    who: Principal,
+    state: web::Data<AuthState>,
+) -> Result<HttpResponse, ApiError> {
+    let hash = req.extensions().get::<SessionTokenHash>().cloned();
+    if let Some(SessionTokenHash(hash)) = hash {
+        state.store.revoke_session(&hash, session::now()).await?;
+    }
+    tracing::info!(
+        user_id = who.user_id,
+        business_id = who.business_id,
+        "[AUTH] logout"
+    );
+    Ok(HttpResponse::NoContent()
+        .cookie(session::cookie(None, state.secure_cookie))
+        .finish())
+}
+
+/// `GET /api/me`: the caller, their business, role and pages.
+pub(crate) async fn me(
+    who: Principal,
+    state: web::Data<AuthState>,
+) -> Result<HttpResponse, ApiError> {
+    let business = state.store.business(who.business_id).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "user": { "id": who.user_id, "email": who.email },
+        "business": { "id": business.id, "name": business.name, "phone_number": business.phone_number },
+        "role": who.role,
+        "pages": who.pages,
+        "admin": who.admin,
+    })))
+}
+
+/// `GET /api/users`: the users of the caller's business.
+pub(crate) async fn list_users(
+    who: Principal,
+    state: web::Data<AuthState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(json!({ "users": state.store.list_users(who.business_id).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewUser {
+    email: String,
+    password: String,
+    role: String,
+}
+
+/// Validates a new password.
+pub(crate) fn check_password(password: &str) -> Result<(), ApiError> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+        return Err(ApiError::unprocessable(format!(
+            "password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} bytes long"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /api/users {email, password, role}`: a user in the caller's business.
+pub(crate) async fn create_user(
+    who: Principal,
+    state: web::Data<AuthState>,
+    body: web::Json<NewUser>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let email = normalise_email(&body.email)
+        .ok_or_else(|| ApiError::unprocessable("email is not a valid e-mail address"))?;
+    if !ROLES.contains(&body.role.as_str()) {
+        return Err(ApiError::unprocessable(format!(
+            "role must be one of {}",
+            ROLES.join(", ")
+        )));
+    }
+    if body.role == "owner" && who.role != "owner" {
+        return Err(ApiError::forbidden(
+            "only an owner may create another owner",
+        ));
+    }
+    check_password(&body.password)?;
+    let password = body.password;
+    let hash = web::block(move || password::hash(&password))
+        .await
+        .map_err(|e| ApiError::internal(format!("password hashing: {e}")))?;
+    let user = state
+        .store
+        .create_user(who.business_id, &email, &hash, &body.role, session::now())
+        .await?;
+    tracing::info!(by = who.user_id, user_id = user.id, business_id = who.business_id, role = %user.role, "[AUTH] user created");
+    Ok(HttpResponse::Created().json(user))
+}
+
+/// `POST /api/users/{user_id}/deactivate`: the user can no longer sign in; their sessions end.
+pub(crate) async fn deactivate_user(
+    who: Principal,
+    state: web::Data<AuthState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path.into_inner();
+    if user_id == who.user_id {
+        return Err(ApiError::unprocessable("you cannot deactivate yourself"));
+    }
+    state
+        .store
+        .deactivate_user(who.business_id, user_id, session::now())
+        .await?;
+    tracing::info!(
+        by = who.user_id,
+        user_id,
+        business_id = who.business_id,
+        "[AUTH] user deactivated"
+    );
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET /api/permissions/roles`: every role's pages in the caller's business.
+pub(crate) async fn list_grants(
+    who: Principal,
+    state: web::Data<AuthState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok()
+        .json(json!({ "roles": state.store.grants(who.business_id).await?, "pages": PAGES })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Grants {
+    pages: Vec<String>,
+}
+
+/// `PUT /api/permissions/roles/{role} {pages}`: replaces a role's pages in the caller's business.
+pub(crate) async fn set_grants(
+    who: Principal,
+    state: web::Data<AuthState>,
+    path: web::Path<String>,
+    body: web::Json<Grants>,
+) -> Result<HttpResponse, ApiError> {
+    let role = path.into_inner();
+    if !ROLES.contains(&role.as_str()) {
+        return Err(ApiError::not_found(format!(
+            "no role {role:?}; roles are {}",
+            ROLES.join(", ")
+        )));
+    }
+    let mut pages = body.into_inner().pages;
+    if let Some(bad) = pages.iter().find(|p| !PAGES.contains(&p.as_str())) {
+        return Err(ApiError::unprocessable(format!(
+            "unknown page {bad:?}; pages are {}",
+            PAGES.join(", ")
+        )));
+    }
+    pages.sort();
+    pages.dedup();
+    state
+        .store
+        .set_pages(who.business_id, &role, &pages)
+        .await?;
+    tracing::info!(by = who.user_id, business_id = who.business_id, role = %role, pages = %pages.join(","), "[AUTH] pages granted");
+    Ok(HttpResponse::build(StatusCode::OK).json(json!({ "role": role, "pages": pages })))
+}

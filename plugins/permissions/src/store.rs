@@ -1,0 +1,513 @@
+//! Every query of the plugin. Each one that a request handler runs takes the caller's business id,
+//! so a tenant never reaches another tenant's rows.
+
+use std::collections::BTreeMap;
+
+use callplane_plugin_api::Principal;
+use callplane_plugin_api::storage::sqlx::{self, Row};
+use callplane_plugin_api::storage::{Db, StorageError};
+use serde::Serialize;
+
+use crate::{ADMIN_ROLES, ROLES, default_pages};
+
+/// Failures of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value (e-mail, phone number) is taken.
+    #[error("{0} already exists")]
+    Duplicate(&'static str),
+    /// The row does not exist (in this business).
+    #[error("not found")]
+    NotFound,
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<StorageError> for StoreError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Sqlx(e) => Self::Database(e),
+            other => Self::Database(sqlx::Error::Protocol(other.to_string())),
+        }
+    }
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// A business (tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Business {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// The E.164 number Twilio calls.
+    pub phone_number: String,
+    /// What callers hear when no media stream is configured.
+    pub greeting: String,
+    /// Optional media-stream (WebSocket) URL.
+    pub media_stream_url: Option<String>,
+}
+
+/// A user as the admin API shows it (never the hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// Id.
+    pub id: i64,
+    /// Business.
+    pub business_id: i64,
+    /// E-mail (lowercase).
+    pub email: String,
+    /// Role.
+    pub role: String,
+    /// Whether the user may sign in.
+    pub active: bool,
+}
+
+/// What login needs about an account.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// User id.
+    pub user_id: i64,
+    /// Stored password hash.
+    pub password_hash: String,
+    /// Whether the user may sign in.
+    pub active: bool,
+}
+
+/// The plugin's queries over the shared pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    /// A store over `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Creates a business with the default role → page grants.
+    ///
+    /// # Errors
+    /// [`StoreError::Duplicate`] when the phone number is taken.
+    pub async fn create_business(
+        &self,
+        name: &str,
+        phone: &str,
+        greeting: &str,
+        stream: Option<&str>,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.db.pool().begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO businesses (name, phone_number, greeting, media_stream_url, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(name)
+        .bind(phone)
+        .bind(greeting)
+        .bind(stream)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| if unique_violation(&e) { StoreError::Duplicate("a business with this phone number") } else { e.into() })?
+        .try_get(0)?;
+        for role in ROLES {
+            for page in default_pages(role) {
+                sqlx::query("INSERT INTO role_pages (business_id, role, page) VALUES ($1, $2, $3)")
+                    .bind(id)
+                    .bind(role)
+                    .bind(*page)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Every business, by id.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn list_businesses(&self) -> Result<Vec<Business>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, phone_number, greeting, media_stream_url FROM businesses ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(business_from_row).collect()
+    }
+
+    /// One business.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or a database error.
+    pub async fn business(&self, id: i64) -> Result<Business, StoreError> {
+        let row = sqlx::query("SELECT id, name, phone_number, greeting, media_stream_url FROM businesses WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        business_from_row(&row)
+    }
+
+    /// Creates a user in `business_id`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown business, [`StoreError::Duplicate`] for a taken
+    /// e-mail, or a database error.
+    pub async fn create_user(
+        &self,
+        business_id: i64,
+        email: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<User, StoreError> {
+        self.business(business_id).await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO users (business_id, email, password_hash, role, active, created_at) VALUES ($1, $2, $3, $4, 1, $5) RETURNING id",
+        )
+        .bind(business_id)
+        .bind(email)
+        .bind(password_hash)
+        .bind(role)
+        .bind(now)
+        .fetch_one(self.db.pool())
+        .await
+        .map_err(|e| if unique_violation(&e) { StoreError::Duplicate("a user with this e-mail address") } else { e.into() })?
+        .try_get(0)?;
+        Ok(User {
+            id,
+            business_id,
+            email: email.to_owned(),
+            role: role.to_owned(),
+            active: true,
+        })
+    }
+
+    /// The users of one business.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn list_users(&self, business_id: i64) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT id, business_id, email, role, active FROM users WHERE business_id = $1 ORDER BY id")
+            .bind(business_id)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(User {
+                    id: r.try_get(0)?,
+                    business_id: r.try_get(1)?,
+                    email: r.try_get(2)?,
+                    role: r.try_get(3)?,
+                    active: r.try_get::<i64, _>(4)? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Deactivates a user of `business_id` and revokes their sessions.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the user is not in that business, or a database error.
+    pub async fn deactivate_user(
+        &self,
+        business_id: i64,
+        user_id: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.pool().begin().await?;
+        let changed = sqlx::query("UPDATE users SET active = 0 WHERE id = $1 AND business_id = $2")
+            .bind(user_id)
+            .bind(business_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What login needs about the account with this (normalised) e-mail address.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
+        let row = sqlx::query("SELECT id, password_hash, active FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| {
+            Ok(Credentials {
+                user_id: r.try_get(0)?,
+                password_hash: r.try_get(1)?,
+                active: r.try_get::<i64, _>(2)? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// Replaces a user's password hash (rehash on login with stronger parameters).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn set_password_hash(
+        &self,
+        user_id: i64,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a new session (by token hash).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(now)
+            .bind(expires_at)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The principal of a live session: not revoked, not expired, user active.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn session_principal(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<Principal>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.business_id, u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.active = 1",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (user_id, business_id, email, role): (i64, i64, String, String) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        );
+        let pages = self.pages(business_id, &role).await?;
+        let admin = ADMIN_ROLES.contains(&role.as_str());
+        Ok(Some(Principal {
+            user_id,
+            business_id,
+            email,
+            role,
+            pages,
+            admin,
+        }))
+    }
+
+    /// Revokes one session.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn revoke_session(&self, token_hash: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The pages `role` is granted in `business_id`, sorted.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn pages(&self, business_id: i64, role: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT page FROM role_pages WHERE business_id = $1 AND role = $2 ORDER BY page",
+        )
+        .bind(business_id)
+        .bind(role)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Every role's pages in `business_id` (every role listed, even with no page).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn grants(
+        &self,
+        business_id: i64,
+    ) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let mut grants: BTreeMap<String, Vec<String>> =
+            ROLES.iter().map(|r| (r.to_string(), Vec::new())).collect();
+        let rows = sqlx::query(
+            "SELECT role, page FROM role_pages WHERE business_id = $1 ORDER BY role, page",
+        )
+        .bind(business_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        for row in rows {
+            grants
+                .entry(row.try_get(0)?)
+                .or_default()
+                .push(row.try_get(1)?);
+        }
+        Ok(grants)
+    }
+
+    /// Replaces the pages of `role` in `business_id`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn set_pages(
+        &self,
+        business_id: i64,
+        role: &str,
+        pages: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM role_pages WHERE business_id = $1 AND role = $2")
+            .bind(business_id)
+            .bind(role)
+            .execute(&mut *tx)
+            .await?;
+        for page in pages {
+            sqlx::query("INSERT INTO role_pages (business_id, role, page) VALUES ($1, $2, $3)")
+                .bind(business_id)
+                .bind(role)
+                .bind(page)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds one page to `role` in `business_id` (idempotent).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown business, or a database error.
+    pub async fn grant_page(
+        &self,
+        business_id: i64,
+        role: &str,
+        page: &str,
+    ) -> Result<(), StoreError> {
+        self.business(business_id).await?;
+        let mut pages = self.pages(business_id, role).await?;
+        if !pages.iter().any(|p| p == page) {
+            pages.push(page.to_owned());
+            self.set_pages(business_id, role, &pages).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a failed login for `subject` (an account or a client address) under `scope`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn record_failure(
+        &self,
+        scope: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO login_failures (scope, subject, failed_at) VALUES ($1, $2, $3)")
+            .bind(scope)
+            .bind(subject)
+            .bind(now)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// How many failures `subject` has since `since`, and the oldest of them.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn failures(
+        &self,
+        scope: &str,
+        subject: &str,
+        since: i64,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3",
+        )
+        .bind(scope)
+        .bind(subject)
+        .bind(since)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// Forgets the failures of `subject` (after a successful login) and any older than `before`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn clear_failures(
+        &self,
+        scope: &str,
+        subject: &str,
+        before: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM login_failures WHERE (scope = $1 AND subject = $2) OR failed_at <= $3",
+        )
+        .bind(scope)
+        .bind(subject)
+        .bind(before)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+fn business_from_row(row: &sqlx::any::AnyRow) -> Result<Business, StoreError> {
+    Ok(Business {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        phone_number: row.try_get(2)?,
+        greeting: row.try_get(3)?,
+        media_stream_url: row.try_get(4)?,
+    })
+}
