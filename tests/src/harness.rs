@@ -117,12 +117,30 @@ impl Sandbox {
     /// # Panics
     /// When the binary cannot start or does not finish within [`PROCESS_TIMEOUT`].
     pub fn run(&self, bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
-        let child = self
+        self.run_with_input(bin, args, env, "")
+    }
+
+    /// Runs `bin args…` to completion with `input` on its standard input.
+    ///
+    /// # Panics
+    /// When the binary cannot start or does not finish within [`PROCESS_TIMEOUT`].
+    pub fn run_with_input(
+        &self,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        input: &str,
+    ) -> Outcome {
+        let mut child = self
             .command(bin, args, env)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("write stdin");
+        }
         let pid = child.id();
         let waiter = std::thread::spawn(move || child.wait_with_output());
         let started = Instant::now();
