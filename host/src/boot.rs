@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use callplane_plugin_api::{Access, ReadinessCheck};
 use callplane_plugin_api::{
-    AccessProvider, Capability, RegisterError, Registrar, Registration, RoutePlugin, RouteSpec,
-    is_valid_plugin_name,
+    AccessProvider, Capability, RegisterError, Registrar, Registration, RoutePlugin, RouteSpec, is_valid_plugin_name,
 };
 use callplane_storage::Db;
 use prometheus_client::registry::Registry;
@@ -110,11 +109,7 @@ impl BootPlan {
 
     /// Whether `route` belongs to a critical plugin (host routes are critical).
     pub fn route_is_critical(&self, route: &RouteSpec) -> bool {
-        route.plugin == HOST
-            || self
-                .active
-                .iter()
-                .any(|a| a.plugin.name == route.plugin && a.critical)
+        route.plugin == HOST || self.active.iter().any(|a| a.plugin.name == route.plugin && a.critical)
     }
 }
 
@@ -127,12 +122,7 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn critical(&self, plugin: &RoutePlugin) -> bool {
-        plugin.critical
-            || self
-                .config
-                .critical_plugins
-                .iter()
-                .any(|n| n == plugin.name)
+        plugin.critical || self.config.critical_plugins.iter().any(|n| n == plugin.name)
     }
 
     /// Records that `plugin` cannot register (CP006): an error (status failed) when it is
@@ -158,9 +148,7 @@ impl Planner<'_> {
     fn refuse(&mut self, plugin: &RoutePlugin, id: &'static str, message: String, hint: String) {
         self.findings
             .push(Finding::error(id, Some(plugin.name), message.clone(), hint));
-        self.out
-            .entry(plugin.name)
-            .or_insert((PluginStatus::Failed, message));
+        self.out.entry(plugin.name).or_insert((PluginStatus::Failed, message));
     }
 }
 
@@ -203,7 +191,11 @@ pub fn plan(
             planner.findings.push(Finding::error(
                 "CP002",
                 Some(name),
-                format!("{} plugins share the name '{name}' (versions {})", copies.len(), versions.join(", ")),
+                format!(
+                    "{} plugins share the name '{name}' (versions {})",
+                    copies.len(),
+                    versions.join(", ")
+                ),
                 "each plugin crate submits one RoutePlugin with a unique name; remove or rename the duplicate",
             ));
             planner
@@ -221,9 +213,7 @@ pub fn plan(
                 "CP001",
                 Some(name),
                 format!("critical plugin '{name}' is missing: not compiled into this binary"),
-                format!(
-                    "build with the default features or remove '{name}' from CALLPLANE_CRITICAL_PLUGINS"
-                ),
+                format!("build with the default features or remove '{name}' from CALLPLANE_CRITICAL_PLUGINS"),
             ));
             reports.insert(
                 name.clone(),
@@ -250,10 +240,9 @@ pub fn plan(
             .collect::<Vec<_>>()
             .join(" → ");
         for name in &cycle {
-            planner.out.insert(
-                name,
-                (PluginStatus::Failed, format!("requirement cycle {path}")),
-            );
+            planner
+                .out
+                .insert(name, (PluginStatus::Failed, format!("requirement cycle {path}")));
         }
         planner.findings.push(Finding::error(
             "CP005",
@@ -284,11 +273,7 @@ pub fn plan(
     let mut active: Vec<ActivePlugin> = Vec::new();
     for name in &order {
         let plugin = candidates[name];
-        if let Some(missing) = plugin
-            .requires
-            .iter()
-            .find(|r| planner.out.contains_key(*r))
-        {
+        if let Some(missing) = plugin.requires.iter().find(|r| planner.out.contains_key(*r)) {
             let (message, hint) = requirement_finding(plugin, missing, "failed to register");
             planner.refuse(plugin, "CP004", message, hint);
             continue;
@@ -305,20 +290,14 @@ pub fn plan(
             Ok(Ok(())) if registration.problems.is_empty() => None,
             Ok(Ok(())) => Some((
                 "CP006",
-                format!(
-                    "declared invalid routes: {}",
-                    registration.problems.join("; ")
-                ),
+                format!("declared invalid routes: {}", registration.problems.join("; ")),
             )),
             Ok(Err(RegisterError::Config { key, message })) => Some((
                 "CP010",
                 format!("configuration key {key} is invalid for plugin '{name}': {message}"),
             )),
             Ok(Err(error)) => Some(("CP006", format!("registration returned an error: {error}"))),
-            Err(panic) => Some((
-                "CP006",
-                format!("registration panicked: {}", panic_message(&panic)),
-            )),
+            Err(panic) => Some(("CP006", format!("registration panicked: {}", panic_message(&panic)))),
         };
         match failure {
             None => active.push(ActivePlugin {
@@ -348,8 +327,7 @@ pub fn plan(
     }
 
     // Capability providers: exactly one each, and present for every route that needs one.
-    let mut providers: BTreeMap<Capability, (&'static str, Arc<dyn AccessProvider>)> =
-        BTreeMap::new();
+    let mut providers: BTreeMap<Capability, (&'static str, Arc<dyn AccessProvider>)> = BTreeMap::new();
     for a in &active {
         for (capability, provider) in &a.registration.providers {
             if let Some((first, _)) = providers.get(capability) {
@@ -372,15 +350,11 @@ pub fn plan(
     for (index, a) in active.iter().enumerate() {
         let mut needs: BTreeMap<Capability, Vec<String>> = BTreeMap::new();
         for route in &a.registration.routes {
-            if let Some(capability) = route
-                .access
-                .capability()
-                .filter(|c| !providers.contains_key(c))
-            {
-                needs.entry(capability).or_default().push(format!(
-                    "{} {} ({})",
-                    route.method, route.path, route.access
-                ));
+            if let Some(capability) = route.access.capability().filter(|c| !providers.contains_key(c)) {
+                needs
+                    .entry(capability)
+                    .or_default()
+                    .push(format!("{} {} ({})", route.method, route.path, route.access));
             }
         }
         unprovided.extend(needs.into_iter().map(|(c, routes)| (index, c, routes)));
@@ -392,9 +366,7 @@ pub fn plan(
         let why = match (candidates.contains_key(provider), planner.out.get(provider)) {
             (true, Some((_, reason))) => format!("'{provider}' failed ({reason})"),
             (true, None) => format!("'{provider}' registered no provider for it"),
-            (false, _)
-                if status == Some(PluginStatus::Missing) || !by_name.contains_key(provider) =>
-            {
+            (false, _) if status == Some(PluginStatus::Missing) || !by_name.contains_key(provider) => {
                 format!("'{provider}' is not in this binary")
             }
             (false, _) => format!("'{provider}' is unusable"),
@@ -406,9 +378,8 @@ pub fn plan(
             capability.describe(),
             routes.join(", ")
         );
-        let hint = format!(
-            "build with plugin-{provider} (and keep it registered), or change the routes' access policy"
-        );
+        let hint =
+            format!("build with plugin-{provider} (and keep it registered), or change the routes' access policy");
         planner.refuse(plugin, "CP004", message, hint);
     }
     let out: BTreeSet<&str> = planner.out.keys().copied().collect();
@@ -437,20 +408,12 @@ pub fn plan(
     let display: Vec<String> = order
         .iter()
         .map(|n| n.to_string())
-        .chain(
-            reports
-                .keys()
-                .filter(|n| !order.contains(&n.as_str()))
-                .cloned(),
-        )
+        .chain(reports.keys().filter(|n| !order.contains(&n.as_str())).cloned())
         .collect();
     let rank = |plugin: &Option<String>| match plugin {
         None => 0,
         Some(p) if p == HOST => display.len() + 1,
-        Some(p) => display
-            .iter()
-            .position(|n| n == p)
-            .map_or(display.len() + 1, |i| i + 1),
+        Some(p) => display.iter().position(|n| n == p).map_or(display.len() + 1, |i| i + 1),
     };
     let mut findings = planner.findings;
     findings.sort_by_key(|f| (rank(&f.plugin), f.id));
@@ -481,21 +444,13 @@ fn report(plugin: &RoutePlugin, critical: bool) -> PluginReport {
 
 fn requirement_finding(plugin: &RoutePlugin, required: &str, state: &str) -> (String, String) {
     (
-        format!(
-            "plugin '{}' requires '{required}', which {state}",
-            plugin.name
-        ),
-        format!(
-            "build with plugin-{required} and make sure it registers, or remove the requirement"
-        ),
+        format!("plugin '{}' requires '{required}', which {state}", plugin.name),
+        format!("build with plugin-{required} and make sure it registers, or remove the requirement"),
     )
 }
 
 /// Marks, until nothing changes, every plugin whose requirement is absent or out.
-fn propagate_requirements(
-    planner: &mut Planner<'_>,
-    candidates: &BTreeMap<&'static str, &'static RoutePlugin>,
-) {
+fn propagate_requirements(planner: &mut Planner<'_>, candidates: &BTreeMap<&'static str, &'static RoutePlugin>) {
     loop {
         let mut changed = false;
         for (name, plugin) in candidates {
@@ -526,9 +481,7 @@ fn propagate_requirements(
 
 /// Every elementary cycle reachable in the requirement graph, each reported once, rotated to start
 /// at its smallest name.
-fn find_cycles(
-    candidates: &BTreeMap<&'static str, &'static RoutePlugin>,
-) -> Vec<Vec<&'static str>> {
+fn find_cycles(candidates: &BTreeMap<&'static str, &'static RoutePlugin>) -> Vec<Vec<&'static str>> {
     fn visit(
         node: &'static str,
         candidates: &BTreeMap<&'static str, &'static RoutePlugin>,
@@ -538,11 +491,7 @@ fn find_cycles(
     ) {
         if let Some(pos) = stack.iter().position(|n| *n == node) {
             let mut cycle = stack[pos..].to_vec();
-            let min = cycle
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, n)| **n)
-                .map_or(0, |(i, _)| i);
+            let min = cycle.iter().enumerate().min_by_key(|(_, n)| **n).map_or(0, |(i, _)| i);
             cycle.rotate_left(min);
             cycles.insert(cycle);
             return;
@@ -591,11 +540,7 @@ fn boot_order(
             )
         })
         .collect();
-    let mut ready: BTreeSet<&'static str> = pending
-        .iter()
-        .filter(|(_, d)| **d == 0)
-        .map(|(n, _)| *n)
-        .collect();
+    let mut ready: BTreeSet<&'static str> = pending.iter().filter(|(_, d)| **d == 0).map(|(n, _)| *n).collect();
     let mut order = Vec::with_capacity(runnable.len());
     while let Some(name) = ready.pop_first() {
         pending.remove(name);
@@ -781,11 +726,8 @@ mod tests {
         Ok(())
     }
     fn webhook_public(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
-        reg.post("/webhook/open", Access::Public, ok).post(
-            "/webhook/paged",
-            Access::PageAccess("calls"),
-            ok,
-        );
+        reg.post("/webhook/open", Access::Public, ok)
+            .post("/webhook/paged", Access::PageAccess("calls"), ok);
         Ok(())
     }
     fn public_api(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
@@ -849,19 +791,12 @@ mod tests {
     }
 
     fn status(plan: &BootPlan, name: &str) -> PluginStatus {
-        plan.plugins
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.status)
-            .unwrap()
+        plan.plugins.iter().find(|p| p.name == name).map(|p| p.status).unwrap()
     }
 
     #[tokio::test]
     async fn a_valid_table_boots_in_requirement_then_name_order() {
-        let plan = run(
-            &[&TWILIO, &NOTES, &PERMISSIONS],
-            &["permissions", "notes", "twilio"],
-        );
+        let plan = run(&[&TWILIO, &NOTES, &PERMISSIONS], &["permissions", "notes", "twilio"]);
         assert!(plan.findings.is_empty(), "{:?}", plan.findings);
         let order: Vec<&str> = plan.active.iter().map(|a| a.plugin.name).collect();
         assert_eq!(order, ["permissions", "notes", "twilio"]);
@@ -896,11 +831,7 @@ mod tests {
     async fn duplicate_names_are_cp002() {
         let plan = run(&[&NOTES, &PERMISSIONS, &NOTES_AGAIN], &[]);
         assert_eq!(ids(&plan), [("CP002", Level::Error, Some("notes"))]);
-        assert!(
-            plan.findings[0]
-                .message
-                .contains("2 plugins share the name 'notes'")
-        );
+        assert!(plan.findings[0].message.contains("2 plugins share the name 'notes'"));
         assert_eq!(status(&plan, "notes"), PluginStatus::Failed);
     }
 
@@ -921,7 +852,13 @@ mod tests {
                 ("CP003", Level::Error, Some("shadow"))
             ]
         );
-        assert!(plan.findings[0].message.contains("GET /api/notes/{id} of plugin 'notes' collides with GET /api/notes/{note_id} of plugin 'memos'"), "{}", plan.findings[0].message);
+        assert!(
+            plan.findings[0].message.contains(
+                "GET /api/notes/{id} of plugin 'notes' collides with GET /api/notes/{note_id} of plugin 'memos'"
+            ),
+            "{}",
+            plan.findings[0].message
+        );
         assert!(plan.findings[1].message.contains("plugin 'host'"));
     }
 
@@ -941,11 +878,7 @@ mod tests {
             "CP004 is an error, critical or not"
         );
         assert_eq!(status(&plan, "needs-needy"), PluginStatus::Failed);
-        assert!(
-            plan.findings[0]
-                .message
-                .contains("requires 'ghost', which is absent")
-        );
+        assert!(plan.findings[0].message.contains("requires 'ghost', which is absent"));
     }
 
     #[tokio::test]
@@ -957,10 +890,7 @@ mod tests {
             message.contains("from plugin 'permissions', but 'permissions' is not in this binary"),
             "{message}"
         );
-        assert!(
-            message.contains("GET /api/notes/{id} (PageAccess(notes))"),
-            "{message}"
-        );
+        assert!(message.contains("GET /api/notes/{id} (PageAccess(notes))"), "{message}");
         // Not critical either: a page-access route without page-access resolution never serves.
         let plan = run(&[&LONELY], &[]);
         assert_eq!(ids(&plan), [("CP004", Level::Error, Some("lonely"))]);
@@ -972,11 +902,7 @@ mod tests {
     async fn requirement_cycles_are_cp005() {
         let plan = run(&[&CYCLE_B, &CYCLE_A, &PERMISSIONS], &[]);
         assert_eq!(ids(&plan), [("CP005", Level::Error, Some("cycle-a"))]);
-        assert!(
-            plan.findings[0]
-                .message
-                .contains("'cycle-a' → 'cycle-b' → 'cycle-a'")
-        );
+        assert!(plan.findings[0].message.contains("'cycle-a' → 'cycle-b' → 'cycle-a'"));
         assert_eq!(plan.active.len(), 1);
     }
 
@@ -995,11 +921,7 @@ mod tests {
                 ("CP006", Level::Error, Some("panics")),
             ]
         );
-        assert!(
-            plan.findings[3]
-                .message
-                .contains("panicked: boom at registration")
-        );
+        assert!(plan.findings[3].message.contains("panicked: boom at registration"));
         assert!(plan.findings[0].message.contains("empty path segment"));
         assert_eq!(status(&plan, "fails"), PluginStatus::Disabled);
         assert_eq!(status(&plan, "panics"), PluginStatus::Failed);
@@ -1062,37 +984,17 @@ mod tests {
     #[tokio::test]
     async fn findings_are_deterministic_whatever_the_link_order() {
         let a = run(
-            &[
-                &FAILS,
-                &CYCLE_A,
-                &NEEDS_GHOST,
-                &CYCLE_B,
-                &WEBHOOKS,
-                &PERMISSIONS,
-            ],
+            &[&FAILS, &CYCLE_A, &NEEDS_GHOST, &CYCLE_B, &WEBHOOKS, &PERMISSIONS],
             &["ghost"],
         );
         let b = run(
-            &[
-                &PERMISSIONS,
-                &WEBHOOKS,
-                &CYCLE_B,
-                &NEEDS_GHOST,
-                &CYCLE_A,
-                &FAILS,
-            ],
+            &[&PERMISSIONS, &WEBHOOKS, &CYCLE_B, &NEEDS_GHOST, &CYCLE_A, &FAILS],
             &["ghost"],
         );
         assert_eq!(a.findings, b.findings);
         assert_eq!(
-            a.plugins
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>(),
-            b.plugins
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
+            a.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            b.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()
         );
         assert_eq!(a.findings.len(), 6, "{:#?}", a.findings);
     }

@@ -251,12 +251,7 @@ async fn check(
 
 /// Runs a command a plugin contributes (`admin` from `permissions`): validation must pass and
 /// migrations are applied first, so it works on a fresh database.
-async fn run_plugin_command(
-    name: &str,
-    args: Vec<String>,
-    config: &Config,
-    findings: Vec<Finding>,
-) -> ExitCode {
+async fn run_plugin_command(name: &str, args: Vec<String>, config: &Config, findings: Vec<Finding>) -> ExitCode {
     let (plan, findings) = validate(config, findings);
     let Some(handler) = plan.active.iter().find_map(|a| {
         a.registration
@@ -265,9 +260,7 @@ async fn run_plugin_command(
             .find(|(n, _)| n == name)
             .map(|(_, h)| h.clone())
     }) else {
-        eprintln!(
-            "callplane {name}: no plugin in this binary provides this command (the permissions plugin does)"
-        );
+        eprintln!("callplane {name}: no plugin in this binary provides this command (the permissions plugin does)");
         return ExitCode::FAILURE;
     };
     if any_at_least(&findings, Level::Error) {

@@ -47,9 +47,7 @@ impl Default for Config {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://data/callplane.db".to_owned(),
-            critical_plugins: ["permissions", "calendar", "twilio"]
-                .map(str::to_owned)
-                .to_vec(),
+            critical_plugins: ["permissions", "calendar", "twilio"].map(str::to_owned).to_vec(),
             log_dir: PathBuf::from("data/logs"),
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
@@ -157,38 +155,20 @@ impl Loader {
                     .collect(),
             ),
             Raw::File(toml::Value::Array(items)) => {
-                let strings: Option<Vec<String>> = items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned))
-                    .collect();
+                let strings: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_owned)).collect();
                 if strings.is_none() {
-                    self.bad(
-                        key,
-                        raw,
-                        "expected an array of strings",
-                        "write e.g. [\"a\", \"b\"]",
-                    );
+                    self.bad(key, raw, "expected an array of strings", "write e.g. [\"a\", \"b\"]");
                 }
                 strings
             }
             Raw::File(_) => {
-                self.bad(
-                    key,
-                    raw,
-                    "expected an array of strings",
-                    "write e.g. [\"a\", \"b\"]",
-                );
+                self.bad(key, raw, "expected an array of strings", "write e.g. [\"a\", \"b\"]");
                 None
             }
         }
     }
 
-    fn integer(
-        &mut self,
-        key: &Key,
-        raw: &Raw,
-        range: std::ops::RangeInclusive<u64>,
-    ) -> Option<u64> {
+    fn integer(&mut self, key: &Key, raw: &Raw, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
         let parsed = match raw {
             Raw::Env(value) => value.trim().parse::<u64>().ok(),
             Raw::File(toml::Value::Integer(n)) => u64::try_from(*n).ok(),
@@ -197,11 +177,7 @@ impl Loader {
         match parsed {
             Some(n) if range.contains(&n) => Some(n),
             _ => {
-                let problem = format!(
-                    "expected a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                );
+                let problem = format!("expected a whole number from {} to {}", range.start(), range.end());
                 self.bad(key, raw, &problem, "write a plain number, e.g. 5");
                 None
             }
@@ -255,9 +231,7 @@ fn read_file(path: &Path) -> Result<toml::Table, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))?;
     toml::from_str::<toml::Table>(&text).map_err(|e| {
         // The message alone: the default rendering quotes the offending line, which could hold a secret.
-        let line = e
-            .span()
-            .map(|span| text[..span.start].matches('\n').count() + 1);
+        let line = e.span().map(|span| text[..span.start].matches('\n').count() + 1);
         match line {
             Some(line) => format!("is not valid TOML (line {line}): {}", e.message()),
             None => format!("is not valid TOML: {}", e.message()),
@@ -265,20 +239,12 @@ fn read_file(path: &Path) -> Result<toml::Table, String> {
     })
 }
 
-fn collect_file_keys(
-    table: &toml::Table,
-    raw: &mut BTreeMap<&'static str, Raw>,
-    loader: &mut Loader,
-) {
+fn collect_file_keys(table: &toml::Table, raw: &mut BTreeMap<&'static str, Raw>, loader: &mut Loader) {
     let mut flat = Vec::new();
     for (name, value) in table {
         match (name.as_str(), value) {
             ("twilio", toml::Value::Table(inner)) => {
-                flat.extend(
-                    inner
-                        .iter()
-                        .map(|(k, v)| (format!("twilio.{k}"), v.clone())),
-                );
+                flat.extend(inner.iter().map(|(k, v)| (format!("twilio.{k}"), v.clone())));
             }
             _ => flat.push((name.clone(), value.clone())),
         }
@@ -291,10 +257,7 @@ fn collect_file_keys(
             None => loader.findings.push(Finding::error(
                 "CP010",
                 None,
-                format!(
-                    "unknown configuration key `{name}` in {}",
-                    loader.file_label
-                ),
+                format!("unknown configuration key `{name}` in {}", loader.file_label),
                 format!(
                     "known keys: {}",
                     KEYS.iter().map(|k| k.file).collect::<Vec<_>>().join(", ")
@@ -304,11 +267,7 @@ fn collect_file_keys(
     }
 }
 
-fn collect_env_keys(
-    env: &BTreeMap<String, String>,
-    raw: &mut BTreeMap<&'static str, Raw>,
-    loader: &mut Loader,
-) {
+fn collect_env_keys(env: &BTreeMap<String, String>, raw: &mut BTreeMap<&'static str, Raw>, loader: &mut Loader) {
     for (name, value) in env {
         // An empty RUST_LOG means "not set" (an empty filter would silence everything).
         if name == "RUST_LOG" && value.trim().is_empty() {
@@ -404,10 +363,7 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
                     }
                 }
                 if ok {
-                    config.critical_plugins = names
-                        .into_iter()
-                        .filter(|n| seen.insert(n.clone()))
-                        .collect();
+                    config.critical_plugins = names.into_iter().filter(|n| seen.insert(n.clone())).collect();
                 }
             }
         }
@@ -419,12 +375,7 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
         "log_dir" => {
             if let Some(dir) = loader.string(key, raw) {
                 if dir.trim().is_empty() {
-                    loader.bad(
-                        key,
-                        raw,
-                        "expected a directory",
-                        "e.g. data/logs or /var/log/callplane",
-                    );
+                    loader.bad(key, raw, "expected a directory", "e.g. data/logs or /var/log/callplane");
                 } else {
                     config.log_dir = PathBuf::from(dir);
                 }
@@ -460,9 +411,7 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
         "twilio.account_sid" => {
             if let Some(sid) = loader.string(key, raw) {
                 let sid = sid.trim();
-                let valid = sid.len() == 34
-                    && sid.starts_with("AC")
-                    && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
+                let valid = sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
                 if valid {
                     config.settings.twilio.account_sid = sid.to_owned();
                 } else {
@@ -493,12 +442,7 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
             if let Some(url) = loader.string(key, raw) {
                 match base_url(&url) {
                     Ok(url) => config.settings.twilio.api_base = url,
-                    Err(problem) => loader.bad(
-                        key,
-                        raw,
-                        &problem,
-                        "https://api.twilio.com, or a local fake in tests",
-                    ),
+                    Err(problem) => loader.bad(key, raw, &problem, "https://api.twilio.com, or a local fake in tests"),
                 }
             }
         }
@@ -528,12 +472,7 @@ fn base_url(raw: &str) -> Result<String, String> {
 /// bad value is still reported rather than ignored).
 pub fn process_env() -> BTreeMap<String, String> {
     std::env::vars_os()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
         .collect()
 }
 
@@ -544,10 +483,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
@@ -564,10 +500,7 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://data/callplane.db");
         assert_eq!(config.settings.public_base_url, "http://127.0.0.1:8080");
         assert!(config.settings.trusted_proxies.is_empty());
-        assert_eq!(
-            config.critical_plugins,
-            ["permissions", "calendar", "twilio"]
-        );
+        assert_eq!(config.critical_plugins, ["permissions", "calendar", "twilio"]);
         assert_eq!(config.log_dir, PathBuf::from("data/logs"));
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_filter, "info");
@@ -585,9 +518,8 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file() {
-        let f = file(
-            "bind = \"127.0.0.1:9000\"\nlog_format = \"text\"\n[twilio]\napi_base = \"http://127.0.0.1:1/\"\n",
-        );
+        let f =
+            file("bind = \"127.0.0.1:9000\"\nlog_format = \"text\"\n[twilio]\napi_base = \"http://127.0.0.1:1/\"\n");
         let (config, findings) = load(
             Some(f.path()),
             &env(&[
@@ -598,10 +530,7 @@ mod tests {
                 ("CALLPLANE_PUBLIC_BASE_URL", "https://voice.example.com/"),
                 ("TWILIO_AUTH_TOKEN", "tok"),
                 ("RUST_LOG", "debug,sqlx=warn"),
-                (
-                    "TWILIO_API_KEY",
-                    "unrelated variables of other tools are fine",
-                ),
+                ("TWILIO_API_KEY", "unrelated variables of other tools are fine"),
             ]),
         );
         assert!(findings.is_empty(), "{findings:?}");
@@ -669,16 +598,8 @@ mod tests {
                 ("RUST_LOG", ""),
             ]),
         );
-        assert_eq!(
-            findings.len(),
-            1,
-            "an empty RUST_LOG is not an error: {findings:?}"
-        );
-        assert!(
-            !findings[0].message.contains("s3cret"),
-            "{}",
-            findings[0].message
-        );
+        assert_eq!(findings.len(), 1, "an empty RUST_LOG is not an error: {findings:?}");
+        assert!(!findings[0].message.contains("s3cret"), "{}", findings[0].message);
         assert!(
             findings[0].message.contains("postgress://app:***@db/cp"),
             "{}",
@@ -691,23 +612,11 @@ mod tests {
         let f = file("[twilio]\nauth_token = 12345\n");
         let (_, findings) = load(Some(f.path()), &env(&[]));
         assert_eq!(findings.len(), 1);
-        assert!(
-            !findings[0].message.contains("12345"),
-            "{}",
-            findings[0].message
-        );
+        assert!(!findings[0].message.contains("12345"), "{}", findings[0].message);
         let f = file("[twilio]\nauth_token = \"hunter2\nbind = 1\n");
         let (_, findings) = load(Some(f.path()), &env(&[]));
-        assert!(
-            !findings[0].message.contains("hunter2"),
-            "{}",
-            findings[0].message
-        );
-        assert!(
-            findings[0].message.contains("line 2"),
-            "{}",
-            findings[0].message
-        );
+        assert!(!findings[0].message.contains("hunter2"), "{}", findings[0].message);
+        assert!(findings[0].message.contains("line 2"), "{}", findings[0].message);
     }
 
     #[test]

@@ -33,8 +33,7 @@ pub fn static_checks(config: &Config, level: Level) -> Vec<Finding> {
     if twilio.account_sid == DEV_ACCOUNT_SID {
         push(
             "CP102",
-            "TWILIO_ACCOUNT_SID is the development placeholder: outbound calls will fail"
-                .to_owned(),
+            "TWILIO_ACCOUNT_SID is the development placeholder: outbound calls will fail".to_owned(),
             "set TWILIO_ACCOUNT_SID to the account's SID (AC…)",
         );
     }
@@ -42,9 +41,7 @@ pub fn static_checks(config: &Config, level: Level) -> Vec<Finding> {
     if !base.starts_with("https://") {
         push(
             "CP103",
-            format!(
-                "public base URL {base} is not https: Twilio would send call data in clear text"
-            ),
+            format!("public base URL {base} is not https: Twilio would send call data in clear text"),
             "terminate TLS in front of callplane and set CALLPLANE_PUBLIC_BASE_URL=https://…",
         );
     }
@@ -63,9 +60,7 @@ pub fn static_checks(config: &Config, level: Level) -> Vec<Finding> {
             );
         }
     }
-    if DbKind::from_url(&config.database_url).ok() == Some(DbKind::Sqlite)
-        && config.settings.instances > 1
-    {
+    if DbKind::from_url(&config.database_url).ok() == Some(DbKind::Sqlite) && config.settings.instances > 1 {
         push(
             "CP104",
             format!(

@@ -40,12 +40,7 @@ pub struct Finding {
 
 impl Finding {
     /// An error finding.
-    pub fn error(
-        id: &'static str,
-        plugin: Option<&str>,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Self {
+    pub fn error(id: &'static str, plugin: Option<&str>, message: impl Into<String>, hint: impl Into<String>) -> Self {
         Self {
             id,
             level: Level::Error,

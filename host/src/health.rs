@@ -76,11 +76,7 @@ impl HostState {
             };
             info.get_or_create(&labels).set(1);
         }
-        registry.register(
-            "plugin_info",
-            "Plugins known at boot, with their status",
-            info,
-        );
+        registry.register("plugin_info", "Plugins known at boot, with their status", info);
         let draining_gauge = Gauge::default();
         registry.register(
             "draining",
@@ -124,8 +120,7 @@ impl HostState {
         *self
             .last_probe
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((std::time::Instant::now(), reachable));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((std::time::Instant::now(), reachable));
         reachable
     }
 
@@ -138,27 +133,9 @@ impl HostState {
 /// The host's routes, declared like any plugin's so `routes` lists them and collisions are found.
 pub fn host_routes() -> Vec<RouteSpec> {
     vec![
-        RouteSpec::new(
-            HOST,
-            actix_web::http::Method::GET,
-            "/livez",
-            Access::Public,
-            livez,
-        ),
-        RouteSpec::new(
-            HOST,
-            actix_web::http::Method::GET,
-            "/readyz",
-            Access::Public,
-            readyz,
-        ),
-        RouteSpec::new(
-            HOST,
-            actix_web::http::Method::GET,
-            "/metrics",
-            Access::Public,
-            metrics,
-        ),
+        RouteSpec::new(HOST, actix_web::http::Method::GET, "/livez", Access::Public, livez),
+        RouteSpec::new(HOST, actix_web::http::Method::GET, "/readyz", Access::Public, readyz),
+        RouteSpec::new(HOST, actix_web::http::Method::GET, "/metrics", Access::Public, metrics),
     ]
 }
 
@@ -174,7 +151,10 @@ async fn readyz(state: web::Data<HostState>) -> HttpResponse {
     for (plugin, name, check) in &state.checks {
         let report = tokio::time::timeout(CHECK_TIMEOUT, check()).await.unwrap_or_else(|_| {
             tracing::warn!(plugin = %plugin, check = %name, "[HEALTH] readiness check timed out");
-            callplane_plugin_api::ReadinessReport { ready: false, detail: json!("timed out") }
+            callplane_plugin_api::ReadinessReport {
+                ready: false,
+                detail: json!("timed out"),
+            }
         });
         checks_ready &= report.ready;
         checks.insert(
@@ -186,10 +166,7 @@ async fn readyz(state: web::Data<HostState>) -> HttpResponse {
         .plugins
         .iter()
         .any(|p| p.critical && p.status != PluginStatus::Active);
-    let degraded = state
-        .plugins
-        .iter()
-        .any(|p| p.status != PluginStatus::Active);
+    let degraded = state.plugins.iter().any(|p| p.status != PluginStatus::Active);
     let ready = !draining && db_reachable && !critical_down && checks_ready;
     let status = match (ready, degraded) {
         (false, _) => "not_ready",
@@ -257,14 +234,8 @@ mod tests {
         if draining {
             state.start_draining();
         }
-        let app = atest::init_service(
-            App::new()
-                .app_data(state)
-                .route("/readyz", web::get().to(readyz)),
-        )
-        .await;
-        let res =
-            atest::call_service(&app, atest::TestRequest::get().uri("/readyz").to_request()).await;
+        let app = atest::init_service(App::new().app_data(state).route("/readyz", web::get().to(readyz))).await;
+        let res = atest::call_service(&app, atest::TestRequest::get().uri("/readyz").to_request()).await;
         let status = res.status().as_u16();
         (status, atest::read_body_json(res).await)
     }
@@ -272,36 +243,16 @@ mod tests {
     #[actix_web::test]
     async fn readiness_follows_database_draining_and_plugins() {
         let sqlite = || Db::connect_lazy("sqlite::memory:").unwrap();
-        let (status, body) = probe(
-            sqlite(),
-            vec![plugin("a", true, PluginStatus::Active)],
-            false,
-        )
-        .await;
+        let (status, body) = probe(sqlite(), vec![plugin("a", true, PluginStatus::Active)], false).await;
         assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
 
-        let (status, body) = probe(
-            sqlite(),
-            vec![plugin("a", true, PluginStatus::Active)],
-            true,
-        )
-        .await;
+        let (status, body) = probe(sqlite(), vec![plugin("a", true, PluginStatus::Active)], true).await;
         assert_eq!((status, body["draining"].as_bool()), (503, Some(true)));
 
-        let (status, body) = probe(
-            sqlite(),
-            vec![plugin("b", false, PluginStatus::Disabled)],
-            false,
-        )
-        .await;
+        let (status, body) = probe(sqlite(), vec![plugin("b", false, PluginStatus::Disabled)], false).await;
         assert_eq!((status, body["status"].as_str()), (200, Some("degraded")));
 
-        let (status, _) = probe(
-            sqlite(),
-            vec![plugin("c", true, PluginStatus::Failed)],
-            false,
-        )
-        .await;
+        let (status, _) = probe(sqlite(), vec![plugin("c", true, PluginStatus::Failed)], false).await;
         assert_eq!(status, 503, "a critical plugin that is not active");
 
         let down = Db::connect_lazy("postgres://nobody:pw@127.0.0.1:1/none").unwrap();

@@ -27,17 +27,13 @@ pub fn degraded_line(p: &PluginReport) -> String {
 /// The closing line of a refused boot or failed check.
 pub fn fatal_line(findings: &[Finding]) -> String {
     let (errors, warnings) = counts(findings);
-    format!(
-        "[BOOT] ❌ [BOOT][FATAL] refusing to start: {errors} error(s), {warnings} warning(s); exit 78"
-    )
+    format!("[BOOT] ❌ [BOOT][FATAL] refusing to start: {errors} error(s), {warnings} warning(s); exit 78")
 }
 
 /// The routes sorted by path, then method.
 pub fn sorted_routes(plan: &BootPlan) -> Vec<&RouteSpec> {
     let mut routes: Vec<&RouteSpec> = plan.routes.iter().collect();
-    routes.sort_by(|a, b| {
-        (a.path.as_str(), a.method.as_str()).cmp(&(b.path.as_str(), b.method.as_str()))
-    });
+    routes.sort_by(|a, b| (a.path.as_str(), a.method.as_str()).cmp(&(b.path.as_str(), b.method.as_str())));
     routes
 }
 
@@ -95,19 +91,10 @@ pub fn plugins_text(plugins: &[PluginReport]) -> String {
             } else {
                 p.version.clone()
             };
-            [
-                p.name.clone(),
-                version,
-                p.critical.to_string(),
-                requires,
-                status,
-            ]
+            [p.name.clone(), version, p.critical.to_string(), requires, status]
         })
         .collect();
-    table(
-        &["NAME", "VERSION", "CRITICAL", "REQUIRES", "STATUS"],
-        &rows,
-    )
+    table(&["NAME", "VERSION", "CRITICAL", "REQUIRES", "STATUS"], &rows)
 }
 
 /// `check --format json`: `{"ok", "plugins", "findings"}`.
@@ -133,11 +120,7 @@ fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(padded.join("  ").trim_end());
         out.push('\n');
     };

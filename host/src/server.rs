@@ -7,13 +7,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use callplane_plugin_api::{
-    AccessProvider, ApiError, Capability, RouteSpec, StateInstaller, extractor_configs, mount,
-};
+use callplane_plugin_api::{AccessProvider, ApiError, Capability, RouteSpec, StateInstaller, extractor_configs, mount};
 use callplane_storage::{PluginMigrations, migrate};
-use callplane_telemetry::{
-    BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, request_context,
-};
+use callplane_telemetry::{BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, request_context};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -54,11 +50,7 @@ pub fn init_logging(config: &Config, findings: &mut Vec<Finding>) -> Option<LogG
                 error.to_string(),
                 "create the log directory and give the service user write access, or set CALLPLANE_LOG_DIR",
             ));
-            callplane_telemetry::logging::init(&LogSettings {
-                dir: None,
-                ..settings
-            })
-            .ok()
+            callplane_telemetry::logging::init(&LogSettings { dir: None, ..settings }).ok()
         }
     }
 }
@@ -240,10 +232,7 @@ async fn shutdown_on_signal(
     drain: Duration,
     force: tokio::sync::oneshot::Sender<()>,
 ) {
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(error), _) | (_, Err(error)) => {
             tracing::error!(

@@ -34,7 +34,9 @@ fn assert_refuses(bin: &Path, missing: &[&str]) {
     assert_eq!(served.code, Some(78), "{}", all(&served));
     assert_eq!(cp001_plugins(&served.stdout), missing, "{}", served.stdout);
     assert!(
-        served.stdout.contains("[BOOT]    hint: build with the default features or remove 'twilio' from CALLPLANE_CRITICAL_PLUGINS"),
+        served.stdout.contains(
+            "[BOOT]    hint: build with the default features or remove 'twilio' from CALLPLANE_CRITICAL_PLUGINS"
+        ),
         "{}",
         served.stdout
     );
@@ -98,14 +100,8 @@ fn listings_and_migrate_report_the_refusal() {
             )
         })
         .collect();
-    assert!(
-        listed.contains(&("POST", "/api/auth/login", "Public")),
-        "{listed:?}"
-    );
-    assert!(
-        listed.contains(&("GET", "/api/users", "Admin")),
-        "{listed:?}"
-    );
+    assert!(listed.contains(&("POST", "/api/auth/login", "Public")), "{listed:?}");
+    assert!(listed.contains(&("GET", "/api/users", "Admin")), "{listed:?}");
     assert!(listed.contains(&("GET", "/livez", "Public")), "{listed:?}");
     assert_eq!(cp001_plugins(&routes.stderr), ["calendar", "twilio"]);
 
@@ -157,9 +153,7 @@ fn with_a_manifest_of_built_plugins_the_host_migrates() {
         &[("CALLPLANE_CRITICAL_PLUGINS", "permissions")],
     );
     assert!(
-        again
-            .stdout
-            .contains("[MIGRATE] done: 0 migration(s) applied"),
+        again.stdout.contains("[MIGRATE] done: 0 migration(s) applied"),
         "{}",
         again.stdout
     );

@@ -32,13 +32,7 @@ fn bootstrap_sign_in_and_enforce(database_url: Option<&str>) {
         ],
         &env,
     );
-    assert_eq!(
-        business.code,
-        Some(0),
-        "{}{}",
-        business.stdout,
-        business.stderr
-    );
+    assert_eq!(business.code, Some(0), "{}{}", business.stdout, business.stderr);
     assert!(
         business
             .stdout
@@ -48,22 +42,11 @@ fn bootstrap_sign_in_and_enforce(database_url: Option<&str>) {
     );
     let duplicate = sandbox.run(
         bin,
-        &[
-            "admin",
-            "create-business",
-            "--name",
-            "Copy",
-            "--phone",
-            "+972501234567",
-        ],
+        &["admin", "create-business", "--name", "Copy", "--phone", "+972501234567"],
         &env,
     );
     assert_eq!(duplicate.code, Some(1));
-    assert!(
-        duplicate.stderr.contains("already exists"),
-        "{}",
-        duplicate.stderr
-    );
+    assert!(duplicate.stderr.contains("already exists"), "{}", duplicate.stderr);
 
     for (email, role, pw) in [
         ("owner@dental.example", "owner", OWNER_PW),
@@ -177,27 +160,14 @@ fn bootstrap_sign_in_and_enforce(database_url: Option<&str>) {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(
-        login("agent@dental.example", "not the password").status,
-        401
-    );
+    assert_eq!(login("agent@dental.example", "not the password").status, 401);
 
-    let get = |path: &str, token: &str| {
-        server.request(
-            "GET",
-            path,
-            &[("authorization", &format!("Bearer {token}"))],
-            None,
-        )
-    };
+    let get =
+        |path: &str, token: &str| server.request("GET", path, &[("authorization", &format!("Bearer {token}"))], None);
     let me = get("/api/me", &agent_token);
     assert_eq!(me.status, 200);
     assert_eq!(me.json()["business"]["name"], "Dental Care");
-    assert_eq!(
-        get("/api/users", &agent_token).status,
-        403,
-        "agents lack the admin API"
-    );
+    assert_eq!(get("/api/users", &agent_token).status, 403, "agents lack the admin API");
     assert_eq!(get("/api/users", &owner_token).status, 200);
     assert_eq!(server.get("/api/me").status, 401);
 
@@ -205,16 +175,8 @@ fn bootstrap_sign_in_and_enforce(database_url: Option<&str>) {
     let (status, _) = server.wait();
     assert!(status.success());
     let log = sandbox.log_text();
-    assert!(
-        log.contains("[AUTH] login user_id=2 business_id=1"),
-        "{log}"
-    );
-    for secret in [
-        OWNER_PW,
-        AGENT_PW,
-        agent_token.as_str(),
-        owner_token.as_str(),
-    ] {
+    assert!(log.contains("[AUTH] login user_id=2 business_id=1"), "{log}");
+    for secret in [OWNER_PW, AGENT_PW, agent_token.as_str(), owner_token.as_str()] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
 }

@@ -10,8 +10,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpResponse, web};
 use callplane_plugin_api::storage::{Db, sqlx};
 use callplane_plugin_api::{
-    Access, AccessProvider, ApiError, Capability, Migration, Principal, ReadinessReport,
-    RegisterError, Registrar, RoutePlugin,
+    Access, AccessProvider, ApiError, Capability, Migration, Principal, ReadinessReport, RegisterError, Registrar,
+    RoutePlugin,
 };
 use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
@@ -33,9 +33,7 @@ impl AccessProvider for HeaderSessions {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .and_then(|t| t.split_once(':'))
-                .and_then(|(business, pages)| {
-                    Some((business.parse::<i64>().ok()?, pages.to_owned()))
-                });
+                .and_then(|(business, pages)| Some((business.parse::<i64>().ok()?, pages.to_owned())));
             let Some((business_id, pages)) = token else {
                 return Err(ApiError::response(
                     StatusCode::UNAUTHORIZED,
@@ -43,11 +41,7 @@ impl AccessProvider for HeaderSessions {
                     "a valid session is required",
                 ));
             };
-            let pages: Vec<String> = pages
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let pages: Vec<String> = pages.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect();
             let admin = pages.iter().any(|p| p == "admin");
             let allowed = match access {
                 Access::PageAccess(page) => pages.iter().any(|p| p == page),
@@ -65,11 +59,7 @@ impl AccessProvider for HeaderSessions {
                 user_id: 1,
                 business_id,
                 email: "fixture@example.com".into(),
-                role: if admin {
-                    "admin".into()
-                } else {
-                    "agent".into()
-                },
+                role: if admin { "admin".into() } else { "agent".into() },
                 pages,
                 admin,
             });
@@ -82,21 +72,11 @@ impl AccessProvider for HeaderSessions {
 struct FakeSignatures;
 
 impl AccessProvider for FakeSignatures {
-    fn authorize<'a>(
-        &'a self,
-        req: &'a mut ServiceRequest,
-        _: Access,
-    ) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
+    fn authorize<'a>(&'a self, req: &'a mut ServiceRequest, _: Access) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
         Box::pin(async move {
-            match req
-                .headers()
-                .get("x-twilio-signature")
-                .and_then(|v| v.to_str().ok())
-            {
+            match req.headers().get("x-twilio-signature").and_then(|v| v.to_str().ok()) {
                 Some("valid") => Ok(()),
-                _ => Err(HttpResponse::Forbidden()
-                    .content_type("text/xml")
-                    .body("<Response/>")),
+                _ => Err(HttpResponse::Forbidden().content_type("text/xml").body("<Response/>")),
             }
         })
     }
@@ -107,8 +87,7 @@ async fn login() -> HttpResponse {
 }
 
 async fn me(who: Principal) -> HttpResponse {
-    HttpResponse::Ok()
-        .json(json!({ "business_id": who.business_id, "pages": who.pages, "admin": who.admin }))
+    HttpResponse::Ok().json(json!({ "business_id": who.business_id, "pages": who.pages, "admin": who.admin }))
 }
 
 /// A fixture `permissions`: the session provider plus login and `/api/me`.
@@ -142,11 +121,7 @@ async fn list_notes(who: Principal, db: web::Data<Db>) -> Result<HttpResponse, A
     Ok(HttpResponse::Ok().json(rows))
 }
 
-async fn add_note(
-    who: Principal,
-    db: web::Data<Db>,
-    note: web::Json<NewNote>,
-) -> Result<HttpResponse, ApiError> {
+async fn add_note(who: Principal, db: web::Data<Db>, note: web::Json<NewNote>) -> Result<HttpResponse, ApiError> {
     if note.body.is_empty() || note.body.len() > 1000 {
         return Err(ApiError::unprocessable("body must be 1–1000 bytes"));
     }
@@ -162,8 +137,11 @@ async fn add_note(
 /// A fixture feature plugin: a migration, page-protected routes, a readiness check.
 pub fn register_notes(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     reg.migrations(NOTES_MIGRATIONS);
-    reg.get("/api/notes", Access::PageAccess("notes"), list_notes)
-        .post("/api/notes", Access::PageAccess("notes"), add_note);
+    reg.get("/api/notes", Access::PageAccess("notes"), list_notes).post(
+        "/api/notes",
+        Access::PageAccess("notes"),
+        add_note,
+    );
     reg.readiness(
         "backlog",
         std::sync::Arc::new(|| {
@@ -209,9 +187,7 @@ pub fn register_slow(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
 
 /// Registration that fails with an error.
 pub fn register_error(_: &mut Registrar<'_>) -> Result<(), RegisterError> {
-    Err(RegisterError::Other(
-        "fixture: cannot reach its dependency".into(),
-    ))
+    Err(RegisterError::Other("fixture: cannot reach its dependency".into()))
 }
 
 /// Registration that panics (the old app's swallowed import error, made loud).
@@ -232,8 +208,11 @@ pub fn register_colliding(reg: &mut Registrar<'_>) -> Result<(), RegisterError> 
 
 /// Webhook routes with the wrong policies (CP007, CP008).
 pub fn register_bad_webhooks(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
-    reg.post("/webhook/open", Access::Public, webhook_ping)
-        .post("/webhook/paged", Access::PageAccess("calls"), webhook_ping);
+    reg.post("/webhook/open", Access::Public, webhook_ping).post(
+        "/webhook/paged",
+        Access::PageAccess("calls"),
+        webhook_ping,
+    );
     Ok(())
 }
 

@@ -83,10 +83,7 @@ impl Sandbox {
         };
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
-        files
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .collect()
+        files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect()
     }
 
     /// A command for `bin` with a clean callplane environment: every `CALLPLANE_*`, `TWILIO_*` and
@@ -124,13 +121,7 @@ impl Sandbox {
     ///
     /// # Panics
     /// When the binary cannot start or does not finish within [`PROCESS_TIMEOUT`].
-    pub fn run_with_input(
-        &self,
-        bin: &Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-        input: &str,
-    ) -> Outcome {
+    pub fn run_with_input(&self, bin: &Path, args: &[&str], env: &[(&str, &str)], input: &str) -> Outcome {
         let mut child = self
             .command(bin, args, env)
             .stdin(Stdio::piped())
@@ -146,20 +137,12 @@ impl Sandbox {
         let started = Instant::now();
         while !waiter.is_finished() {
             if started.elapsed() > PROCESS_TIMEOUT {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!(
-                    "{} {args:?} did not finish within {PROCESS_TIMEOUT:?}",
-                    bin.display()
-                );
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                panic!("{} {args:?} did not finish within {PROCESS_TIMEOUT:?}", bin.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let output = waiter
-            .join()
-            .expect("waiter thread")
-            .expect("process output");
+        let output = waiter.join().expect("waiter thread").expect("process output");
         Outcome {
             code: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -225,9 +208,8 @@ impl Sandbox {
         let started = Instant::now();
         loop {
             let ready = lines.lock().expect("output lock").iter().find_map(|l| {
-                l.split_once("[BOOT] ready bind=").and_then(|(_, rest)| {
-                    rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-                })
+                l.split_once("[BOOT] ready bind=")
+                    .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<SocketAddr>().ok())
             });
             if let Some(addr) = ready {
                 return Server {
@@ -279,10 +261,7 @@ pub struct Reply {
 impl Reply {
     /// The first header named `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON.
@@ -314,13 +293,7 @@ impl Server {
     ///
     /// # Panics
     /// On a transport error (refused connection, timeout).
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&str>,
-    ) -> Reply {
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
         self.try_request(method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
@@ -336,33 +309,20 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> Result<Reply, ureq::Error> {
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(self.url(path));
+        let mut builder = ureq::http::Request::builder().method(method).uri(self.url(path));
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let request = builder
-            .body(body.unwrap_or("").to_owned())
-            .map_err(ureq::Error::from)?;
+        let request = builder.body(body.unwrap_or("").to_owned()).map_err(ureq::Error::from)?;
         let mut response = self.agent.run(request)?;
         let headers = response
             .headers()
             .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    v.to_str().unwrap_or_default().to_owned(),
-                )
-            })
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
             .collect();
         let status = response.status().as_u16();
         let body = response.body_mut().read_to_string()?;
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        Ok(Reply { status, headers, body })
     }
 
     /// `GET path`.
@@ -445,11 +405,7 @@ impl PgDatabase {
         let name = format!("cp_e2e_{}_{nanos}", std::process::id());
         admin_sql(&admin_url, format!("CREATE DATABASE {name}"));
         let url = url_with_path(&admin_url, &name);
-        Some(Self {
-            admin_url,
-            name,
-            url,
-        })
+        Some(Self { admin_url, name, url })
     }
 }
 
@@ -463,12 +419,8 @@ impl Drop for PgDatabase {
 }
 
 fn url_with_path(base: &str, database: &str) -> String {
-    let (without_query, query) = base
-        .split_once('?')
-        .map_or((base, None), |(b, q)| (b, Some(q)));
-    let root = without_query
-        .rsplit_once('/')
-        .map_or(without_query, |(root, _)| root);
+    let (without_query, query) = base.split_once('?').map_or((base, None), |(b, q)| (b, Some(q)));
+    let root = without_query.rsplit_once('/').map_or(without_query, |(root, _)| root);
     match query {
         Some(q) => format!("{root}/{database}?{q}"),
         None => format!("{root}/{database}"),

@@ -33,16 +33,9 @@ fn assert_refused(fixture: &str, env: &[(&str, &str)], expected: &[&str]) -> Str
         served.stdout,
         served.stderr
     );
-    assert_eq!(
-        served.finding_ids(),
-        expected,
-        "serve findings:\n{}",
-        served.stdout
-    );
+    assert_eq!(served.finding_ids(), expected, "serve findings:\n{}", served.stdout);
     assert!(
-        served
-            .stdout
-            .contains("[BOOT] ❌ [BOOT][FATAL] refusing to start"),
+        served.stdout.contains("[BOOT] ❌ [BOOT][FATAL] refusing to start"),
         "{}",
         served.stdout
     );
@@ -54,22 +47,11 @@ fn assert_refused(fixture: &str, env: &[(&str, &str)], expected: &[&str]) -> Str
     );
 
     let checked = sandbox.run(bin(fixture), &["check"], env);
-    assert_eq!(
-        checked.code,
-        Some(78),
-        "check must exit 78:\n{}",
-        checked.stdout
-    );
-    assert_eq!(
-        checked.finding_ids(),
-        expected,
-        "check findings:\n{}",
-        checked.stdout
-    );
+    assert_eq!(checked.code, Some(78), "check must exit 78:\n{}", checked.stdout);
+    assert_eq!(checked.finding_ids(), expected, "check findings:\n{}", checked.stdout);
     let json = sandbox.run(bin(fixture), &["check", "--format", "json"], env);
     assert_eq!(json.code, Some(78));
-    let report: serde_json::Value =
-        serde_json::from_str(&json.stdout).expect("check --format json prints JSON");
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).expect("check --format json prints JSON");
     assert_eq!(report["ok"], false);
     let ids: Vec<&str> = report["findings"]
         .as_array()
@@ -104,43 +86,26 @@ fn missing_critical_plugin_is_cp001() {
         out.contains("CP001 critical plugin 'ghost' is missing: not compiled into this binary"),
         "{out}"
     );
-    assert!(
-        out.contains("[BOOT]    hint: build with the default features"),
-        "{out}"
-    );
+    assert!(out.contains("[BOOT]    hint: build with the default features"), "{out}");
 }
 
 #[test]
 fn duplicate_plugin_name_is_cp002() {
-    assert_refused(
-        "duplicate",
-        &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]),
-        &["CP002"],
-    );
+    assert_refused("duplicate", &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]), &["CP002"]);
 }
 
 #[test]
 fn route_collision_is_cp003() {
-    let out = assert_refused(
-        "collision",
-        &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]),
-        &["CP003"],
-    );
+    let out = assert_refused("collision", &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]), &["CP003"]);
     assert!(
-        out.contains(
-            "GET /api/notes of plugin 'notes' collides with GET /api/notes of plugin 'memos'"
-        ),
+        out.contains("GET /api/notes of plugin 'notes' collides with GET /api/notes of plugin 'memos'"),
         "{out}"
     );
 }
 
 #[test]
 fn unmet_requirement_is_cp004() {
-    let out = assert_refused(
-        "unmet",
-        &env(&[("CALLPLANE_CRITICAL_PLUGINS", "notes")]),
-        &["CP004"],
-    );
+    let out = assert_refused("unmet", &env(&[("CALLPLANE_CRITICAL_PLUGINS", "notes")]), &["CP004"]);
     assert!(
         out.contains("plugin 'notes' requires 'permissions', which is absent from this binary"),
         "{out}"
@@ -149,11 +114,7 @@ fn unmet_requirement_is_cp004() {
 
 #[test]
 fn page_access_without_permissions_is_cp004_before_serving() {
-    let out = assert_refused(
-        "no-sessions",
-        &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]),
-        &["CP004"],
-    );
+    let out = assert_refused("no-sessions", &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]), &["CP004"]);
     assert!(
         out.contains("need session and page-access resolution from plugin 'permissions'"),
         "{out}"
@@ -162,11 +123,7 @@ fn page_access_without_permissions_is_cp004_before_serving() {
 
 #[test]
 fn requirement_cycle_is_cp005() {
-    let out = assert_refused(
-        "cycle",
-        &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]),
-        &["CP005"],
-    );
+    let out = assert_refused("cycle", &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]), &["CP005"]);
     assert!(out.contains("'alpha' → 'beta' → 'alpha'"), "{out}");
 }
 
@@ -198,11 +155,7 @@ fn webhook_policies_are_cp007_and_cp008() {
 
 #[test]
 fn public_api_route_is_cp009() {
-    let out = assert_refused(
-        "public-api",
-        &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]),
-        &["CP009"],
-    );
+    let out = assert_refused("public-api", &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]), &["CP009"]);
     assert!(
         out.contains("GET /api/leak is Public but not on the public allow-list"),
         "{out}"
@@ -235,11 +188,7 @@ fn bad_config_file_is_cp010() {
         "bind = \"127.0.0.1:0\"\nworkers = 4\n",
     )
     .unwrap();
-    let out = sandbox.run(
-        bin("ok"),
-        &["check"],
-        &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]),
-    );
+    let out = sandbox.run(bin("ok"), &["check"], &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]));
     assert_eq!(out.code, Some(78), "{}", out.stdout);
     assert_eq!(out.finding_ids(), ["CP010"]);
     assert!(
@@ -293,10 +242,7 @@ fn deploy_check_reports_unwritable_log_dir_and_unreachable_database() {
     let extra = [
         ("CALLPLANE_CRITICAL_PLUGINS", ""),
         ("CALLPLANE_LOG_DIR", log_dir.to_str().unwrap()),
-        (
-            "CALLPLANE_DATABASE_URL",
-            "postgres://nobody:secretpw@127.0.0.1:1/none",
-        ),
+        ("CALLPLANE_DATABASE_URL", "postgres://nobody:secretpw@127.0.0.1:1/none"),
     ];
     let out = sandbox.run(bin("ok"), &["check", "--deploy"], &env(&extra));
     assert_eq!(out.code, Some(78), "{}", out.stdout);

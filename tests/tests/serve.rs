@@ -50,18 +50,10 @@ fn health_metrics_request_ids_and_log_file() {
         .iter()
         .map(|n| (n.to_string(), "active".to_owned()))
         .collect();
-    assert_eq!(
-        plugins, expected,
-        "boot order: requirements first, then name"
-    );
+    assert_eq!(plugins, expected, "boot order: requirements first, then name");
 
     // Request ids: generated, echoed, not taken from an untrusted client, present in the log line.
-    let missing = server.request(
-        "GET",
-        "/no/such/route",
-        &[("x-request-id", "client-chosen")],
-        None,
-    );
+    let missing = server.request("GET", "/no/such/route", &[("x-request-id", "client-chosen")], None);
     assert_eq!(missing.status, 404);
     let id = missing.header("x-request-id").unwrap().to_owned();
     assert_ne!(id, "client-chosen");
@@ -102,10 +94,7 @@ fn health_metrics_request_ids_and_log_file() {
         .expect("the 404 is logged");
     assert!(line.contains(&format!("request_id={id}")), "{line}");
     assert!(line.contains("path=/no/such/route status=404"), "{line}");
-    assert!(
-        log.contains("[SHUTDOWN] stopped"),
-        "flushed at exit:\n{log}"
-    );
+    assert!(log.contains("[SHUTDOWN] stopped"), "flushed at exit:\n{log}");
 }
 
 #[test]
@@ -114,8 +103,7 @@ fn access_policies_are_enforced_by_the_host() {
     let server = serve_ok(&sandbox, &[]);
     let notes = |token: Option<&str>| {
         let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
         server.request("GET", "/api/notes", &headers, None)
     };
     let anonymous = notes(None);
@@ -130,10 +118,7 @@ fn access_policies_are_enforced_by_the_host() {
         server.request(
             "POST",
             "/api/notes",
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", &auth), ("content-type", "application/json")],
             Some(body),
         )
     };
@@ -146,10 +131,7 @@ fn access_policies_are_enforced_by_the_host() {
         403,
         "checked before the body is read"
     );
-    assert_eq!(
-        notes(Some("1:notes")).json(),
-        serde_json::json!([[1, "call back"]])
-    );
+    assert_eq!(notes(Some("1:notes")).json(), serde_json::json!([[1, "call back"]]));
     assert_eq!(
         notes(Some("2:notes")).json(),
         serde_json::json!([]),
@@ -159,12 +141,7 @@ fn access_policies_are_enforced_by_the_host() {
     let unsigned = server.request("POST", "/webhook/ping", &[], Some(""));
     assert_eq!(unsigned.status, 403);
     assert_eq!(unsigned.header("content-type"), Some("text/xml"));
-    let signed = server.request(
-        "POST",
-        "/webhook/ping",
-        &[("x-twilio-signature", "valid")],
-        Some(""),
-    );
+    let signed = server.request("POST", "/webhook/ping", &[("x-twilio-signature", "valid")], Some(""));
     assert_eq!(signed.status, 200);
     assert!(signed.body.contains("<Say>pong</Say>"));
     let wrong_method = server.request("GET", "/webhook/ping", &[], None);
@@ -182,13 +159,7 @@ fn routes_and_check_json_match_the_live_table() {
     assert_eq!(table.len(), 9, "{table:#?}");
     let text = sandbox.run(Path::new(OK), &["routes"], &[CRITICAL]);
     assert_eq!(text.stdout.lines().count(), table.len() + 1);
-    assert!(
-        text.stdout
-            .lines()
-            .next()
-            .unwrap()
-            .starts_with("METHOD  PATH")
-    );
+    assert!(text.stdout.lines().next().unwrap().starts_with("METHOD  PATH"));
     assert!(
         text.stdout
             .contains("GET     /api/notes       notes        PageAccess(notes)  true"),
@@ -204,11 +175,7 @@ fn routes_and_check_json_match_the_live_table() {
     let server = serve_ok(&sandbox, &[]);
     for route in &table {
         let method = route["method"].as_str().unwrap();
-        let path = route["path"]
-            .as_str()
-            .unwrap()
-            .replace("{", "")
-            .replace("}", "");
+        let path = route["path"].as_str().unwrap().replace("{", "").replace("}", "");
         let reply = server.request(method, &path, &[], Some(""));
         let unmatched = reply.status == 404 && reply.body.contains("no route for");
         assert!(!unmatched, "{method} {path} is in the table but not served");
@@ -253,19 +220,11 @@ fn trusted_proxy_request_ids_are_honoured_and_json_logs_carry_them() {
     let reply = server.request(
         "GET",
         "/nowhere",
-        &[
-            ("x-request-id", "lb-req-42"),
-            ("x-forwarded-for", "198.51.100.7"),
-        ],
+        &[("x-request-id", "lb-req-42"), ("x-forwarded-for", "198.51.100.7")],
         None,
     );
     assert_eq!(reply.header("x-request-id"), Some("lb-req-42"));
-    let invalid = server.request(
-        "GET",
-        "/nowhere",
-        &[("x-request-id", "bad id with spaces")],
-        None,
-    );
+    let invalid = server.request("GET", "/nowhere", &[("x-request-id", "bad id with spaces")], None);
     assert_eq!(
         invalid.header("x-request-id").map(str::len),
         Some(36),
@@ -281,16 +240,9 @@ fn trusted_proxy_request_ids_are_honoured_and_json_logs_carry_them() {
         .collect();
     let ready = lines
         .iter()
-        .find(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("[BOOT] ready"))
-        })
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("[BOOT] ready")))
         .unwrap();
-    assert!(
-        ready["bind"].is_string() && ready["boot_ms"].is_number(),
-        "{ready}"
-    );
+    assert!(ready["bind"].is_string() && ready["boot_ms"].is_number(), "{ready}");
     let request = lines
         .iter()
         .find(|l| l["span"]["request_id"] == "lb-req-42")
@@ -327,11 +279,7 @@ fn sigterm_turns_readiness_off_first_and_finishes_in_flight_requests() {
             not_ready.duration_since(signalled) < Duration::from_secs(1),
             "at once, not after the drain"
         );
-        assert_eq!(
-            server.get("/livez").status,
-            200,
-            "still serving while draining"
-        );
+        assert_eq!(server.get("/livez").status, 200, "still serving while draining");
         let (reply, finished) = slow.join().unwrap();
         assert_eq!(reply.status, 200, "the in-flight request completes");
         assert_eq!(reply.body, "done");
@@ -343,9 +291,7 @@ fn sigterm_turns_readiness_off_first_and_finishes_in_flight_requests() {
     let (status, output) = server.wait();
     assert!(status.success(), "{status}\n{output}");
     let draining = output.find("[SHUTDOWN] draining").expect("drain logged");
-    let closing = output
-        .find("[SHUTDOWN] drain over")
-        .expect("listener close logged");
+    let closing = output.find("[SHUTDOWN] drain over").expect("listener close logged");
     assert!(draining < closing);
 }
 
@@ -363,10 +309,7 @@ fn a_second_signal_stops_at_once() {
         started.elapsed() < Duration::from_secs(10),
         "stopped without waiting for the 60 s drain"
     );
-    assert!(
-        output.contains("[SHUTDOWN] second signal: stopping now"),
-        "{output}"
-    );
+    assert!(output.contains("[SHUTDOWN] second signal: stopping now"), "{output}");
 }
 
 #[test]
@@ -392,14 +335,9 @@ fn a_second_signal_during_the_graceful_stop_stops_at_once() {
         "a forced stop is not a clean shutdown:\n{output}"
     );
     assert!(output.contains("[SHUTDOWN] stopped at once"), "{output}");
+    assert!(slow.join().unwrap().is_err(), "the in-flight request was cut off");
     assert!(
-        slow.join().unwrap().is_err(),
-        "the in-flight request was cut off"
-    );
-    assert!(
-        sandbox
-            .log_text()
-            .contains("[SHUTDOWN] second signal: stopping now"),
+        sandbox.log_text().contains("[SHUTDOWN] second signal: stopping now"),
         "flushed before exit"
     );
 }
@@ -410,17 +348,18 @@ fn non_critical_registration_failures_degrade_instead_of_stopping() {
     let env = [("CALLPLANE_CRITICAL_PLUGINS", "permissions,notes")];
     let server = sandbox.serve(Path::new(DEGRADED), &env);
     let output = server.output();
-    assert!(output.contains("[BOOT][DEGRADED] plugin=crashy disabled: registration panicked: fixture: registration panicked"), "{output}");
+    assert!(
+        output
+            .contains("[BOOT][DEGRADED] plugin=crashy disabled: registration panicked: fixture: registration panicked"),
+        "{output}"
+    );
     assert!(
         output.contains("[BOOT][DEGRADED] plugin=flaky disabled: registration returned an error"),
         "{output}"
     );
     assert!(output.contains("[BOOT][WARN] CP006"), "{output}");
     let ready = server.get("/readyz");
-    assert_eq!(
-        ready.status, 200,
-        "non-critical failures keep the instance ready"
-    );
+    assert_eq!(ready.status, 200, "non-critical failures keep the instance ready");
     let body = ready.json();
     assert_eq!(body["status"], "degraded");
     let crashy = body["plugins"]
@@ -450,13 +389,17 @@ fn non_critical_registration_failures_degrade_instead_of_stopping() {
         ]
     );
     let text = sandbox.run(Path::new(DEGRADED), &["plugins"], &env);
-    assert!(text.stdout.contains("flaky        0.0.1-fixture  false     -            disabled (registration returned an error"), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .contains("flaky        0.0.1-fixture  false     -            disabled (registration returned an error"),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]
 fn two_instances_share_postgresql() {
-    let Some(pg) = callplane_e2e::harness::PgDatabase::create("two_instances_share_postgresql")
-    else {
+    let Some(pg) = callplane_e2e::harness::PgDatabase::create("two_instances_share_postgresql") else {
         return;
     };
     let sandboxes = [Sandbox::new(), Sandbox::new()];
@@ -477,10 +420,7 @@ fn two_instances_share_postgresql() {
         .iter()
         .map(|s| s.output().matches("[MIGRATE] applied").count())
         .sum();
-    assert_eq!(
-        applied, 1,
-        "one instance migrated, the other found nothing to do"
-    );
+    assert_eq!(applied, 1, "one instance migrated, the other found nothing to do");
     let ready = servers[1].get("/readyz").json();
     assert_eq!(ready["database"]["kind"], "postgres");
     assert_eq!(ready["database"]["reachable"], true);

@@ -147,19 +147,10 @@ mod tests {
     #[test]
     fn policies_map_to_capabilities() {
         assert_eq!(Access::Public.capability(), None);
-        assert_eq!(
-            Access::TwilioSignature.capability(),
-            Some(Capability::TwilioSignature)
-        );
-        assert_eq!(
-            Access::PageAccess("calendar").capability(),
-            Some(Capability::Sessions)
-        );
+        assert_eq!(Access::TwilioSignature.capability(), Some(Capability::TwilioSignature));
+        assert_eq!(Access::PageAccess("calendar").capability(), Some(Capability::Sessions));
         assert_eq!(Access::Admin.capability(), Some(Capability::Sessions));
-        assert_eq!(
-            Access::PageAccess("calendar").to_string(),
-            "PageAccess(calendar)"
-        );
+        assert_eq!(Access::PageAccess("calendar").to_string(), "PageAccess(calendar)");
         assert_eq!(Access::PageAccess("calendar").page(), Some("calendar"));
         assert_eq!(Capability::Sessions.provider_plugin(), "permissions");
     }

@@ -24,11 +24,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with any status.
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
             status,
             code: code.into(),
@@ -69,8 +65,7 @@ impl ApiError {
 
     /// 429 `rate_limited` with `Retry-After`.
     pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-            .retry_after(retry_after_secs)
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).retry_after(retry_after_secs)
     }
 
     /// 500 `internal`: the detail is logged, the client sees a generic message.
@@ -80,8 +75,7 @@ impl ApiError {
 
     /// 503 `unavailable` with `Retry-After`.
     pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            .retry_after(retry_after_secs)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(retry_after_secs)
     }
 
     /// Adds a `Retry-After` header (seconds).
@@ -123,9 +117,7 @@ impl ResponseError for ApiError {
         let message = if self.status.is_server_error() {
             tracing::error!(code = %self.code, error = %self.message, "[HTTP] internal error");
             match self.status {
-                StatusCode::INTERNAL_SERVER_ERROR => {
-                    "internal error; see the server log for this request id"
-                }
+                StatusCode::INTERNAL_SERVER_ERROR => "internal error; see the server log for this request id",
                 _ => self.message.as_str(),
             }
         } else {
@@ -161,37 +153,25 @@ pub enum RegisterError {
 /// 400, JSON of the wrong shape 422, wrong content type 415, body over the limit 413, a bad query
 /// string 400, a path segment that does not parse 404.
 pub fn extractor_configs(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(64 * 1024)
-            .error_handler(json_error),
-    )
-    .app_data(
-        web::FormConfig::default()
-            .limit(64 * 1024)
-            .error_handler(form_error),
-    )
-    .app_data(web::PayloadConfig::default().limit(256 * 1024))
-    .app_data(web::QueryConfig::default().error_handler(query_error))
-    .app_data(web::PathConfig::default().error_handler(path_error));
+    cfg.app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(json_error))
+        .app_data(web::FormConfig::default().limit(64 * 1024).error_handler(form_error))
+        .app_data(web::PayloadConfig::default().limit(256 * 1024))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .app_data(web::PathConfig::default().error_handler(path_error));
 }
 
 fn json_error(err: error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
     use error::JsonPayloadError as E;
     let api = match &err {
-        E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "request body is too large",
-        ),
+        E::OverflowKnownLength { .. } | E::Overflow { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body is too large")
+        }
         E::ContentType => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "expected Content-Type: application/json",
         ),
-        E::Deserialize(e) if e.is_data() => {
-            ApiError::unprocessable(format!("invalid request body: {e}"))
-        }
+        E::Deserialize(e) if e.is_data() => ApiError::unprocessable(format!("invalid request body: {e}")),
         E::Deserialize(e) => ApiError::bad_request(format!("malformed JSON: {e}")),
         other => ApiError::bad_request(format!("unreadable request body: {other}")),
     };
@@ -201,11 +181,7 @@ fn json_error(err: error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error
 fn form_error(err: error::UrlencodedError, _: &HttpRequest) -> actix_web::Error {
     use error::UrlencodedError as E;
     let api = match &err {
-        E::Overflow { .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "request body is too large",
-        ),
+        E::Overflow { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body is too large"),
         E::ContentType => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -243,16 +219,8 @@ mod tests {
         HttpResponse::NoContent().finish()
     }
 
-    async fn status_and_code(
-        payload: &'static str,
-        content_type: &'static str,
-    ) -> (u16, serde_json::Value) {
-        let app = atest::init_service(
-            App::new()
-                .configure(extractor_configs)
-                .route("/", web::post().to(take)),
-        )
-        .await;
+    async fn status_and_code(payload: &'static str, content_type: &'static str) -> (u16, serde_json::Value) {
+        let app = atest::init_service(App::new().configure(extractor_configs).route("/", web::post().to(take))).await;
         let req = atest::TestRequest::post()
             .uri("/")
             .insert_header(("content-type", content_type))
@@ -267,16 +235,12 @@ mod tests {
     #[actix_rt::test]
     async fn extractor_errors_use_the_json_shape() {
         assert_eq!(status_and_code("{", "application/json").await.0, 400);
-        assert_eq!(
-            status_and_code(r#"{"n":"x"}"#, "application/json").await.0,
-            422
-        );
+        assert_eq!(status_and_code(r#"{"n":"x"}"#, "application/json").await.0, 422);
         let (status, body) = status_and_code(r#"{"n":1,"extra":2}"#, "application/json").await;
         assert_eq!(status, 422);
         assert_eq!(body["error"]["code"], "invalid");
         assert_eq!(status_and_code(r#"{"n":1}"#, "text/plain").await.0, 415);
-        let big =
-            Box::leak(format!(r#"{{"n":1,"pad":"{}"}}"#, "x".repeat(70_000)).into_boxed_str());
+        let big = Box::leak(format!(r#"{{"n":1,"pad":"{}"}}"#, "x".repeat(70_000)).into_boxed_str());
         let (status, body) = status_and_code(big, "application/json").await;
         assert_eq!(status, 413);
         assert_eq!(body["error"]["code"], "too_large");

@@ -40,8 +40,7 @@ pub struct CommandContext {
 
 /// A command-line command contributed by a plugin (`callplane admin …`). It prints its own output
 /// and returns an error message for the host to print (exit 1).
-pub type CommandHandler =
-    Arc<dyn Fn(CommandContext) -> LocalBoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub type CommandHandler = Arc<dyn Fn(CommandContext) -> LocalBoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// The answer of a [`ReadinessCheck`].
 #[derive(Debug, Clone, PartialEq)]
@@ -80,13 +79,7 @@ impl fmt::Debug for RouteSpec {
 
 impl RouteSpec {
     /// Builds a route spec from any actix handler.
-    pub fn new<F, Args>(
-        plugin: &'static str,
-        method: Method,
-        path: &str,
-        access: Access,
-        handler: F,
-    ) -> Self
+    pub fn new<F, Args>(plugin: &'static str, method: Method, path: &str, access: Access, handler: F) -> Self
     where
         F: Handler<Args> + Send + Sync,
         Args: FromRequest + 'static,
@@ -147,18 +140,9 @@ impl fmt::Debug for Registration {
             .field("routes", &self.routes)
             .field("migrations", &self.migrations.len())
             .field("states", &self.states.len())
-            .field(
-                "providers",
-                &self.providers.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-            )
-            .field(
-                "readiness",
-                &self.readiness.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
-            .field(
-                "commands",
-                &self.commands.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
+            .field("providers", &self.providers.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+            .field("readiness", &self.readiness.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("commands", &self.commands.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("problems", &self.problems)
             .finish()
     }
@@ -186,12 +170,7 @@ impl fmt::Debug for Registrar<'_> {
 
 impl<'a> Registrar<'a> {
     /// A registrar for `plugin`. The host makes one per plugin; plugin tests make their own.
-    pub fn new(
-        plugin: &'static str,
-        settings: &'a Settings,
-        db: &'a Db,
-        metrics: &'a mut Registry,
-    ) -> Self {
+    pub fn new(plugin: &'static str, settings: &'a Settings, db: &'a Db, metrics: &'a mut Registry) -> Self {
         Self {
             plugin,
             settings,
@@ -222,22 +201,14 @@ impl<'a> Registrar<'a> {
     }
 
     /// Declares a route.
-    pub fn route<F, Args>(
-        &mut self,
-        method: Method,
-        path: &str,
-        access: Access,
-        handler: F,
-    ) -> &mut Self
+    pub fn route<F, Args>(&mut self, method: Method, path: &str, access: Access, handler: F) -> &mut Self
     where
         F: Handler<Args> + Send + Sync,
         Args: FromRequest + 'static,
         F::Output: Responder + 'static,
     {
         if let Err(problem) = check_path(path) {
-            self.out
-                .problems
-                .push(format!("{method} {path:?}: {problem}"));
+            self.out.problems.push(format!("{method} {path:?}: {problem}"));
         }
         if let Access::PageAccess(page) = access
             && !is_page_name(page)
@@ -312,20 +283,14 @@ impl<'a> Registrar<'a> {
     pub fn state<T: Send + Sync + 'static>(&mut self, value: T) -> web::Data<T> {
         let data = web::Data::new(value);
         let installed = data.clone();
-        self.out
-            .states
-            .push(Arc::new(move |cfg: &mut web::ServiceConfig| {
-                cfg.app_data(installed.clone());
-            }));
+        self.out.states.push(Arc::new(move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(installed.clone());
+        }));
         data
     }
 
     /// Provides `capability` to every plugin (at most one plugin may provide each).
-    pub fn provide_access(
-        &mut self,
-        capability: Capability,
-        provider: impl AccessProvider,
-    ) -> &mut Self {
+    pub fn provide_access(&mut self, capability: Capability, provider: impl AccessProvider) -> &mut Self {
         self.out.providers.push((capability, Arc::new(provider)));
         self
     }
@@ -374,9 +339,7 @@ fn check_path(path: &str) -> Result<(), &'static str> {
         }
         if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             let mut chars = name.chars();
-            let valid = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err("parameters are {name} with name [A-Za-z_][A-Za-z0-9_]*");
@@ -385,9 +348,7 @@ fn check_path(path: &str) -> Result<(), &'static str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
         {
-            return Err(
-                "literal segments use [A-Za-z0-9-_.~] (a parameter is a whole segment: {name})",
-            );
+            return Err("literal segments use [A-Za-z0-9-_.~] (a parameter is a whole segment: {name})");
         }
     }
     Ok(())
@@ -414,11 +375,7 @@ pub fn mount(
     // `/api/calls/{call_sid}`), whatever order the plugins declared them in.
     by_path.sort_by(|(a, _), (b, _)| specificity(a).cmp(&specificity(b)));
     for (path, group) in by_path {
-        let allow = group
-            .iter()
-            .map(|r| r.method.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let allow = group.iter().map(|r| r.method.as_str()).collect::<Vec<_>>().join(", ");
         let mut resource = web::resource(path).default_service(web::to(move || {
             let allow = allow.clone();
             async move {
@@ -440,9 +397,7 @@ pub fn mount(
                 Some(capability) => {
                     let provider = providers.get(&capability).cloned();
                     let access = spec.access;
-                    route.wrap(from_fn(move |req, next| {
-                        enforce(provider.clone(), access, req, next)
-                    }))
+                    route.wrap(from_fn(move |req, next| enforce(provider.clone(), access, req, next)))
                 }
             });
         }
@@ -516,41 +471,20 @@ mod tests {
             Access::Public,
             |sid: web::Path<String>| async move { format!("call {sid}") },
         )
-        .post("/api/calls/outbound", Access::Public, || async {
-            "dialling"
-        });
+        .post("/api/calls/outbound", Access::Public, || async { "dialling" });
         let routes = reg.finish().routes;
-        let app =
-            atest::init_service(App::new().configure(|cfg| mount(cfg, &routes, &BTreeMap::new())))
-                .await;
-        let post = atest::call_and_read_body(
-            &app,
-            atest::TestRequest::post()
-                .uri("/api/calls/outbound")
-                .to_request(),
-        )
-        .await;
+        let app = atest::init_service(App::new().configure(|cfg| mount(cfg, &routes, &BTreeMap::new()))).await;
+        let post =
+            atest::call_and_read_body(&app, atest::TestRequest::post().uri("/api/calls/outbound").to_request()).await;
         assert_eq!(post, "dialling");
-        let get = atest::call_and_read_body(
-            &app,
-            atest::TestRequest::get().uri("/api/calls/CA1").to_request(),
-        )
-        .await;
+        let get = atest::call_and_read_body(&app, atest::TestRequest::get().uri("/api/calls/CA1").to_request()).await;
         assert_eq!(get, "call CA1");
     }
 
     #[test]
     fn shapes_ignore_parameter_names() {
-        let a = RouteSpec::new("a", Method::GET, "/api/x/{id}", Access::Public, || async {
-            ""
-        });
-        let b = RouteSpec::new(
-            "b",
-            Method::GET,
-            "/api/x/{other_id}",
-            Access::Public,
-            || async { "" },
-        );
+        let a = RouteSpec::new("a", Method::GET, "/api/x/{id}", Access::Public, || async { "" });
+        let b = RouteSpec::new("b", Method::GET, "/api/x/{other_id}", Access::Public, || async { "" });
         assert_eq!(a.shape(), "/api/x/{}");
         assert_eq!(a.shape(), b.shape());
     }
@@ -569,19 +503,9 @@ mod tests {
                     .headers()
                     .get("x-user")
                     .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
-                    .ok_or_else(|| {
-                        ApiError::response(
-                            StatusCode::UNAUTHORIZED,
-                            "unauthenticated",
-                            "no session",
-                        )
-                    })?;
+                    .ok_or_else(|| ApiError::response(StatusCode::UNAUTHORIZED, "unauthenticated", "no session"))?;
                 if access == Access::PageAccess("secret") {
-                    return Err(ApiError::response(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        "no page",
-                    ));
+                    return Err(ApiError::response(StatusCode::FORBIDDEN, "forbidden", "no page"));
                 }
                 req.extensions_mut().insert(Principal {
                     user_id: 1,
@@ -609,9 +533,7 @@ mod tests {
             .get("/calls", Access::PageAccess("calls"), whoami)
             .post("/calls", Access::PageAccess("calls"), whoami)
             .get("/secret", Access::PageAccess("secret"), whoami)
-            .get("/unprovided", Access::TwilioSignature, || async {
-                "should never run"
-            });
+            .get("/unprovided", Access::TwilioSignature, || async { "should never run" });
         let out = reg.finish();
         assert!(out.problems.is_empty(), "{:?}", out.problems);
         out.routes
@@ -622,8 +544,7 @@ mod tests {
         let routes = table();
         let mut providers: BTreeMap<Capability, Arc<dyn AccessProvider>> = BTreeMap::new();
         providers.insert(Capability::Sessions, Arc::new(HeaderSessions));
-        let app =
-            atest::init_service(App::new().configure(|cfg| mount(cfg, &routes, &providers))).await;
+        let app = atest::init_service(App::new().configure(|cfg| mount(cfg, &routes, &providers))).await;
         let status = |req: atest::TestRequest| {
             let app = &app;
             async move { app.call(req.to_request()).await.unwrap().status().as_u16() }
@@ -631,30 +552,15 @@ mod tests {
         assert_eq!(status(atest::TestRequest::get().uri("/open")).await, 200);
         assert_eq!(status(atest::TestRequest::get().uri("/calls")).await, 401);
         assert_eq!(
-            status(
-                atest::TestRequest::get()
-                    .uri("/calls")
-                    .insert_header(("x-user", "7"))
-            )
-            .await,
+            status(atest::TestRequest::get().uri("/calls").insert_header(("x-user", "7"))).await,
             200
         );
         assert_eq!(
-            status(
-                atest::TestRequest::post()
-                    .uri("/calls")
-                    .insert_header(("x-user", "7"))
-            )
-            .await,
+            status(atest::TestRequest::post().uri("/calls").insert_header(("x-user", "7"))).await,
             200
         );
         assert_eq!(
-            status(
-                atest::TestRequest::get()
-                    .uri("/secret")
-                    .insert_header(("x-user", "7"))
-            )
-            .await,
+            status(atest::TestRequest::get().uri("/secret").insert_header(("x-user", "7"))).await,
             403
         );
         assert_eq!(

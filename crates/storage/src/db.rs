@@ -29,9 +29,7 @@ impl DbKind {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres)
         } else {
-            Err(StorageError::UnsupportedUrl {
-                url: redact_url(url),
-            })
+            Err(StorageError::UnsupportedUrl { url: redact_url(url) })
         }
     }
 
@@ -137,14 +135,10 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
         .unwrap_or_default();
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path.is_empty() {
-        return Err(StorageError::UnsupportedUrl {
-            url: url.to_owned(),
-        });
+        return Err(StorageError::UnsupportedUrl { url: url.to_owned() });
     }
     let in_memory = path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
-    let parent = Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty());
+    let parent = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = parent.filter(|_| !in_memory) {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
             path: dir.display().to_string(),
@@ -178,18 +172,9 @@ mod tests {
 
     #[test]
     fn kind_follows_the_scheme() {
-        assert_eq!(
-            DbKind::from_url("sqlite://data/x.db").unwrap(),
-            DbKind::Sqlite
-        );
-        assert_eq!(
-            DbKind::from_url("postgres://u@h/db").unwrap(),
-            DbKind::Postgres
-        );
-        assert_eq!(
-            DbKind::from_url("postgresql://u@h/db").unwrap(),
-            DbKind::Postgres
-        );
+        assert_eq!(DbKind::from_url("sqlite://data/x.db").unwrap(), DbKind::Sqlite);
+        assert_eq!(DbKind::from_url("postgres://u@h/db").unwrap(), DbKind::Postgres);
+        assert_eq!(DbKind::from_url("postgresql://u@h/db").unwrap(), DbKind::Postgres);
         assert!(DbKind::from_url("mysql://u@h/db").is_err());
         assert!(DbKind::from_url("data/x.db").is_err());
     }

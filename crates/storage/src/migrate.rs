@@ -66,10 +66,7 @@ pub struct AppliedMigration {
 /// # Errors
 /// A connection error, a malformed migration list, a migration whose SQL changed after it was
 /// applied, or a failing migration. Nothing is committed on error.
-pub async fn migrate(
-    db: &Db,
-    sets: &[PluginMigrations<'_>],
-) -> Result<Vec<AppliedMigration>, StorageError> {
+pub async fn migrate(db: &Db, sets: &[PluginMigrations<'_>]) -> Result<Vec<AppliedMigration>, StorageError> {
     for set in sets {
         check_order(set)?;
     }
@@ -100,18 +97,15 @@ pub async fn migrate(
 
     let mut applied = Vec::new();
     for set in sets {
-        let rows = sqlx::query(
-            "SELECT version, checksum FROM callplane_schema_versions WHERE plugin = $1",
-        )
-        .bind(set.plugin)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query("SELECT version, checksum FROM callplane_schema_versions WHERE plugin = $1")
+            .bind(set.plugin)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut done = std::collections::BTreeMap::new();
         for row in rows {
             done.insert(row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?);
         }
-        let known: std::collections::BTreeSet<i64> =
-            set.migrations.iter().map(|m| m.version).collect();
+        let known: std::collections::BTreeSet<i64> = set.migrations.iter().map(|m| m.version).collect();
         for version in done.keys().filter(|v| !known.contains(v)) {
             // A newer binary migrated this database (a rolling upgrade in progress, or a rollback):
             // keep running, but say so.
@@ -136,14 +130,14 @@ pub async fn migrate(
                 }
                 continue;
             }
-            tx.execute(sqlx::raw_sql(sql)).await.map_err(|source| {
-                StorageError::MigrationFailed {
+            tx.execute(sqlx::raw_sql(sql))
+                .await
+                .map_err(|source| StorageError::MigrationFailed {
                     plugin: set.plugin.to_owned(),
                     version: migration.version,
                     description: migration.description.to_owned(),
                     source,
-                }
-            })?;
+                })?;
             sqlx::query(
                 "INSERT INTO callplane_schema_versions (plugin, version, description, checksum, applied_at)
                  VALUES ($1, $2, $3, $4, CAST(CURRENT_TIMESTAMP AS TEXT))",
@@ -218,12 +212,10 @@ mod tests {
     }
 
     async fn versions(db: &Db) -> Vec<(String, i64)> {
-        sqlx::query_as(
-            "SELECT plugin, version FROM callplane_schema_versions ORDER BY plugin, version",
-        )
-        .fetch_all(db.pool())
-        .await
-        .unwrap()
+        sqlx::query_as("SELECT plugin, version FROM callplane_schema_versions ORDER BY plugin, version")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -242,10 +234,7 @@ mod tests {
         assert_eq!(applied.len(), 1);
         assert_eq!(applied[0].version, 2);
         assert!(migrate(&db, &second).await.unwrap().is_empty());
-        assert_eq!(
-            versions(&db).await,
-            vec![("notes".into(), 1), ("notes".into(), 2)]
-        );
+        assert_eq!(versions(&db).await, vec![("notes".into(), 1), ("notes".into(), 2)]);
         sqlx::query("INSERT INTO notes (body, author) VALUES ($1, $2)")
             .bind("hello")
             .bind("me")
@@ -309,15 +298,11 @@ mod tests {
             matches!(err, StorageError::MigrationFailed { ref plugin, .. } if plugin == "bad"),
             "{err}"
         );
-        let tables: Vec<(String,)> =
-            sqlx::query_as("SELECT name FROM sqlite_master WHERE name = 'notes'")
-                .fetch_all(db.pool())
-                .await
-                .unwrap();
-        assert!(
-            tables.is_empty(),
-            "the good plugin's migration must be rolled back too"
-        );
+        let tables: Vec<(String,)> = sqlx::query_as("SELECT name FROM sqlite_master WHERE name = 'notes'")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        assert!(tables.is_empty(), "the good plugin's migration must be rolled back too");
     }
 
     #[tokio::test]
@@ -453,11 +438,10 @@ mod postgres_tests {
             1,
             "exactly one instance applied it"
         );
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT plugin, version FROM callplane_schema_versions")
-                .fetch_all(a.pool())
-                .await
-                .unwrap();
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT plugin, version FROM callplane_schema_versions")
+            .fetch_all(a.pool())
+            .await
+            .unwrap();
         assert_eq!(rows, [("items".to_owned(), 1)]);
         sqlx::query("INSERT INTO items (name) VALUES ($1)")
             .bind("x")

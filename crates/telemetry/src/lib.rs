@@ -18,9 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod request;
 
-pub use logging::{
-    BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError,
-};
+pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError};
 pub use metrics::HttpMetrics;
 pub use proxy::TrustedProxies;
 pub use request::{ClientAddr, HttpTelemetry, RequestId, current_request_id, request_context};

@@ -106,12 +106,10 @@ impl fmt::Debug for LogGuard {
 /// # Errors
 /// [`TelemetryError::Filter`] naming the directive.
 pub fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
-    EnvFilter::builder()
-        .parse(filter)
-        .map_err(|e| TelemetryError::Filter {
-            filter: filter.to_owned(),
-            message: e.to_string(),
-        })
+    EnvFilter::builder().parse(filter).map_err(|e| TelemetryError::Filter {
+        filter: filter.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// Checks that the log directory can be created and written, without installing anything.
@@ -147,16 +145,8 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
 
     let console = match settings.console {
-        Console::Stdout => Some(
-            NonBlockingBuilder::default()
-                .lossy(false)
-                .finish(std::io::stdout()),
-        ),
-        Console::Stderr => Some(
-            NonBlockingBuilder::default()
-                .lossy(false)
-                .finish(std::io::stderr()),
-        ),
+        Console::Stdout => Some(NonBlockingBuilder::default().lossy(false).finish(std::io::stdout())),
+        Console::Stderr => Some(NonBlockingBuilder::default().lossy(false).finish(std::io::stderr())),
         Console::Off => None,
     };
     if let Some((writer, guard)) = console {
@@ -192,9 +182,7 @@ fn layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sy
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let base = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .with_writer(writer);
+    let base = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
     match format {
         LogFormat::Text => base.event_format(TextFormat).boxed(),
         LogFormat::Json => base
@@ -221,12 +209,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         SystemTime.format_time(&mut writer)?;
         write!(writer, " {:>5} ", event.metadata().level())?;
         let mut fields = FieldCollector::default();
@@ -284,8 +267,7 @@ impl Visit for FieldCollector {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            self.pairs
-                .push((field.name(), quote_if_needed(value.to_owned())));
+            self.pairs.push((field.name(), quote_if_needed(value.to_owned())));
         }
     }
 
@@ -293,8 +275,7 @@ impl Visit for FieldCollector {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            self.pairs
-                .push((field.name(), quote_if_needed(format!("{value:?}"))));
+            self.pairs.push((field.name(), quote_if_needed(format!("{value:?}"))));
         }
     }
 }
@@ -374,10 +355,7 @@ mod tests {
         let out = capture(LogFormat::Text, || {
             tracing::info!(id = 7, lead = "4", "call lead_id=42 ok")
         });
-        assert!(
-            out.trim_end().ends_with("call lead_id=42 ok id=7 lead=4"),
-            "{out}"
-        );
+        assert!(out.trim_end().ends_with("call lead_id=42 ok id=7 lead=4"), "{out}");
     }
 
     #[test]
@@ -399,10 +377,7 @@ mod tests {
         let out = capture(LogFormat::Text, || {
             tracing::warn!(reason = "no such number", empty = "", "x")
         });
-        assert!(
-            out.contains(r#"x reason="no such number" empty="""#),
-            "{out}"
-        );
+        assert!(out.contains(r#"x reason="no such number" empty="""#), "{out}");
     }
 
     #[test]
@@ -410,11 +385,7 @@ mod tests {
         let out = capture(LogFormat::Json, || {
             let span = tracing::info_span!("request", request_id = "r-2");
             let _entered = span.enter();
-            tracing::info!(
-                plugin = "twilio",
-                routes = 3,
-                "[BOOT] ✅ plugin=twilio routes=3"
-            );
+            tracing::info!(plugin = "twilio", routes = 3, "[BOOT] ✅ plugin=twilio routes=3");
         });
         let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(line["message"], "[BOOT] ✅ plugin=twilio routes=3");
@@ -425,10 +396,7 @@ mod tests {
 
     #[test]
     fn bad_filters_and_unwritable_dirs_are_reported() {
-        assert!(matches!(
-            parse_filter("info,[[["),
-            Err(TelemetryError::Filter { .. })
-        ));
+        assert!(matches!(parse_filter("info,[[["), Err(TelemetryError::Filter { .. })));
         let file = tempfile::NamedTempFile::new().unwrap();
         let err = probe_log_dir(&file.path().join("logs")).unwrap_err();
         assert!(matches!(err, TelemetryError::LogDir { .. }), "{err}");

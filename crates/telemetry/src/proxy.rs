@@ -104,10 +104,7 @@ mod tests {
     #[test]
     fn forwarded_for_is_ignored_from_untrusted_peers() {
         let p = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
-        assert_eq!(
-            p.client_ip(ip("203.0.113.9"), Some("1.2.3.4")),
-            ip("203.0.113.9")
-        );
+        assert_eq!(p.client_ip(ip("203.0.113.9"), Some("1.2.3.4")), ip("203.0.113.9"));
         assert_eq!(
             TrustedProxies::default().client_ip(ip("10.0.0.1"), Some("1.2.3.4")),
             ip("10.0.0.1")
@@ -122,10 +119,7 @@ mod tests {
             p.client_ip(ip("10.0.0.2"), Some("6.6.6.6, 198.51.100.7, 10.0.0.9")),
             ip("198.51.100.7")
         );
-        assert_eq!(
-            p.client_ip(ip("10.0.0.2"), Some("10.0.0.5")),
-            ip("10.0.0.5")
-        );
+        assert_eq!(p.client_ip(ip("10.0.0.2"), Some("10.0.0.5")), ip("10.0.0.5"));
         assert_eq!(
             p.client_ip(ip("10.0.0.2"), Some("garbage, 198.51.100.7")),
             ip("198.51.100.7")

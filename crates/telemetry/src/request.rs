@@ -121,9 +121,7 @@ pub async fn request_context(
         .scope(request_id.clone(), next.call(req).instrument(span.clone()))
         .await?;
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
-        response
-            .headers_mut()
-            .insert(REQUEST_ID_HEADER.clone(), value);
+        response.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
     }
 
     let status = response.status().as_u16();
@@ -133,12 +131,8 @@ pub async fn request_context(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     if let Some(t) = &telemetry {
-        t.metrics.observe(
-            &route,
-            metric_method(&method),
-            status,
-            elapsed.as_secs_f64(),
-        );
+        t.metrics
+            .observe(&route, metric_method(&method), status, elapsed.as_secs_f64());
     }
     span.in_scope(|| {
         let client = client.map(|ip| ip.to_string()).unwrap_or_default();
@@ -184,14 +178,8 @@ mod tests {
     fn unknown_methods_share_one_metrics_label() {
         use actix_web::http::Method;
         assert_eq!(metric_method(&Method::GET), "GET");
-        assert_eq!(
-            metric_method(&Method::from_bytes(b"FOO1").unwrap()),
-            "other"
-        );
-        assert_eq!(
-            metric_method(&Method::from_bytes(b"PROPFIND").unwrap()),
-            "other"
-        );
+        assert_eq!(metric_method(&Method::from_bytes(b"FOO1").unwrap()), "other");
+        assert_eq!(metric_method(&Method::from_bytes(b"PROPFIND").unwrap()), "other");
     }
 
     #[test]
@@ -205,11 +193,7 @@ mod tests {
     }
 
     async fn echo_id() -> HttpResponse {
-        HttpResponse::Ok().body(
-            current_request_id()
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
-        )
+        HttpResponse::Ok().body(current_request_id().map(|id| id.to_string()).unwrap_or_default())
     }
 
     fn app_data(trusted: &[&str]) -> web::Data<HttpTelemetry> {
@@ -234,17 +218,8 @@ mod tests {
             .insert_header(("x-request-id", "forged-by-client"))
             .to_request();
         let res = atest::call_service(&app, req).await;
-        let header = res
-            .headers()
-            .get("x-request-id")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert_ne!(
-            header, "forged-by-client",
-            "untrusted peers cannot choose the id"
-        );
+        let header = res.headers().get("x-request-id").unwrap().to_str().unwrap().to_owned();
+        assert_ne!(header, "forged-by-client", "untrusted peers cannot choose the id");
         assert_eq!(header.len(), 36);
         let body = atest::read_body(res).await;
         assert_eq!(body, header.as_bytes());
@@ -275,10 +250,7 @@ mod tests {
                 .route(
                     "/",
                     web::get().to(|req: actix_web::HttpRequest| async move {
-                        let client = req
-                            .extensions()
-                            .get::<ClientAddr>()
-                            .map(|c| c.0.to_string());
+                        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.to_string());
                         HttpResponse::Ok().body(client.unwrap_or_default())
                     }),
                 ),

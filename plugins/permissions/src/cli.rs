@@ -22,10 +22,7 @@ use crate::{PAGES, ROLES, is_e164, normalise_email, password, session};
 pub const DEFAULT_GREETING: &str = "Thank you for calling. Please hold while we connect you.";
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "callplane admin",
-    about = "Bootstrap tenants and users without SQL"
-)]
+#[command(name = "callplane admin", about = "Bootstrap tenants and users without SQL")]
 struct AdminCli {
     #[command(subcommand)]
     command: AdminCommand,
@@ -119,12 +116,10 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
                 return Err("--greeting must be 1–1000 characters".to_owned());
             }
             if let Some(url) = &media_stream_url {
-                let ok = url::Url::parse(url)
-                    .is_ok_and(|u| matches!(u.scheme(), "wss" | "ws") && u.host_str().is_some());
+                let ok =
+                    url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "wss" | "ws") && u.host_str().is_some());
                 if !ok {
-                    return Err(format!(
-                        "--media-stream-url {url:?} is not a ws:// or wss:// URL"
-                    ));
+                    return Err(format!("--media-stream-url {url:?} is not a ws:// or wss:// URL"));
                 }
             }
             let id = store
@@ -139,13 +134,8 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
                 .map_err(store_error)?;
             println!("created business id={id} name={name:?} phone={phone}");
         }
-        AdminCommand::CreateUser {
-            business,
-            email,
-            role,
-        } => {
-            let email = normalise_email(&email)
-                .ok_or_else(|| format!("--email {email:?} is not an e-mail address"))?;
+        AdminCommand::CreateUser { business, email, role } => {
+            let email = normalise_email(&email).ok_or_else(|| format!("--email {email:?} is not an e-mail address"))?;
             store.business(business).await.map_err(store_error)?;
             let secret = read_password(&email)?;
             crate::handlers::check_password(&secret).map_err(|e| e.message().to_owned())?;
@@ -159,15 +149,8 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
                 user.id, user.email, user.role, business
             );
         }
-        AdminCommand::GrantPage {
-            business,
-            role,
-            page,
-        } => {
-            store
-                .grant_page(business, &role, &page)
-                .await
-                .map_err(store_error)?;
+        AdminCommand::GrantPage { business, role, page } => {
+            store.grant_page(business, &role, &page).await.map_err(store_error)?;
             let pages = store.pages(business, &role).await.map_err(store_error)?;
             println!("business={business} role={role} pages={}", pages.join(","));
         }
@@ -186,10 +169,8 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
 /// standard input.
 fn read_password(email: &str) -> Result<String, String> {
     if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password(format!("Password for {email}: "))
-            .map_err(|e| e.to_string())?;
-        let second =
-            rpassword::prompt_password("Repeat the password: ").map_err(|e| e.to_string())?;
+        let first = rpassword::prompt_password(format!("Password for {email}: ")).map_err(|e| e.to_string())?;
+        let second = rpassword::prompt_password("Repeat the password: ").map_err(|e| e.to_string())?;
         if first != second {
             return Err("the passwords differ".to_owned());
         }

@@ -58,16 +58,8 @@ fn client_of(req: &HttpRequest) -> String {
 }
 
 /// Refuses with 429 when `subject` has too many recent failures.
-async fn throttle(
-    store: &Store,
-    scope: &str,
-    subject: &str,
-    limit: i64,
-    now: i64,
-) -> Result<(), ApiError> {
-    let (count, oldest) = store
-        .failures(scope, subject, now - THROTTLE_WINDOW_SECS)
-        .await?;
+async fn throttle(store: &Store, scope: &str, subject: &str, limit: i64, now: i64) -> Result<(), ApiError> {
+    let (count, oldest) = store.failures(scope, subject, now - THROTTLE_WINDOW_SECS).await?;
     if count >= limit {
         let retry = oldest
             .map_or(THROTTLE_WINDOW_SECS, |t| t + THROTTLE_WINDOW_SECS - now)
@@ -91,9 +83,7 @@ pub(crate) async fn login(
     let now = session::now();
     let client = client_of(&req);
     let Some(email) = normalise_email(&body.email) else {
-        return Err(ApiError::unprocessable(
-            "email is not a valid e-mail address",
-        ));
+        return Err(ApiError::unprocessable("email is not a valid e-mail address"));
     };
     if body.password.len() > MAX_PASSWORD_LEN {
         return Err(ApiError::unprocessable(format!(
@@ -177,21 +167,14 @@ pub(crate) async fn logout(
     if let Some(SessionTokenHash(hash)) = hash {
         state.store.revoke_session(&hash, session::now()).await?;
     }
-    tracing::info!(
-        user_id = who.user_id,
-        business_id = who.business_id,
-        "[AUTH] logout"
-    );
+    tracing::info!(user_id = who.user_id, business_id = who.business_id, "[AUTH] logout");
     Ok(HttpResponse::NoContent()
         .cookie(session::cookie(None, state.secure_cookie))
         .finish())
 }
 
 /// `GET /api/me`: the caller, their business, role and pages.
-pub(crate) async fn me(
-    who: Principal,
-    state: web::Data<AuthState>,
-) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn me(who: Principal, state: web::Data<AuthState>) -> Result<HttpResponse, ApiError> {
     let business = state.store.business(who.business_id).await?;
     Ok(HttpResponse::Ok().json(json!({
         "user": { "id": who.user_id, "email": who.email },
@@ -203,10 +186,7 @@ pub(crate) async fn me(
 }
 
 /// `GET /api/users`: the users of the caller's business.
-pub(crate) async fn list_users(
-    who: Principal,
-    state: web::Data<AuthState>,
-) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn list_users(who: Principal, state: web::Data<AuthState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({ "users": state.store.list_users(who.business_id).await? })))
 }
 
@@ -236,8 +216,8 @@ pub(crate) async fn create_user(
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let email = normalise_email(&body.email)
-        .ok_or_else(|| ApiError::unprocessable("email is not a valid e-mail address"))?;
+    let email =
+        normalise_email(&body.email).ok_or_else(|| ApiError::unprocessable("email is not a valid e-mail address"))?;
     if !ROLES.contains(&body.role.as_str()) {
         return Err(ApiError::unprocessable(format!(
             "role must be one of {}",
@@ -245,9 +225,7 @@ pub(crate) async fn create_user(
         )));
     }
     if body.role == "owner" && who.role != "owner" {
-        return Err(ApiError::forbidden(
-            "only an owner may create another owner",
-        ));
+        return Err(ApiError::forbidden("only an owner may create another owner"));
     }
     check_password(&body.password)?;
     let password = body.password;
@@ -286,12 +264,8 @@ pub(crate) async fn deactivate_user(
 }
 
 /// `GET /api/permissions/roles`: every role's pages in the caller's business.
-pub(crate) async fn list_grants(
-    who: Principal,
-    state: web::Data<AuthState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok()
-        .json(json!({ "roles": state.store.grants(who.business_id).await?, "pages": PAGES })))
+pub(crate) async fn list_grants(who: Principal, state: web::Data<AuthState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(json!({ "roles": state.store.grants(who.business_id).await?, "pages": PAGES })))
 }
 
 #[derive(Deserialize)]
@@ -323,10 +297,7 @@ pub(crate) async fn set_grants(
     }
     pages.sort();
     pages.dedup();
-    state
-        .store
-        .set_pages(who.business_id, &role, &pages)
-        .await?;
+    state.store.set_pages(who.business_id, &role, &pages).await?;
     tracing::info!(by = who.user_id, business_id = who.business_id, role = %role, pages = %pages.join(","), "[AUTH] pages granted");
     Ok(HttpResponse::build(StatusCode::OK).json(json!({ "role": role, "pages": pages })))
 }

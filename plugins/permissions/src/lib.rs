@@ -78,25 +78,17 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
             Access::Admin,
             handlers::deactivate_user,
         )
-        .get(
-            "/api/permissions/roles",
-            Access::Admin,
-            handlers::list_grants,
-        )
-        .put(
-            "/api/permissions/roles/{role}",
-            Access::Admin,
-            handlers::set_grants,
-        );
+        .get("/api/permissions/roles", Access::Admin, handlers::list_grants)
+        .put("/api/permissions/roles/{role}", Access::Admin, handlers::set_grants);
     reg.command("admin", cli::handler());
     Ok(())
 }
 
 /// Whether `number` is an E.164 phone number: `+`, a non-zero digit, at most 15 digits in all.
 pub fn is_e164(number: &str) -> bool {
-    number.strip_prefix('+').is_some_and(|d| {
-        (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
-    })
+    number
+        .strip_prefix('+')
+        .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
 }
 
 /// Normalises and checks an e-mail address (lowercase, one `@`, a dotted domain, no spaces).
@@ -142,16 +134,7 @@ mod tests {
             normalise_email(" Dana@Example.COM ").as_deref(),
             Some("dana@example.com")
         );
-        for bad in [
-            "",
-            "no-at",
-            "@x.com",
-            "a@b",
-            "a@.com",
-            "a@b.",
-            "a b@c.com",
-            "a@b@c.com",
-        ] {
+        for bad in ["", "no-at", "@x.com", "a@b", "a@.com", "a@b.", "a b@c.com", "a@b@c.com"] {
             assert!(normalise_email(bad).is_none(), "{bad}");
         }
     }

@@ -34,18 +34,8 @@ fn hash_with(password: &str, iterations: u32) -> String {
         .expect("the OS random generator works");
     let mut out = [0u8; HASH_LEN];
     let rounds = NonZeroU32::new(iterations).expect("iterations are positive");
-    pbkdf2::derive(
-        pbkdf2::PBKDF2_HMAC_SHA256,
-        rounds,
-        &salt,
-        password.as_bytes(),
-        &mut out,
-    );
-    format!(
-        "{SCHEME}${iterations}${}${}",
-        B64.encode(salt),
-        B64.encode(out)
-    )
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, rounds, &salt, password.as_bytes(), &mut out);
+    format!("{SCHEME}${iterations}${}${}", B64.encode(salt), B64.encode(out))
 }
 
 /// The outcome of [`verify`].
@@ -62,13 +52,9 @@ pub enum Verified {
 /// Checks `password` against a stored hash in constant time (`ring::pbkdf2::verify`).
 pub fn verify(password: &str, stored: &str) -> Verified {
     let mut parts = stored.split('$');
-    let (Some(SCHEME), Some(iterations), Some(salt), Some(expected), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let (Some(SCHEME), Some(iterations), Some(salt), Some(expected), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Verified::No;
     };
     let (Some(rounds), Ok(salt), Ok(expected)) = (

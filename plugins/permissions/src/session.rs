@@ -67,10 +67,7 @@ pub fn cookie(token: Option<&str>, secure: bool) -> Cookie<'static> {
 /// `scheme://host[:port]` of the public base URL: the only origin allowed to send cookie-authenticated
 /// state-changing requests.
 pub fn origin_of(public_base_url: &str) -> String {
-    url::Url::parse(public_base_url).map_or_else(
-        |_| public_base_url.to_owned(),
-        |u| u.origin().ascii_serialization(),
-    )
+    url::Url::parse(public_base_url).map_or_else(|_| public_base_url.to_owned(), |u| u.origin().ascii_serialization())
 }
 
 /// The hash of the session token a request was authenticated with (request extension).
@@ -109,10 +106,7 @@ impl AccessProvider for SessionProvider {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .map(|t| t.trim().to_owned());
             let (token, from_cookie) = match bearer {
                 Some(token) => (token, false),
@@ -134,13 +128,9 @@ impl AccessProvider for SessionProvider {
                     "a valid session is required",
                 ));
             }
-            let changes_state =
-                !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+            let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
             if from_cookie && changes_state {
-                let origin = req
-                    .headers()
-                    .get(header::ORIGIN)
-                    .and_then(|v| v.to_str().ok());
+                let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
                 if origin != Some(self.origin.as_str()) {
                     return Err(deny(
                         StatusCode::FORBIDDEN,
@@ -161,10 +151,7 @@ impl AccessProvider for SessionProvider {
                 }
                 Err(error) => {
                     tracing::error!(error = %error, "[AUTH] session lookup failed");
-                    return Err(
-                        ApiError::unavailable("sessions cannot be checked right now", 5)
-                            .error_response(),
-                    );
+                    return Err(ApiError::unavailable("sessions cannot be checked right now", 5).error_response());
                 }
             };
             let allowed = match access {
@@ -175,10 +162,9 @@ impl AccessProvider for SessionProvider {
             };
             if !allowed {
                 let message = match access {
-                    Access::PageAccess(page) => format!(
-                        "your role ({}) has no access to the {page} page",
-                        principal.role
-                    ),
+                    Access::PageAccess(page) => {
+                        format!("your role ({}) has no access to the {page} page", principal.role)
+                    }
                     _ => format!("your role ({}) may not use the admin API", principal.role),
                 };
                 return Err(deny(StatusCode::FORBIDDEN, "forbidden", &message));
@@ -223,14 +209,8 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert_eq!(
-            origin_of("https://voice.example.com/base"),
-            "https://voice.example.com"
-        );
+        assert_eq!(origin_of("https://voice.example.com/base"), "https://voice.example.com");
         assert_eq!(origin_of("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
-        assert_eq!(
-            origin_of("https://x.example.com:443"),
-            "https://x.example.com"
-        );
+        assert_eq!(origin_of("https://x.example.com:443"), "https://x.example.com");
     }
 }

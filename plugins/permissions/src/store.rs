@@ -134,11 +134,9 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn list_businesses(&self) -> Result<Vec<Business>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, phone_number, greeting, media_stream_url FROM businesses ORDER BY id",
-        )
-        .fetch_all(self.db.pool())
-        .await?;
+        let rows = sqlx::query("SELECT id, name, phone_number, greeting, media_stream_url FROM businesses ORDER BY id")
+            .fetch_all(self.db.pool())
+            .await?;
         rows.iter().map(business_from_row).collect()
     }
 
@@ -147,11 +145,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], or a database error.
     pub async fn business(&self, id: i64) -> Result<Business, StoreError> {
-        let row = sqlx::query("SELECT id, name, phone_number, greeting, media_stream_url FROM businesses WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.pool())
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let row =
+            sqlx::query("SELECT id, name, phone_number, greeting, media_stream_url FROM businesses WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.db.pool())
+                .await?
+                .ok_or(StoreError::NotFound)?;
         business_from_row(&row)
     }
 
@@ -195,10 +194,11 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn list_users(&self, business_id: i64) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query("SELECT id, business_id, email, role, active FROM users WHERE business_id = $1 ORDER BY id")
-            .bind(business_id)
-            .fetch_all(self.db.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, business_id, email, role, active FROM users WHERE business_id = $1 ORDER BY id")
+                .bind(business_id)
+                .fetch_all(self.db.pool())
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(User {
@@ -216,12 +216,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when the user is not in that business, or a database error.
-    pub async fn deactivate_user(
-        &self,
-        business_id: i64,
-        user_id: i64,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn deactivate_user(&self, business_id: i64, user_id: i64, now: i64) -> Result<(), StoreError> {
         let mut tx = self.db.pool().begin().await?;
         let changed = sqlx::query("UPDATE users SET active = 0 WHERE id = $1 AND business_id = $2")
             .bind(user_id)
@@ -232,13 +227,11 @@ impl Store {
         if changed == 0 {
             return Err(StoreError::NotFound);
         }
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -266,11 +259,7 @@ impl Store {
     ///
     /// # Errors
     /// A database error.
-    pub async fn set_password_hash(
-        &self,
-        user_id: i64,
-        password_hash: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn set_password_hash(&self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(password_hash)
             .bind(user_id)
@@ -279,7 +268,7 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a new session (by token hash).
+    /// Stores a new session (by token hash), and forgets sessions that ended over a day ago.
     ///
     /// # Errors
     /// A database error.
@@ -290,6 +279,10 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
+            .bind(now - 24 * 60 * 60)
+            .execute(self.db.pool())
+            .await?;
         sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(token_hash)
             .bind(user_id)
@@ -304,11 +297,7 @@ impl Store {
     ///
     /// # Errors
     /// A database error.
-    pub async fn session_principal(
-        &self,
-        token_hash: &str,
-        now: i64,
-    ) -> Result<Option<Principal>, StoreError> {
+    pub async fn session_principal(&self, token_hash: &str, now: i64) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query(
             "SELECT u.id, u.business_id, u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.active = 1",
@@ -318,12 +307,8 @@ impl Store {
         .fetch_optional(self.db.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let (user_id, business_id, email, role): (i64, i64, String, String) = (
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-        );
+        let (user_id, business_id, email, role): (i64, i64, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
         let pages = self.pages(business_id, &role).await?;
         let admin = ADMIN_ROLES.contains(&role.as_str());
         Ok(Some(Principal {
@@ -341,13 +326,11 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn revoke_session(&self, token_hash: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(token_hash)
-        .execute(self.db.pool())
-        .await?;
+        sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(token_hash)
+            .execute(self.db.pool())
+            .await?;
         Ok(())
     }
 
@@ -356,39 +339,26 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn pages(&self, business_id: i64, role: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT page FROM role_pages WHERE business_id = $1 AND role = $2 ORDER BY page",
-        )
-        .bind(business_id)
-        .bind(role)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get(0).map_err(StoreError::from))
-            .collect()
+        let rows = sqlx::query("SELECT page FROM role_pages WHERE business_id = $1 AND role = $2 ORDER BY page")
+            .bind(business_id)
+            .bind(role)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
     }
 
     /// Every role's pages in `business_id` (every role listed, even with no page).
     ///
     /// # Errors
     /// A database error.
-    pub async fn grants(
-        &self,
-        business_id: i64,
-    ) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
-        let mut grants: BTreeMap<String, Vec<String>> =
-            ROLES.iter().map(|r| (r.to_string(), Vec::new())).collect();
-        let rows = sqlx::query(
-            "SELECT role, page FROM role_pages WHERE business_id = $1 ORDER BY role, page",
-        )
-        .bind(business_id)
-        .fetch_all(self.db.pool())
-        .await?;
+    pub async fn grants(&self, business_id: i64) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let mut grants: BTreeMap<String, Vec<String>> = ROLES.iter().map(|r| (r.to_string(), Vec::new())).collect();
+        let rows = sqlx::query("SELECT role, page FROM role_pages WHERE business_id = $1 ORDER BY role, page")
+            .bind(business_id)
+            .fetch_all(self.db.pool())
+            .await?;
         for row in rows {
-            grants
-                .entry(row.try_get(0)?)
-                .or_default()
-                .push(row.try_get(1)?);
+            grants.entry(row.try_get(0)?).or_default().push(row.try_get(1)?);
         }
         Ok(grants)
     }
@@ -397,12 +367,7 @@ impl Store {
     ///
     /// # Errors
     /// A database error.
-    pub async fn set_pages(
-        &self,
-        business_id: i64,
-        role: &str,
-        pages: &[String],
-    ) -> Result<(), StoreError> {
+    pub async fn set_pages(&self, business_id: i64, role: &str, pages: &[String]) -> Result<(), StoreError> {
         let mut tx = self.db.pool().begin().await?;
         sqlx::query("DELETE FROM role_pages WHERE business_id = $1 AND role = $2")
             .bind(business_id)
@@ -425,12 +390,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown business, or a database error.
-    pub async fn grant_page(
-        &self,
-        business_id: i64,
-        role: &str,
-        page: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn grant_page(&self, business_id: i64, role: &str, page: &str) -> Result<(), StoreError> {
         self.business(business_id).await?;
         let mut pages = self.pages(business_id, role).await?;
         if !pages.iter().any(|p| p == page) {
@@ -444,12 +404,7 @@ impl Store {
     ///
     /// # Errors
     /// A database error.
-    pub async fn record_failure(
-        &self,
-        scope: &str,
-        subject: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn record_failure(&self, scope: &str, subject: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO login_failures (scope, subject, failed_at) VALUES ($1, $2, $3)")
             .bind(scope)
             .bind(subject)
@@ -463,12 +418,7 @@ impl Store {
     ///
     /// # Errors
     /// A database error.
-    pub async fn failures(
-        &self,
-        scope: &str,
-        subject: &str,
-        since: i64,
-    ) -> Result<(i64, Option<i64>), StoreError> {
+    pub async fn failures(&self, scope: &str, subject: &str, since: i64) -> Result<(i64, Option<i64>), StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3",
         )
@@ -484,20 +434,13 @@ impl Store {
     ///
     /// # Errors
     /// A database error.
-    pub async fn clear_failures(
-        &self,
-        scope: &str,
-        subject: &str,
-        before: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "DELETE FROM login_failures WHERE (scope = $1 AND subject = $2) OR failed_at <= $3",
-        )
-        .bind(scope)
-        .bind(subject)
-        .bind(before)
-        .execute(self.db.pool())
-        .await?;
+    pub async fn clear_failures(&self, scope: &str, subject: &str, before: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_failures WHERE (scope = $1 AND subject = $2) OR failed_at <= $3")
+            .bind(scope)
+            .bind(subject)
+            .bind(before)
+            .execute(self.db.pool())
+            .await?;
         Ok(())
     }
 }

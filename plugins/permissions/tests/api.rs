@@ -12,12 +12,9 @@ use actix_web::middleware::from_fn;
 use actix_web::test::{self as atest, TestRequest};
 use actix_web::{App, HttpResponse, web};
 use callplane_plugin_api::storage::{Db, PluginMigrations, migrate, sqlx};
-use callplane_plugin_api::telemetry::{
-    HttpMetrics, HttpTelemetry, TrustedProxies, request_context,
-};
+use callplane_plugin_api::telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies, request_context};
 use callplane_plugin_api::{
-    Access, AccessProvider, Capability, Principal, Registrar, RouteSpec, Settings,
-    extractor_configs, mount,
+    Access, AccessProvider, Capability, Principal, Registrar, RouteSpec, Settings, extractor_configs, mount,
 };
 use callplane_plugin_permissions::{Store, password, session};
 use prometheus_client::registry::Registry;
@@ -124,24 +121,15 @@ fn login_req(email: &str, pw: &str) -> actix_http::Request {
         .to_request()
 }
 
-async fn body_json<B: actix_web::body::MessageBody>(
-    res: ServiceResponse<B>,
-) -> (StatusCode, Value, String) {
+async fn body_json<B: actix_web::body::MessageBody>(res: ServiceResponse<B>) -> (StatusCode, Value, String) {
     let status = res.status();
     let cookie = res
         .headers()
         .get(header::SET_COOKIE)
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    let bytes = actix_web::body::to_bytes(res.into_body())
-        .await
-        .ok()
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        cookie,
-    )
+    let bytes = actix_web::body::to_bytes(res.into_body()).await.ok().unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), cookie)
 }
 
 async fn login<S, B>(app: &S, email: &str) -> String
@@ -149,12 +137,7 @@ where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: actix_web::body::MessageBody,
 {
-    let (status, body, _) = body_json(
-        app.call(login_req(email, "correct horse battery"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body, _) = body_json(app.call(login_req(email, "correct horse battery")).await.unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["token"].as_str().unwrap().to_owned()
 }
@@ -180,13 +163,7 @@ async fn login_sets_a_locked_down_cookie_and_returns_a_bearer_token() {
     assert_eq!(token.len(), 43);
     assert_eq!(body["pages"], json!(["calendar", "calls", "leads"]));
     let expected = format!("callplane_session={token}");
-    for part in [
-        expected.as_str(),
-        "HttpOnly",
-        "SameSite=Strict",
-        "Secure",
-        "Path=/",
-    ] {
+    for part in [expected.as_str(), "HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
         assert!(cookie.contains(part), "{part} missing: {cookie}");
     }
     let text = body.to_string();
@@ -218,10 +195,7 @@ async fn failures_look_the_same_and_are_throttled() {
     let b = seed_business(&f, "+15550002").await;
     seed_user(&f, b, "dana@example.com", "agent").await;
     let gone = seed_user(&f, b, "gone@example.com", "agent").await;
-    f.store
-        .deactivate_user(b, gone, session::now())
-        .await
-        .unwrap();
+    f.store.deactivate_user(b, gone, session::now()).await.unwrap();
     let app = app!(f);
     let mut messages = Vec::new();
     for (email, pw) in [
@@ -241,12 +215,7 @@ async fn failures_look_the_same_and_are_throttled() {
 
     // Per account: 5 failures within the window, then 429 even with the right password.
     for _ in 0..4 {
-        let (status, _, _) = body_json(
-            app.call(login_req("dana@example.com", "wrong password"))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, _, _) = body_json(app.call(login_req("dana@example.com", "wrong password")).await.unwrap()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     let res = app
@@ -268,10 +237,7 @@ async fn failures_look_the_same_and_are_throttled() {
     let bad = peer(TestRequest::post().uri("/api/auth/login"))
         .set_json(json!({"email": "x", "password": "y"}))
         .to_request();
-    assert_eq!(
-        app.call(bad).await.unwrap().status(),
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    assert_eq!(app.call(bad).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
     let extra = peer(TestRequest::post().uri("/api/auth/login"))
         .set_json(json!({"email": "a@b.co", "password": "y", "admin": true}))
         .to_request();
@@ -282,10 +248,7 @@ async fn failures_look_the_same_and_are_throttled() {
     let huge = peer(TestRequest::post().uri("/api/auth/login"))
         .set_json(json!({"email": "a@b.co", "password": "x".repeat(5000)}))
         .to_request();
-    assert_eq!(
-        app.call(huge).await.unwrap().status(),
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    assert_eq!(app.call(huge).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[actix_rt::test]
@@ -301,10 +264,7 @@ async fn client_throttle_spans_accounts() {
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
     }
-    let res = app
-        .call(login_req("another@example.com", "nope nope"))
-        .await
-        .unwrap();
+    let res = app.call(login_req("another@example.com", "nope nope")).await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(res.headers().contains_key(header::RETRY_AFTER));
 }
@@ -390,15 +350,8 @@ async fn each_role_sees_exactly_its_pages() {
         "/test/settings",
         "/api/permissions/roles",
     ] {
-        let res = app
-            .call(peer(TestRequest::get().uri(path)).to_request())
-            .await
-            .unwrap();
-        assert_eq!(
-            res.status(),
-            StatusCode::UNAUTHORIZED,
-            "{path} without a session"
-        );
+        let res = app.call(peer(TestRequest::get().uri(path)).to_request()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path} without a session");
         let (_, body, _) = body_json(res).await;
         assert_eq!(body["error"]["code"], "unauthenticated");
     }
@@ -407,12 +360,9 @@ async fn each_role_sees_exactly_its_pages() {
     let owner = login(&app, "owner@example.com").await;
     let res = app
         .call(
-            bearer(
-                TestRequest::put().uri("/api/permissions/roles/agent"),
-                &owner,
-            )
-            .set_json(json!({"pages": ["settings"]}))
-            .to_request(),
+            bearer(TestRequest::put().uri("/api/permissions/roles/agent"), &owner)
+                .set_json(json!({"pages": ["settings"]}))
+                .to_request(),
         )
         .await
         .unwrap();
@@ -430,24 +380,18 @@ async fn each_role_sees_exactly_its_pages() {
     assert_eq!(calendar.status(), StatusCode::FORBIDDEN);
     let bad_page = app
         .call(
-            bearer(
-                TestRequest::put().uri("/api/permissions/roles/agent"),
-                &owner,
-            )
-            .set_json(json!({"pages": ["payroll"]}))
-            .to_request(),
+            bearer(TestRequest::put().uri("/api/permissions/roles/agent"), &owner)
+                .set_json(json!({"pages": ["payroll"]}))
+                .to_request(),
         )
         .await
         .unwrap();
     assert_eq!(bad_page.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let bad_role = app
         .call(
-            bearer(
-                TestRequest::put().uri("/api/permissions/roles/root"),
-                &owner,
-            )
-            .set_json(json!({"pages": []}))
-            .to_request(),
+            bearer(TestRequest::put().uri("/api/permissions/roles/root"), &owner)
+                .set_json(json!({"pages": []}))
+                .to_request(),
         )
         .await
         .unwrap();
@@ -477,13 +421,7 @@ async fn another_tenants_ids_are_404_and_nothing_changes() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let res = app
-        .call(
-            bearer(
-                TestRequest::post().uri("/api/users/999999/deactivate"),
-                &admin_a,
-            )
-            .to_request(),
-        )
+        .call(bearer(TestRequest::post().uri("/api/users/999999/deactivate"), &admin_a).to_request())
         .await
         .unwrap();
     assert_eq!(
@@ -492,13 +430,7 @@ async fn another_tenants_ids_are_404_and_nothing_changes() {
         "an id that exists nowhere answers the same"
     );
     let res = app
-        .call(
-            bearer(
-                TestRequest::post().uri("/api/users/abc/deactivate"),
-                &admin_a,
-            )
-            .to_request(),
-        )
+        .call(bearer(TestRequest::post().uri("/api/users/abc/deactivate"), &admin_a).to_request())
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
@@ -506,11 +438,7 @@ async fn another_tenants_ids_are_404_and_nothing_changes() {
         .call(bearer(TestRequest::get().uri("/api/me"), &victim_token).to_request())
         .await
         .unwrap();
-    assert_eq!(
-        still.status(),
-        StatusCode::OK,
-        "the other tenant's user is untouched"
-    );
+    assert_eq!(still.status(), StatusCode::OK, "the other tenant's user is untouched");
 
     let (_, users, _) = body_json(
         app.call(bearer(TestRequest::get().uri("/api/users"), &admin_a).to_request())
@@ -525,20 +453,14 @@ async fn another_tenants_ids_are_404_and_nothing_changes() {
         .map(|u| u["email"].as_str().unwrap())
         .collect();
     assert_eq!(emails, ["admin-a@example.com"]);
-    assert!(
-        !users.to_string().contains("pbkdf2"),
-        "no hashes in listings"
-    );
+    assert!(!users.to_string().contains("pbkdf2"), "no hashes in listings");
 
     let before = f.store.grants(b).await.unwrap();
     let res = app
         .call(
-            bearer(
-                TestRequest::put().uri("/api/permissions/roles/agent"),
-                &admin_a,
-            )
-            .set_json(json!({"pages": []}))
-            .to_request(),
+            bearer(TestRequest::put().uri("/api/permissions/roles/agent"), &admin_a)
+                .set_json(json!({"pages": []}))
+                .to_request(),
         )
         .await
         .unwrap();
@@ -563,8 +485,14 @@ async fn admins_create_and_deactivate_users_in_their_business() {
             .set_json(body)
             .to_request()
     };
-    let (status, user, _) =
-        body_json(app.call(create(json!({"email": "New@Example.com", "password": "correct horse battery", "role": "agent"}))).await.unwrap()).await;
+    let (status, user, _) = body_json(
+        app.call(create(
+            json!({"email": "New@Example.com", "password": "correct horse battery", "role": "agent"}),
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(user["email"], "new@example.com");
     assert_eq!(user["business_id"], a);
@@ -594,10 +522,7 @@ async fn admins_create_and_deactivate_users_in_their_business() {
             json!({"email": "x@example.com", "password": "long enough pw", "role": "agent", "business_id": 2}),
             422,
         ),
-        (
-            json!({"email": 5, "password": "long enough pw", "role": "agent"}),
-            422,
-        ),
+        (json!({"email": 5, "password": "long enough pw", "role": "agent"}), 422),
     ] {
         let res = app.call(create(body.clone())).await.unwrap();
         assert_eq!(res.status().as_u16(), expected, "{body}");
@@ -605,13 +530,7 @@ async fn admins_create_and_deactivate_users_in_their_business() {
     let new_token = login(&app, "new@example.com").await;
     let id = user["id"].as_i64().unwrap();
     let res = app
-        .call(
-            bearer(
-                TestRequest::post().uri(&format!("/api/users/{id}/deactivate")),
-                &admin,
-            )
-            .to_request(),
-        )
+        .call(bearer(TestRequest::post().uri(&format!("/api/users/{id}/deactivate")), &admin).to_request())
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
@@ -674,11 +593,7 @@ async fn cookie_requests_that_change_state_must_come_from_the_public_origin() {
         .call(bearer(TestRequest::post().uri("/test/calendar"), &token).to_request())
         .await
         .unwrap();
-    assert_eq!(
-        bearer_post.status(),
-        StatusCode::OK,
-        "bearer requests are exempt"
-    );
+    assert_eq!(bearer_post.status(), StatusCode::OK, "bearer requests are exempt");
 }
 
 #[actix_rt::test]
@@ -697,19 +612,11 @@ async fn weak_hashes_are_upgraded_on_login() {
         &mut out,
     );
     use base64::Engine as _;
-    let stored = format!(
-        "{weak}{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(out)
-    );
+    let stored = format!("{weak}{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(out));
     f.store.set_password_hash(id, &stored).await.unwrap();
     let app = app!(f);
     login(&app, "old@example.com").await;
-    let creds = f
-        .store
-        .credentials("old@example.com")
-        .await
-        .unwrap()
-        .unwrap();
+    let creds = f.store.credentials("old@example.com").await.unwrap().unwrap();
     assert!(
         creds.password_hash.starts_with("pbkdf2-sha256$600000$"),
         "{}",

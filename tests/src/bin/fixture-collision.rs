@@ -4,12 +4,7 @@ use callplane_e2e::fixtures::{self, plugin};
 
 inventory::submit!(fixtures::PERMISSIONS);
 inventory::submit!(fixtures::NOTES);
-inventory::submit!(plugin(
-    "memos",
-    &["permissions"],
-    false,
-    fixtures::register_colliding
-));
+inventory::submit!(plugin("memos", &["permissions"], false, fixtures::register_colliding));
 
 fn main() -> std::process::ExitCode {
     callplane::main()

@@ -3,18 +3,8 @@
 use callplane_e2e::fixtures::{self, plugin};
 
 inventory::submit!(fixtures::PERMISSIONS);
-inventory::submit!(plugin(
-    "alpha",
-    &["beta"],
-    false,
-    fixtures::register_nothing
-));
-inventory::submit!(plugin(
-    "beta",
-    &["alpha"],
-    false,
-    fixtures::register_nothing
-));
+inventory::submit!(plugin("alpha", &["beta"], false, fixtures::register_nothing));
+inventory::submit!(plugin("beta", &["alpha"], false, fixtures::register_nothing));
 
 fn main() -> std::process::ExitCode {
     callplane::main()
