@@ -72,6 +72,14 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// Sign and send a Twilio-shaped webhook to a running server (from the twilio plugin):
+    /// inbound, outbound-webhook, status. `callplane simulate --help` for details.
+    #[command(disable_help_flag = true)]
+    Simulate {
+        /// The simulation and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 /// Output format of `check`, `routes` and `plugins`.
@@ -96,6 +104,9 @@ pub enum FailLevel {
 #[must_use]
 pub fn main() -> ExitCode {
     let started = Instant::now();
+    // One TLS crypto provider for the whole process (awc and sqlx both use rustls): installed
+    // explicitly, so a second provider compiled in can never make the first TLS use panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     run(Cli::parse(), started)
 }
 
@@ -134,6 +145,7 @@ pub fn run(cli: Cli, started: Instant) -> ExitCode {
             }
             Command::Migrate => run_migrate(&config, findings).await,
             Command::Admin { args } => run_plugin_command("admin", args, &config, findings).await,
+            Command::Simulate { args } => run_plugin_command("simulate", args, &config, findings).await,
         }
     })
 }
@@ -260,7 +272,7 @@ async fn run_plugin_command(name: &str, args: Vec<String>, config: &Config, find
             .find(|(n, _)| n == name)
             .map(|(_, h)| h.clone())
     }) else {
-        eprintln!("callplane {name}: no plugin in this binary provides this command (the permissions plugin does)");
+        eprintln!("callplane {name}: no plugin in this binary provides this command");
         return ExitCode::FAILURE;
     };
     if any_at_least(&findings, Level::Error) {

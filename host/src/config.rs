@@ -82,6 +82,7 @@ const KEYS: &[Key] = &[
     key("critical_plugins", "CALLPLANE_CRITICAL_PLUGINS"),
     key("instances", "CALLPLANE_INSTANCES"),
     key("log_dir", "CALLPLANE_LOG_DIR"),
+    key("spool_dir", "CALLPLANE_SPOOL_DIR"),
     key("log_format", "CALLPLANE_LOG_FORMAT"),
     key("log_filter", "RUST_LOG"),
     key("shutdown_drain_secs", "CALLPLANE_SHUTDOWN_DRAIN_SECS"),
@@ -378,6 +379,20 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
                     loader.bad(key, raw, "expected a directory", "e.g. data/logs or /var/log/callplane");
                 } else {
                     config.log_dir = PathBuf::from(dir);
+                }
+            }
+        }
+        "spool_dir" => {
+            if let Some(dir) = loader.string(key, raw) {
+                if dir.trim().is_empty() {
+                    loader.bad(
+                        key,
+                        raw,
+                        "expected a directory",
+                        "e.g. data/spool or /var/lib/callplane/spool",
+                    );
+                } else {
+                    config.settings.spool_dir = PathBuf::from(dir);
                 }
             }
         }

@@ -2,11 +2,13 @@
 //!
 //! Each bundled plugin crate is linked here, one line each, behind its cargo feature: a crate that
 //! nothing references is not linked and its `inventory::submit!` never runs. The critical manifest
-//! (`CALLPLANE_CRITICAL_PLUGINS`) catches any plugin that is left out. `calendar` and `twilio`
-//! land with their own issues; until then a default build refuses to start with CP001 for each.
+//! (`CALLPLANE_CRITICAL_PLUGINS`) catches any plugin that is left out. `calendar` lands with its
+//! own issue; until then a default build refuses to start with CP001 for it.
 
 #[cfg(feature = "plugin-permissions")]
 use callplane_plugin_permissions as _;
+#[cfg(feature = "plugin-twilio")]
+use callplane_plugin_twilio as _;
 
 fn main() -> std::process::ExitCode {
     callplane::main()

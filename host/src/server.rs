@@ -11,7 +11,7 @@ use callplane_plugin_api::{AccessProvider, ApiError, Capability, RouteSpec, Stat
 use callplane_storage::{PluginMigrations, migrate};
 use callplane_telemetry::{BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, request_context};
 use prometheus_client::registry::Registry;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::boot::{self, PluginStatus};
 use crate::cli::{EXIT_CONFIG, lazy_db};
@@ -136,6 +136,16 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         metrics: HttpMetrics::register(&mut registry),
     });
     let checks = plan.readiness_checks();
+    let tasks: Vec<_> = plan
+        .active
+        .iter()
+        .flat_map(|a| {
+            a.registration
+                .tasks
+                .iter()
+                .map(|(name, task)| (a.plugin.name, name.clone(), task.clone()))
+        })
+        .collect();
     let plugin_count = plan.active.len();
     let route_count = plan.routes.len();
     let parts = Arc::new(AppParts {
@@ -178,9 +188,18 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         }
     };
 
+    // Signal handlers are installed before the ready line: a SIGTERM right after it must drain,
+    // not kill the process with the default action.
+    let signals = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(target: BOOT_TARGET, error = %error, "[BOOT] ❌ cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let boot_ms = started.elapsed().as_millis();
     tracing::info!(
-                target: BOOT_TARGET,
+        target: BOOT_TARGET,
         bind = %bound,
         plugins = plugin_count,
         routes = route_count,
@@ -188,8 +207,13 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         "[BOOT] ready bind={bound} plugins={plugin_count} routes={route_count} boot_ms={boot_ms}"
     );
 
+    for (plugin, name, task) in tasks {
+        tracing::debug!(plugin, task = %name, "[BOOT] background task started");
+        actix_web::rt::spawn(task());
+    }
     let (force_stop, forced) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(shutdown_on_signal(
+        signals,
         server.handle(),
         host,
         Duration::from_secs(config.shutdown_drain_secs),
@@ -227,22 +251,12 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 /// lets in-flight requests finish. A second signal at any point stops at once (through `force`:
 /// actix handles one stop command at a time, so a second `stop` would wait for the first).
 async fn shutdown_on_signal(
+    (mut term, mut int): (Signal, Signal),
     handle: actix_web::dev::ServerHandle,
     host: web::Data<HostState>,
     drain: Duration,
     force: tokio::sync::oneshot::Sender<()>,
 ) {
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::error!(
-                target: BOOT_TARGET,
-                error = %error,
-                "[SHUTDOWN] cannot install signal handlers; stop with SIGKILL"
-            );
-            return;
-        }
-    };
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

@@ -76,8 +76,8 @@ mod settings;
 pub use access::{Access, AccessProvider, Capability, Principal};
 pub use error::{ApiError, RegisterError, extractor_configs};
 pub use registrar::{
-    CommandContext, CommandHandler, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar, Registration,
-    RouteSpec, StateInstaller, mount,
+    BackgroundTask, CommandContext, CommandHandler, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar,
+    Registration, RouteSpec, StateInstaller, mount,
 };
 pub use settings::{DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Secret, Settings, TwilioSettings};
 

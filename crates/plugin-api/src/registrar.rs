@@ -42,6 +42,10 @@ pub struct CommandContext {
 /// and returns an error message for the host to print (exit 1).
 pub type CommandHandler = Arc<dyn Fn(CommandContext) -> LocalBoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// A task a plugin runs while the server runs (e.g. replaying a spool); started after bind, on
+/// the server's runtime, never by `check`, `routes` or commands.
+pub type BackgroundTask = Arc<dyn Fn() -> LocalBoxFuture<'static, ()> + Send + Sync>;
+
 /// The answer of a [`ReadinessCheck`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadinessReport {
@@ -130,6 +134,8 @@ pub struct Registration {
     pub readiness: Vec<(String, ReadinessCheck)>,
     /// Command-line commands, by name.
     pub commands: Vec<(String, CommandHandler)>,
+    /// Background tasks, by name.
+    pub tasks: Vec<(String, BackgroundTask)>,
     /// Malformed declarations (bad paths, …): the registration counts as failed.
     pub problems: Vec<String>,
 }
@@ -143,6 +149,7 @@ impl fmt::Debug for Registration {
             .field("providers", &self.providers.iter().map(|(c, _)| *c).collect::<Vec<_>>())
             .field("readiness", &self.readiness.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("commands", &self.commands.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("tasks", &self.tasks.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("problems", &self.problems)
             .finish()
     }
@@ -305,6 +312,12 @@ impl<'a> Registrar<'a> {
     /// dispatches to plugins, such as `admin`).
     pub fn command(&mut self, name: &str, handler: CommandHandler) -> &mut Self {
         self.out.commands.push((name.to_owned(), handler));
+        self
+    }
+
+    /// Runs `task` in the background while the server serves.
+    pub fn background(&mut self, name: &str, task: BackgroundTask) -> &mut Self {
+        self.out.tasks.push((name.to_owned(), task));
         self
     }
 

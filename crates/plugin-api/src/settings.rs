@@ -47,6 +47,8 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// How many instances share the database (`CALLPLANE_INSTANCES`).
     pub instances: u32,
+    /// Where records that cannot reach the database wait, per instance (`CALLPLANE_SPOOL_DIR`).
+    pub spool_dir: std::path::PathBuf,
     /// Twilio account settings.
     pub twilio: TwilioSettings,
 }
@@ -63,6 +65,7 @@ impl Default for Settings {
             public_base_url: "http://127.0.0.1:8080".to_owned(),
             trusted_proxies: TrustedProxies::default(),
             instances: 1,
+            spool_dir: std::path::PathBuf::from("data/spool"),
             twilio: TwilioSettings {
                 account_sid: DEV_ACCOUNT_SID.to_owned(),
                 auth_token: Secret::new(DEV_AUTH_TOKEN),

@@ -7,13 +7,18 @@
 //! * [`Migration`] and [`migrate`] apply each plugin's versioned migrations, recording them in the
 //!   `callplane_schema_versions` table. Two instances booting at once migrate exactly once.
 //!
+//! * [`Spool`] is the durable local spool: records that cannot reach the database wait there,
+//!   `fsync`ed, until they are replayed.
+//!
 //! Architecture invariant: this crate knows nothing of HTTP or plugins beyond their names.
 
 mod db;
 mod error;
 mod migrate;
+mod spool;
 
 pub use db::{Db, DbKind, redact_url};
 pub use error::StorageError;
 pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
+pub use spool::Spool;
 pub use sqlx;

@@ -1,0 +1,163 @@
+//! `GET /api/calls` and `GET /api/calls/{call_sid}`: the caller's business's calls only.
+
+use actix_web::{HttpResponse, web};
+use callplane_plugin_api::storage::Db;
+use callplane_plugin_api::storage::sqlx::{self, Row};
+use callplane_plugin_api::{ApiError, Principal};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Largest page of `GET /api/calls`.
+pub(crate) const MAX_LIMIT: i64 = 200;
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "[TWILIO] call query failed");
+    ApiError::unavailable("the database is unavailable; try again shortly", 5)
+}
+
+/// RFC 3339 text of Unix seconds.
+pub(crate) fn rfc3339(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(OffsetDateTime::unix_timestamp)
+        .map_err(|_| {
+            ApiError::unprocessable(format!(
+                "{name} must be an RFC 3339 time such as 2026-11-25T09:00:00+02:00"
+            ))
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    direction: Option<String>,
+    status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+fn call_json(row: &sqlx::any::AnyRow) -> Result<Value, sqlx::Error> {
+    Ok(json!({
+        "call_sid": row.try_get::<Option<String>, _>("call_sid")?,
+        "req_id": row.try_get::<Option<String>, _>("req_id")?,
+        "direction": row.try_get::<String, _>("direction")?,
+        "from": row.try_get::<String, _>("from_number")?,
+        "to": row.try_get::<String, _>("to_number")?,
+        "status": row.try_get::<String, _>("status")?,
+        "lead_id": row.try_get::<Option<String>, _>("lead_id")?,
+        "last_sequence": row.try_get::<i64, _>("last_sequence")?,
+        "error": row.try_get::<Option<String>, _>("error")?,
+        "created_at": rfc3339(row.try_get("created_at")?),
+        "updated_at": rfc3339(row.try_get("updated_at")?),
+    }))
+}
+
+const CALL_COLUMNS: &str = "call_sid, req_id, direction, from_number, to_number, status, lead_id, last_sequence, error, created_at, updated_at";
+
+/// `GET /api/calls?direction=&status=&from=&to=&limit=&offset=`, newest first.
+pub(crate) async fn list_calls(
+    who: Principal,
+    db: web::Data<Db>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    if let Some(d) = &q.direction
+        && !matches!(d.as_str(), "inbound" | "outbound")
+    {
+        return Err(ApiError::unprocessable("direction must be inbound or outbound"));
+    }
+    if let Some(s) = &q.status
+        && (s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+    {
+        return Err(ApiError::unprocessable(
+            "status must be a Twilio call status such as completed or no-answer",
+        ));
+    }
+    let from = q.from.as_deref().map(|v| parse_time("from", v)).transpose()?;
+    let to = q.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::unprocessable(format!("limit must be 1 to {MAX_LIMIT}")));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if !(0..=1_000_000).contains(&offset) {
+        return Err(ApiError::unprocessable("offset must be 0 to 1000000"));
+    }
+    let sql = format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE business_id = $1
+           AND ($2 IS NULL OR direction = $2) AND ($3 IS NULL OR status = $3)
+           AND created_at >= $4 AND created_at < $5
+         ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(who.business_id)
+        .bind(q.direction)
+        .bind(q.status)
+        .bind(from.unwrap_or(i64::MIN))
+        .bind(to.unwrap_or(i64::MAX))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(db.pool())
+        .await
+        .map_err(db_error)?;
+    let calls = rows
+        .iter()
+        .map(call_json)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_error)?;
+    let next = (i64::try_from(calls.len()).unwrap_or(0) == limit).then_some(offset + limit);
+    Ok(HttpResponse::Ok().json(json!({ "calls": calls, "limit": limit, "offset": offset, "next_offset": next })))
+}
+
+/// `GET /api/calls/{call_sid}`: the call and its events, oldest first.
+pub(crate) async fn get_call(
+    who: Principal,
+    db: web::Data<Db>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let call_sid = path.into_inner();
+    let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_sid = $1 AND business_id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&call_sid)
+        .bind(who.business_id)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::not_found("no such call"))?;
+    let mut call = call_json(&row).map_err(db_error)?;
+    let events = sqlx::query(
+        "SELECT kind, status, sequence, request_id, payload, received_at FROM call_events WHERE call_sid = $1 ORDER BY received_at, id",
+    )
+    .bind(&call_sid)
+    .fetch_all(db.pool())
+    .await
+    .map_err(db_error)?;
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let payload: String = e.try_get(4)?;
+            let sequence: i64 = e.try_get(2)?;
+            Ok(json!({
+                "kind": e.try_get::<String, _>(0)?,
+                "status": e.try_get::<String, _>(1)?,
+                "sequence": (sequence >= 0).then_some(sequence),
+                "request_id": e.try_get::<Option<String>, _>(3)?,
+                "params": serde_json::from_str::<Value>(&payload).unwrap_or(Value::Null),
+                "received_at": rfc3339(e.try_get(5)?),
+            }))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_error)?;
+    call["events"] = Value::from(events);
+    Ok(HttpResponse::Ok().json(call))
+}

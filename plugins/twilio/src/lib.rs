@@ -1,0 +1,110 @@
+//! `callplane-plugin-twilio`: Twilio voice webhooks, validated and traced, with call records that
+//! are never lost.
+//!
+//! * [`signature`]: `X-Twilio-Signature` exactly as Twilio's SDKs compute it.
+//! * [`provider`]: the `TwilioSignature` access provider; logs the `[TWILIO][…] hit` line of every
+//!   webhook on arrival, before the signature check or any database work.
+//! * [`records`]: call records in the database, or the durable spool when the database is down or
+//!   slow; replayed in the background; idempotent by CallSid, ordered by SequenceNumber.
+//! * The webhooks answer TwiML; `GET /api/calls` and `GET /api/calls/{call_sid}` list a business's
+//!   calls.
+
+mod api;
+mod migrations;
+pub mod provider;
+pub mod records;
+pub mod signature;
+pub mod simulate;
+pub mod twiml;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callplane_plugin_api::storage::Spool;
+use callplane_plugin_api::{Access, Capability, ReadinessReport, RegisterError, Registrar, RoutePlugin};
+use serde_json::json;
+
+inventory::submit! {
+    RoutePlugin {
+        name: "twilio",
+        version: env!("CARGO_PKG_VERSION"),
+        summary: "call webhooks active",
+        requires: &["permissions"],
+        critical: true,
+        register,
+    }
+}
+
+/// The spool file under `CALLPLANE_SPOOL_DIR`.
+pub const SPOOL_FILE: &str = "twilio-calls.jsonl";
+/// How often the spool is replayed.
+pub const REPLAY_EVERY: Duration = Duration::from_secs(2);
+
+/// Declares the webhooks, the calls API, the signature provider, the migrations, the spool replay
+/// and its readiness check.
+///
+/// # Errors
+/// The spool cannot be opened (its directory is not writable).
+pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+    let settings = reg.settings().clone();
+    let spool_path = settings.spool_dir.join(SPOOL_FILE);
+    let spool = Spool::open(&spool_path).map_err(|e| RegisterError::Config {
+        key: "spool_dir".to_owned(),
+        message: format!("cannot open the call spool {}: {e}", spool_path.display()),
+    })?;
+    let provider = provider::SignatureProvider::new(
+        settings.twilio.auth_token.clone(),
+        settings.public_base_url.clone(),
+        reg.metrics(),
+    );
+    let db = reg.db().clone();
+    let recorder = records::Recorder::new(db.clone(), Arc::new(spool), reg.metrics());
+    reg.migrations(migrations::MIGRATIONS);
+    reg.provide_access(Capability::TwilioSignature, provider);
+    reg.state(webhooks::WebhookState {
+        recorder: recorder.clone(),
+        directory: records::Directory::new(db),
+    });
+    reg.post(
+        "/webhook/incoming_call",
+        Access::TwilioSignature,
+        webhooks::incoming_call,
+    )
+    .post(
+        "/webhook/outbound_call",
+        Access::TwilioSignature,
+        webhooks::outbound_call,
+    )
+    .post("/webhook/call_status", Access::TwilioSignature, webhooks::call_status)
+    .get("/api/calls", Access::PageAccess("calls"), api::list_calls)
+    .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call);
+    reg.command("simulate", simulate::handler());
+    let replayer = recorder.clone();
+    reg.background(
+        "spool-replay",
+        Arc::new(move || Box::pin(replayer.clone().replay_forever(REPLAY_EVERY))),
+    );
+    let checker = recorder;
+    reg.readiness(
+        "spool",
+        Arc::new(move || {
+            let recorder = checker.clone();
+            Box::pin(async move {
+                // A backlog is reported, not a reason to take the instance out: it still answers
+                // every webhook and keeps every record.
+                match recorder.spool().backlog().await {
+                    Ok(backlog) => ReadinessReport {
+                        ready: true,
+                        detail: json!({ "backlog": backlog }),
+                    },
+                    Err(_) => ReadinessReport {
+                        ready: false,
+                        detail: json!({ "error": "spool unreadable" }),
+                    },
+                }
+            })
+        }),
+    );
+    Ok(())
+}

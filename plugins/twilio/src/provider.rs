@@ -1,0 +1,224 @@
+//! The `TwilioSignature` access provider: logs each webhook's `hit` line on arrival, before the
+//! signature check or any database work, then validates `X-Twilio-Signature` over the configured
+//! public URL (never the `Host` or `X-Forwarded-*` headers) and refuses with 403 and empty TwiML.
+
+use actix_web::dev::ServiceRequest;
+use actix_web::http::{StatusCode, header};
+use actix_web::web::Bytes;
+use actix_web::{FromRequest, HttpMessage, HttpResponse};
+use callplane_plugin_api::telemetry::TRACE_TARGET;
+use callplane_plugin_api::{Access, AccessProvider, Secret};
+use futures_util::future::LocalBoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::signature::{self, Outcome};
+use crate::twiml;
+
+/// Largest webhook body accepted (Twilio's forms are a few KiB).
+pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
+
+/// A verified webhook's parameters (request extension for the handlers).
+#[derive(Debug, Clone, Default)]
+pub struct Webhook {
+    /// The decoded form fields, in arrival order.
+    pub params: Vec<(String, String)>,
+    /// The decoded query parameters.
+    pub query: Vec<(String, String)>,
+}
+
+impl Webhook {
+    /// The first form value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The first query value of `name`.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The literal trace prefix of a webhook path.
+pub fn trace_prefix(path: &str) -> &'static str {
+    match path {
+        "/webhook/incoming_call" => "[TWILIO][INBOUND]",
+        "/webhook/outbound_call" => "[TWILIO][OUTBOUND]",
+        "/webhook/call_status" => "[TWILIO][STATUS]",
+        _ => "[TWILIO][WEBHOOK]",
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    route: String,
+    signature: String,
+}
+
+/// Verifies Twilio's signature for every `Access::TwilioSignature` route.
+#[derive(Debug, Clone)]
+pub struct SignatureProvider {
+    auth_token: Secret,
+    public_base_url: String,
+    webhooks: Family<WebhookLabels, Counter>,
+}
+
+impl SignatureProvider {
+    /// A provider signing over `public_base_url` with `auth_token`, counting into `metrics`
+    /// (`callplane_twilio_webhooks_total{route,signature}`).
+    pub fn new(auth_token: Secret, public_base_url: String, metrics: &mut Registry) -> Self {
+        let webhooks = Family::default();
+        metrics.register(
+            "webhooks",
+            "Twilio webhooks by route and signature outcome",
+            webhooks.clone(),
+        );
+        Self {
+            auth_token,
+            public_base_url,
+            webhooks,
+        }
+    }
+}
+
+fn refuse(status: StatusCode) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/xml")
+        .body(twiml::empty())
+}
+
+/// A value as the trace line shows it: `-` when absent, quoted when it has spaces, quotes or
+/// control characters (a `+` sent unencoded arrives as a space), bare otherwise.
+pub(crate) fn shown(value: Option<&str>) -> std::borrow::Cow<'_, str> {
+    match value.filter(|v| !v.is_empty()) {
+        None => "-".into(),
+        Some(v) if v.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"') => format!("{v:?}").into(),
+        Some(v) => v.into(),
+    }
+}
+
+/// Logs the contract's `hit` line for `path`.
+fn log_hit(path: &str, hook: &Webhook, signature_present: bool) {
+    let call_sid = &*shown(hook.get("CallSid"));
+    let from = &*shown(hook.get("From"));
+    let to = &*shown(hook.get("To"));
+    match path {
+        "/webhook/incoming_call" => {
+            let direction = &*shown(hook.get("Direction").or(Some("inbound")));
+            tracing::info!(
+                target: TRACE_TARGET,
+                path, call_sid, from, to, direction, signature_present,
+                "[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid={call_sid} from={from} to={to} direction={direction} signature_present={signature_present}"
+            );
+        }
+        "/webhook/outbound_call" => {
+            let lead_id = &*shown(hook.query("lead_id"));
+            let business_id = &*shown(hook.query("business_id"));
+            tracing::info!(
+                target: TRACE_TARGET,
+                path, call_sid, from, to, lead_id, business_id, signature_present,
+                "[TWILIO][OUTBOUND] hit path=/webhook/outbound_call call_sid={call_sid} from={from} to={to} lead_id={lead_id} business_id={business_id} signature_present={signature_present}"
+            );
+        }
+        "/webhook/call_status" => {
+            let call_status = &*shown(hook.get("CallStatus"));
+            let sequence = &*shown(hook.get("SequenceNumber"));
+            tracing::info!(
+                target: TRACE_TARGET,
+                path, call_sid, call_status, sequence, signature_present,
+                "[TWILIO][STATUS] hit path=/webhook/call_status call_sid={call_sid} call_status={call_status} sequence={sequence} signature_present={signature_present}"
+            );
+        }
+        _ => tracing::info!(target: TRACE_TARGET, path, call_sid, signature_present, "[TWILIO][WEBHOOK] hit"),
+    }
+}
+
+impl AccessProvider for SignatureProvider {
+    fn authorize<'a>(&'a self, req: &'a mut ServiceRequest, _: Access) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
+        Box::pin(async move {
+            let path = req.path().to_owned();
+            let prefix = trace_prefix(&path);
+            let query_string = req.query_string().to_owned();
+            let headers: Vec<&str> = req
+                .headers()
+                .get_all("x-twilio-signature")
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let signature_present = !headers.is_empty();
+            // One header, or the request is not what Twilio sends.
+            let header = match headers.as_slice() {
+                [one] => Some(Some((*one).to_owned())),
+                [] => Some(None),
+                _ => None,
+            };
+            let is_json = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("application/json"));
+            let (http, payload) = req.parts_mut();
+            let body = match Bytes::from_request(http, payload).await {
+                Ok(body) if body.len() <= MAX_WEBHOOK_BODY => body,
+                _ => {
+                    tracing::info!(target: TRACE_TARGET, path = %path, signature_present, "{prefix} hit path={path} body=too_large_or_unreadable signature_present={signature_present}");
+                    return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE));
+                }
+            };
+            let hook = Webhook {
+                params: if is_json {
+                    Vec::new()
+                } else {
+                    url::form_urlencoded::parse(&body).into_owned().collect()
+                },
+                query: url::form_urlencoded::parse(query_string.as_bytes())
+                    .into_owned()
+                    .collect(),
+            };
+            log_hit(&path, &hook, signature_present);
+
+            let url = if query_string.is_empty() {
+                format!("{}{path}", self.public_base_url)
+            } else {
+                format!("{}{path}?{query_string}", self.public_base_url)
+            };
+            let outcome = match header {
+                None => Outcome::Invalid,
+                Some(signature) => {
+                    let json_body = if is_json {
+                        Some(std::str::from_utf8(&body).unwrap_or("\u{fffd}"))
+                    } else {
+                        None
+                    };
+                    signature::validate(
+                        self.auth_token.expose(),
+                        &url,
+                        &hook.params,
+                        json_body,
+                        signature.as_deref(),
+                    )
+                }
+            };
+            self.webhooks
+                .get_or_create(&WebhookLabels {
+                    route: path.clone(),
+                    signature: outcome.as_str().to_owned(),
+                })
+                .inc();
+            if outcome != Outcome::Valid {
+                let call_sid = &*shown(hook.get("CallSid"));
+                let signature = outcome.as_str();
+                tracing::warn!(
+                    target: TRACE_TARGET,
+                    path = %path, call_sid, signature,
+                    "{prefix} outcome signature={signature} call_sid={call_sid} (refused with 403)"
+                );
+                return Err(refuse(StatusCode::FORBIDDEN));
+            }
+            req.set_payload(actix_web::dev::Payload::from(body));
+            req.extensions_mut().insert(hook);
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! TwiML answers, XML-escaped with `quick-xml`.
+
+use quick_xml::escape::escape;
+
+const HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+
+/// What callers of an unknown number hear before the line hangs up.
+pub const UNKNOWN_NUMBER: &str = "We are sorry, this number is not in service. Goodbye.";
+/// What callers hear when the business cannot be looked up (database down, nothing cached).
+pub const FALLBACK_GREETING: &str =
+    "Thank you for calling. We cannot take your call right now; please try again shortly.";
+
+/// An empty `<Response/>` (status callbacks, refusals).
+pub fn empty() -> String {
+    format!("{HEAD}<Response/>")
+}
+
+/// `<Say>text</Say>`, optionally followed by `<Hangup/>`.
+pub fn say(text: &str, hangup: bool) -> String {
+    let hangup = if hangup { "<Hangup/>" } else { "" };
+    format!("{HEAD}<Response><Say>{}</Say>{hangup}</Response>", escape(text))
+}
+
+/// `<Connect><Stream url=…>` with the call sid and business id as stream parameters.
+pub fn stream(url: &str, call_sid: &str, business_id: i64) -> String {
+    format!(
+        "{HEAD}<Response><Connect><Stream url=\"{}\"><Parameter name=\"call_sid\" value=\"{}\"/><Parameter name=\"business_id\" value=\"{business_id}\"/></Stream></Connect></Response>",
+        escape(url),
+        escape(call_sid)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_attributes_are_escaped() {
+        let xml = say("Tom & Jerry's <clinic> \"best\"", false);
+        assert!(
+            xml.ends_with("<Response><Say>Tom &amp; Jerry&apos;s &lt;clinic&gt; &quot;best&quot;</Say></Response>"),
+            "{xml}"
+        );
+        let xml = stream("wss://x.example/s?a=1&b=\"2\"", "CA<1>", 7);
+        assert!(
+            xml.contains("url=\"wss://x.example/s?a=1&amp;b=&quot;2&quot;\""),
+            "{xml}"
+        );
+        assert!(xml.contains("value=\"CA&lt;1&gt;\""), "{xml}");
+        assert!(say(UNKNOWN_NUMBER, true).ends_with("</Say><Hangup/></Response>"));
+        assert_eq!(empty(), r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#);
+    }
+}

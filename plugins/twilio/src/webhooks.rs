@@ -1,0 +1,160 @@
+//! The three webhooks. The host has already run the signature provider (which logged the `hit`
+//! line); each handler looks up the tenant, records the event durably, logs the outcome line and
+//! answers TwiML.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use callplane_plugin_api::telemetry::{TRACE_TARGET, current_request_id};
+
+use crate::provider::{Webhook, trace_prefix};
+use crate::records::{CallEvent, Directory, EventKind, Lookup, Recorded, Recorder, now};
+use crate::twiml;
+
+/// Handler state.
+#[derive(Debug, Clone)]
+pub(crate) struct WebhookState {
+    pub(crate) recorder: Recorder,
+    pub(crate) directory: Directory,
+}
+
+fn xml(status: StatusCode, body: String) -> HttpResponse {
+    HttpResponse::build(status).content_type("text/xml").body(body)
+}
+
+fn webhook(req: &HttpRequest) -> Webhook {
+    req.extensions().get::<Webhook>().cloned().unwrap_or_default()
+}
+
+fn event(kind: EventKind, hook: &Webhook, call_sid: &str, direction: &str, business_id: Option<i64>) -> CallEvent {
+    CallEvent {
+        kind,
+        call_sid: call_sid.to_owned(),
+        business_id,
+        direction: direction.to_owned(),
+        from: hook.get("From").unwrap_or_default().to_owned(),
+        to: hook.get("To").unwrap_or_default().to_owned(),
+        status: hook
+            .get("CallStatus")
+            .filter(|s| !s.is_empty())
+            .unwrap_or("unknown")
+            .to_owned(),
+        sequence: hook
+            .get("SequenceNumber")
+            .and_then(|s| s.parse::<i64>().ok())
+            .filter(|n| *n >= 0),
+        lead_id: hook.query("lead_id").map(str::to_owned),
+        request_id: current_request_id().map(|id| id.to_string()),
+        params: hook.params.clone(),
+        received_at: now(),
+    }
+}
+
+/// A CallSid as Twilio sends them: `CA` and 32 hex digits (tests and simulations use the same shape).
+fn valid_call_sid(sid: &str) -> bool {
+    sid.len() == 34 && sid.starts_with("CA") && sid[2..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn log_outcome(path: &str, call_sid: &str, tenant: &str, recorded: Recorded) {
+    let prefix = trace_prefix(path);
+    let recorded = recorded.as_str();
+    if recorded == "false" {
+        tracing::error!(target: TRACE_TARGET, call_sid, tenant, recorded, "{prefix} outcome signature=valid tenant={tenant} recorded={recorded} call_sid={call_sid}");
+    } else {
+        tracing::info!(target: TRACE_TARGET, call_sid, tenant, recorded, "{prefix} outcome signature=valid tenant={tenant} recorded={recorded} call_sid={call_sid}");
+    }
+}
+
+fn bad_request(path: &str, problem: &str) -> HttpResponse {
+    tracing::warn!(target: TRACE_TARGET, path, problem, "{} refused: {problem}", trace_prefix(path));
+    xml(StatusCode::BAD_REQUEST, twiml::empty())
+}
+
+/// What the caller hears for a business: its media stream, else its greeting.
+fn answer(business: &crate::records::Business, call_sid: &str) -> String {
+    match &business.media_stream_url {
+        Some(url) => twiml::stream(url, call_sid, business.id),
+        None => twiml::say(&business.greeting, false),
+    }
+}
+
+/// `POST /webhook/incoming_call`.
+pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
+    let hook = webhook(&req);
+    let path = req.path();
+    let Some(call_sid) = hook.get("CallSid").filter(|s| valid_call_sid(s)).map(str::to_owned) else {
+        return bad_request(path, "missing or malformed CallSid");
+    };
+    let to = hook.get("To").unwrap_or_default().to_owned();
+    let lookup = state.directory.by_number(&to).await;
+    let business_id = match &lookup {
+        Lookup::Known(b) => Some(b.id),
+        _ => None,
+    };
+    let recorded = state
+        .recorder
+        .record(&event(EventKind::Incoming, &hook, &call_sid, "inbound", business_id))
+        .await;
+    let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
+    log_outcome(path, &call_sid, &tenant, recorded);
+    let body = match lookup {
+        Lookup::Known(business) => answer(&business, &call_sid),
+        Lookup::Unknown => {
+            tracing::warn!(target: TRACE_TARGET, call_sid = %call_sid, to = %to, "[TWILIO][INBOUND] unknown called number to={to}: no business has it; answered and hung up");
+            twiml::say(twiml::UNKNOWN_NUMBER, true)
+        }
+        Lookup::Unavailable => twiml::say(twiml::FALLBACK_GREETING, true),
+    };
+    xml(StatusCode::OK, body)
+}
+
+/// `POST /webhook/outbound_call?lead_id=&business_id=`: the callee of an outbound call answered.
+pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
+    let hook = webhook(&req);
+    let path = req.path();
+    let Some(call_sid) = hook.get("CallSid").filter(|s| valid_call_sid(s)).map(str::to_owned) else {
+        return bad_request(path, "missing or malformed CallSid");
+    };
+    let Some(business_id) = hook.query("business_id").and_then(|b| b.parse::<i64>().ok()) else {
+        return bad_request(path, "business_id is not a number");
+    };
+    let business = state.directory.by_id(business_id).await;
+    let recorded = state
+        .recorder
+        .record(&event(
+            EventKind::OutboundAnswered,
+            &hook,
+            &call_sid,
+            "outbound",
+            Some(business_id),
+        ))
+        .await;
+    log_outcome(path, &call_sid, &business_id.to_string(), recorded);
+    let body = business.map_or_else(|| twiml::say(twiml::FALLBACK_GREETING, true), |b| answer(&b, &call_sid));
+    xml(StatusCode::OK, body)
+}
+
+/// `POST /webhook/call_status`: progress of a call, applied in SequenceNumber order.
+pub(crate) async fn call_status(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
+    let hook = webhook(&req);
+    let path = req.path();
+    let Some(call_sid) = hook.get("CallSid").filter(|s| valid_call_sid(s)).map(str::to_owned) else {
+        return bad_request(path, "missing or malformed CallSid");
+    };
+    let outbound = hook.get("Direction").is_some_and(|d| d.starts_with("outbound"));
+    let (direction, number) = if outbound {
+        ("outbound", hook.get("From"))
+    } else {
+        ("inbound", hook.get("To"))
+    };
+    let business_id = match state.directory.by_number(number.unwrap_or_default()).await {
+        Lookup::Known(b) => Some(b.id),
+        _ => hook.query("business_id").and_then(|b| b.parse().ok()),
+    };
+    let recorded = state
+        .recorder
+        .record(&event(EventKind::Status, &hook, &call_sid, direction, business_id))
+        .await;
+    let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
+    log_outcome(path, &call_sid, &tenant, recorded);
+    xml(StatusCode::OK, twiml::empty())
+}
