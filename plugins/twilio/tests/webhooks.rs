@@ -1,0 +1,602 @@
+//! The twilio plugin mounted exactly as the host mounts it, together with the real permissions
+//! plugin (which it requires and which guards the calls API), on a fresh SQLite database.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::{StatusCode, header};
+use actix_web::middleware::from_fn;
+use actix_web::test::{self as atest, TestRequest};
+use actix_web::{App, web};
+use callplane_plugin_api::storage::{Db, PluginMigrations, migrate, sqlx};
+use callplane_plugin_api::telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies, request_context};
+use callplane_plugin_api::{
+    AccessProvider, BackgroundTask, Capability, Registrar, RouteSpec, Settings, StateInstaller, extractor_configs,
+    mount,
+};
+use callplane_plugin_permissions::{Store, password};
+use callplane_plugin_twilio::signature;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+
+const BASE: &str = "https://voice.example.com";
+const TOKEN: &str = "test-auth-token";
+const BUSINESS_NUMBER: &str = "+972501234567";
+const STREAM_NUMBER: &str = "+972509999999";
+const SID: &str = "CA0123456789abcdef0123456789abcdef";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    db: Db,
+    routes: Vec<RouteSpec>,
+    providers: BTreeMap<Capability, Arc<dyn AccessProvider>>,
+    states: Vec<StateInstaller>,
+    tasks: Vec<(String, BackgroundTask)>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect_lazy(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
+    let mut settings = Settings {
+        public_base_url: BASE.to_owned(),
+        spool_dir: dir.path().join("spool"),
+        ..Settings::default()
+    };
+    settings.twilio.auth_token = callplane_plugin_api::Secret::new(TOKEN);
+    let mut metrics = Registry::default();
+    let mut out = Vec::new();
+    for (name, register) in [
+        (
+            "permissions",
+            callplane_plugin_permissions::register as fn(&mut Registrar<'_>) -> _,
+        ),
+        ("twilio", callplane_plugin_twilio::register),
+    ] {
+        let mut reg = Registrar::new(name, &settings, &db, &mut metrics);
+        register(&mut reg).unwrap();
+        out.push((name, reg.finish()));
+    }
+    let sets: Vec<PluginMigrations<'_>> = out
+        .iter()
+        .map(|(name, r)| PluginMigrations {
+            plugin: name,
+            migrations: &r.migrations,
+        })
+        .collect();
+    migrate(&db, &sets).await.unwrap();
+    let store = Store::new(db.clone());
+    let a = store
+        .create_business("Dental", BUSINESS_NUMBER, "Welcome to Dental & Co", None, 1)
+        .await
+        .unwrap();
+    let b = store
+        .create_business(
+            "Streamer",
+            STREAM_NUMBER,
+            "hi",
+            Some("wss://media.example.com/s?x=1&y=2"),
+            1,
+        )
+        .await
+        .unwrap();
+    let hash = password::hash("correct horse battery");
+    store
+        .create_user(a, "agent@a.example", &hash, "agent", 1)
+        .await
+        .unwrap();
+    store
+        .create_user(a, "viewer@a.example", &hash, "viewer", 1)
+        .await
+        .unwrap();
+    store
+        .create_user(b, "agent@b.example", &hash, "agent", 1)
+        .await
+        .unwrap();
+    let mut f = Fixture {
+        dir,
+        db,
+        routes: vec![],
+        providers: BTreeMap::new(),
+        states: vec![],
+        tasks: vec![],
+    };
+    for (_, r) in out {
+        f.routes.extend(r.routes);
+        f.providers.extend(r.providers);
+        f.states.extend(r.states);
+        f.tasks.extend(r.tasks);
+    }
+    f
+}
+
+macro_rules! app {
+    ($f:expr) => {{
+        let f: &Fixture = &$f;
+        let telemetry = web::Data::new(HttpTelemetry {
+            proxies: TrustedProxies::default(),
+            metrics: HttpMetrics::register(&mut Registry::default()),
+        });
+        let (routes, providers, states) = (f.routes.clone(), f.providers.clone(), f.states.clone());
+        atest::init_service(
+            App::new()
+                .app_data(telemetry)
+                .app_data(web::Data::new(f.db.clone()))
+                .configure(extractor_configs)
+                .configure(move |cfg| {
+                    for s in &states {
+                        s(cfg);
+                    }
+                    mount(cfg, &routes, &providers);
+                })
+                .wrap(from_fn(request_context)),
+        )
+        .await
+    }};
+}
+
+fn form(params: &[(&str, &str)]) -> Vec<(String, String)> {
+    params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn inbound(sid: &str, to: &str) -> Vec<(String, String)> {
+    form(&[
+        ("CallSid", sid),
+        ("From", "+15005550006"),
+        ("To", to),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+    ])
+}
+
+fn status(sid: &str, status: &str, sequence: &str) -> Vec<(String, String)> {
+    form(&[
+        ("CallSid", sid),
+        ("From", "+15005550006"),
+        ("To", BUSINESS_NUMBER),
+        ("CallStatus", status),
+        ("SequenceNumber", sequence),
+        ("Direction", "inbound"),
+    ])
+}
+
+/// A webhook as Twilio sends it: form body, signed over the public URL with the auth token.
+fn signed(path_and_query: &str, params: &[(String, String)]) -> TestRequest {
+    let signature = signature::compute(TOKEN, &format!("{BASE}{path_and_query}"), params);
+    unsigned(path_and_query, params).insert_header(("x-twilio-signature", signature))
+}
+
+fn unsigned(path_and_query: &str, params: &[(String, String)]) -> TestRequest {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter())
+        .finish();
+    TestRequest::post()
+        .uri(path_and_query)
+        .peer_addr("54.172.60.1:443".parse().unwrap())
+        .insert_header((header::CONTENT_TYPE, "application/x-www-form-urlencoded"))
+        .set_payload(body)
+}
+
+async fn text<B: actix_web::body::MessageBody>(res: ServiceResponse<B>) -> (StatusCode, String, String) {
+    let status = res.status();
+    let ctype = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = actix_web::body::to_bytes(res.into_body()).await.ok().unwrap();
+    (status, ctype, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .0
+}
+
+fn spool_lines(f: &Fixture) -> usize {
+    std::fs::read_to_string(f.dir.path().join("spool").join(callplane_plugin_twilio::SPOOL_FILE))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[actix_rt::test]
+async fn a_signed_inbound_call_is_answered_and_recorded() {
+    let f = fixture().await;
+    let app = app!(f);
+    let (status, ctype, body) = text(
+        app.call(signed("/webhook/incoming_call", &inbound(SID, BUSINESS_NUMBER)).to_request())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ctype, "text/xml");
+    assert!(body.contains("<Say>Welcome to Dental &amp; Co</Say>"), "{body}");
+    let (business, direction, state): (Option<i64>, String, String) =
+        sqlx::query_as("SELECT business_id, direction, status FROM calls WHERE call_sid = $1")
+            .bind(SID)
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (business, direction.as_str(), state.as_str()),
+        (Some(1), "inbound", "ringing")
+    );
+
+    let streamed = "CA11111111111111111111111111111111";
+    let (_, _, body) = text(
+        app.call(signed("/webhook/incoming_call", &inbound(streamed, STREAM_NUMBER)).to_request())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        body.contains(r#"<Connect><Stream url="wss://media.example.com/s?x=1&amp;y=2">"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            r#"<Parameter name="call_sid" value="{streamed}"/><Parameter name="business_id" value="2"/>"#
+        )),
+        "{body}"
+    );
+}
+
+#[actix_rt::test]
+async fn bad_signatures_are_403_and_write_nothing() {
+    let f = fixture().await;
+    let app = app!(f);
+    let params = inbound(SID, BUSINESS_NUMBER);
+    let good = signature::compute(TOKEN, &format!("{BASE}/webhook/incoming_call"), &params);
+    let mut tampered = params.clone();
+    tampered[1].1 = "+19999999999".to_owned();
+    let cases: Vec<(&str, TestRequest)> = vec![
+        ("missing", unsigned("/webhook/incoming_call", &params)),
+        (
+            "garbage",
+            unsigned("/webhook/incoming_call", &params).insert_header(("x-twilio-signature", "garbage")),
+        ),
+        (
+            "tampered",
+            unsigned("/webhook/incoming_call", &tampered).insert_header(("x-twilio-signature", good.clone())),
+        ),
+        (
+            "foreign token",
+            unsigned("/webhook/incoming_call", &params).insert_header((
+                "x-twilio-signature",
+                signature::compute("other-token", &format!("{BASE}/webhook/incoming_call"), &params),
+            )),
+        ),
+        (
+            "other path",
+            unsigned("/webhook/incoming_call", &params).insert_header((
+                "x-twilio-signature",
+                signature::compute(TOKEN, &format!("{BASE}/webhook/call_status"), &params),
+            )),
+        ),
+        (
+            "http instead of https",
+            unsigned("/webhook/incoming_call", &params).insert_header((
+                "x-twilio-signature",
+                signature::compute(TOKEN, "http://voice.example.com/webhook/incoming_call", &params),
+            )),
+        ),
+        (
+            "forged host",
+            unsigned("/webhook/incoming_call", &params)
+                .insert_header(("host", "evil.example"))
+                .insert_header(("x-forwarded-host", "evil example"))
+                .insert_header((
+                    "x-twilio-signature",
+                    signature::compute(TOKEN, "https://evil.example/webhook/incoming_call", &params),
+                )),
+        ),
+        (
+            "duplicate header",
+            unsigned("/webhook/incoming_call", &params)
+                .append_header(("x-twilio-signature", good.clone()))
+                .append_header(("x-twilio-signature", good.clone())),
+        ),
+        (
+            "signed without the query",
+            unsigned("/webhook/outbound_call?lead_id=1&business_id=1", &params).insert_header((
+                "x-twilio-signature",
+                signature::compute(TOKEN, &format!("{BASE}/webhook/outbound_call"), &params),
+            )),
+        ),
+    ];
+    for (name, req) in cases {
+        let (status, ctype, body) = text(app.call(req.to_request()).await.unwrap()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{name}");
+        assert_eq!(ctype, "text/xml", "{name}");
+        assert!(body.ends_with("<Response/>"), "{name}: {body}");
+    }
+    assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 0);
+    assert_eq!(count(&f.db, "SELECT COUNT(*) FROM call_events").await, 0);
+    assert_eq!(spool_lines(&f), 0);
+    // A forged Host with the right signature for the configured URL is fine: the URL never comes from Host.
+    let res = app
+        .call(
+            signed("/webhook/incoming_call", &params)
+                .insert_header(("host", "evil.example"))
+                .to_request(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[actix_rt::test]
+async fn retries_are_recorded_once_and_late_statuses_never_move_a_call_back() {
+    let f = fixture().await;
+    let app = app!(f);
+    for _ in 0..3 {
+        let res = app
+            .call(signed("/webhook/incoming_call", &inbound(SID, BUSINESS_NUMBER)).to_request())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    for (state, seq) in [
+        ("completed", "3"),
+        ("ringing", "1"),
+        ("completed", "3"),
+        ("in-progress", "2"),
+    ] {
+        let (code, _, body) = text(
+            app.call(signed("/webhook/call_status", &status(SID, state, seq)).to_request())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.ends_with("<Response/>"));
+    }
+    let (state, last): (String, i64) = sqlx::query_as("SELECT status, last_sequence FROM calls WHERE call_sid = $1")
+        .bind(SID)
+        .fetch_one(f.db.pool())
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), last), ("completed", 3));
+    assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 1);
+    assert_eq!(
+        count(&f.db, "SELECT COUNT(*) FROM call_events").await,
+        4,
+        "1 incoming + sequences 3, 1, 2"
+    );
+}
+
+#[actix_rt::test]
+async fn an_unknown_number_gets_a_polite_hangup_and_a_record() {
+    let f = fixture().await;
+    let app = app!(f);
+    let (status, _, body) = text(
+        app.call(signed("/webhook/incoming_call", &inbound(SID, "+15550000000")).to_request())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("not in service") && body.ends_with("<Hangup/></Response>"),
+        "{body}"
+    );
+    let business: (Option<i64>,) = sqlx::query_as("SELECT business_id FROM calls WHERE call_sid = $1")
+        .bind(SID)
+        .fetch_one(f.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(business.0, None, "recorded with the tenant unknown");
+}
+
+#[actix_rt::test]
+async fn malformed_webhooks_are_4xx_never_5xx() {
+    let f = fixture().await;
+    let app = app!(f);
+    let no_sid = form(&[("From", "+1"), ("To", BUSINESS_NUMBER)]);
+    let res = app
+        .call(signed("/webhook/incoming_call", &no_sid).to_request())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let big: Vec<(String, String)> = (0..10_000).map(|i| (format!("P{i}"), "x".repeat(10))).collect();
+    let res = app
+        .call(signed("/webhook/incoming_call", &big).to_request())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let raw = TestRequest::post()
+        .uri("/webhook/incoming_call")
+        .insert_header((header::CONTENT_TYPE, "application/x-www-form-urlencoded"))
+        .insert_header(("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="))
+        .set_payload(&b"CallSid=%ZZ%\xff\xfe&To=%"[..])
+        .to_request();
+    assert_eq!(app.call(raw).await.unwrap().status(), StatusCode::FORBIDDEN);
+    let json = TestRequest::post()
+        .uri("/webhook/incoming_call")
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .insert_header((
+            "x-twilio-signature",
+            signature::compute(TOKEN, &format!("{BASE}/webhook/incoming_call"), &[]),
+        ))
+        .set_payload(r#"{"CallSid":"CA1"}"#)
+        .to_request();
+    assert_eq!(
+        app.call(json).await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "JSON without bodySHA256"
+    );
+    assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 0);
+}
+
+#[actix_rt::test]
+async fn with_the_database_gone_calls_are_spooled_and_replayed_without_loss() {
+    let f = fixture().await;
+    let app = app!(f);
+    let sid = |i: usize| format!("CA{i:032x}");
+    let first = app
+        .call(signed("/webhook/incoming_call", &inbound(&sid(0), BUSINESS_NUMBER)).to_request())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    // The call tables disappear mid-stream: every write now fails.
+    sqlx::raw_sql("ALTER TABLE calls RENAME TO calls_away; ALTER TABLE call_events RENAME TO call_events_away")
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    for i in 1..=20 {
+        let (status, _, body) = text(
+            app.call(signed("/webhook/incoming_call", &inbound(&sid(i), BUSINESS_NUMBER)).to_request())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "webhooks still answer");
+        assert!(
+            body.contains("Welcome to Dental"),
+            "the business is still known (cached)"
+        );
+        let res = app
+            .call(signed("/webhook/call_status", &status_for(&sid(i))).to_request())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(spool_lines(&f), 40);
+    sqlx::raw_sql("ALTER TABLE calls_away RENAME TO calls; ALTER TABLE call_events_away RENAME TO call_events")
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    // The replay task the host would run.
+    let (_, task) = f.tasks.iter().find(|(n, _)| n == "spool-replay").unwrap();
+    actix_web::rt::spawn(task());
+    for _ in 0..100 {
+        if spool_lines(&f) == 0 {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(spool_lines(&f), 0, "the spool drained");
+    assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 21, "zero calls lost");
+    assert_eq!(
+        count(&f.db, "SELECT COUNT(*) FROM call_events").await,
+        41,
+        "zero events lost"
+    );
+    assert_eq!(
+        count(&f.db, "SELECT COUNT(*) FROM calls WHERE status = 'completed'").await,
+        20
+    );
+}
+
+fn status_for(sid: &str) -> Vec<(String, String)> {
+    status(sid, "completed", "4")
+}
+
+async fn token<S, B>(app: &S, email: &str) -> String
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: actix_web::body::MessageBody,
+{
+    let req = TestRequest::post()
+        .uri("/api/auth/login")
+        .peer_addr("203.0.113.9:1".parse().unwrap())
+        .set_json(json!({ "email": email, "password": "correct horse battery" }))
+        .to_request();
+    let (_, _, body) = text(app.call(req).await.unwrap()).await;
+    serde_json::from_str::<Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[actix_rt::test]
+async fn the_calls_api_is_page_guarded_and_tenant_scoped() {
+    let f = fixture().await;
+    let app = app!(f);
+    app.call(signed("/webhook/incoming_call", &inbound(SID, BUSINESS_NUMBER)).to_request())
+        .await
+        .unwrap();
+    let other = "CA22222222222222222222222222222222";
+    app.call(signed("/webhook/incoming_call", &inbound(other, STREAM_NUMBER)).to_request())
+        .await
+        .unwrap();
+    let agent_a = token(&app, "agent@a.example").await;
+    let viewer_a = token(&app, "viewer@a.example").await;
+    let agent_b = token(&app, "agent@b.example").await;
+    let get = |path: &str, token: &str| {
+        TestRequest::get()
+            .uri(path)
+            .insert_header((header::AUTHORIZATION, format!("Bearer {token}")))
+            .to_request()
+    };
+    let (status, _, body) = text(app.call(get("/api/calls", &agent_a)).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    let sids: Vec<&str> = listed["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_sid"].as_str().unwrap())
+        .collect();
+    assert_eq!(sids, [SID], "only business A's call");
+    let (status, _, body) = text(app.call(get(&format!("/api/calls/{SID}"), &agent_a)).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let call: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(call["events"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.call(get(&format!("/api/calls/{SID}"), &agent_b))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call(get(&format!("/api/calls/{other}"), &agent_a))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call(get("/api/calls", &viewer_a)).await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "viewers lack the calls page"
+    );
+    assert_eq!(
+        app.call(TestRequest::get().uri("/api/calls").to_request())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    for bad in [
+        "direction=sideways",
+        "limit=0",
+        "limit=1000",
+        "from=yesterday",
+        "status=DROP%20TABLE",
+        "offset=-1",
+        "colour=red",
+    ] {
+        let res = app.call(get(&format!("/api/calls?{bad}"), &agent_a)).await.unwrap();
+        assert!(res.status().is_client_error(), "{bad}: {}", res.status());
+    }
+    let (status, _, body) = text(
+        app.call(get(
+            "/api/calls?direction=inbound&from=2000-01-01T00:00:00Z&limit=1",
+            &agent_a,
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
