@@ -11,6 +11,7 @@
 
 mod api;
 mod migrations;
+mod outbound;
 pub mod provider;
 pub mod records;
 pub mod signature;
@@ -66,6 +67,8 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         recorder: recorder.clone(),
         directory: records::Directory::new(db),
     });
+    let outbound = outbound::OutboundState::new(settings.clone(), reg.metrics());
+    reg.state(outbound);
     reg.post(
         "/webhook/incoming_call",
         Access::TwilioSignature,
@@ -77,6 +80,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         webhooks::outbound_call,
     )
     .post("/webhook/call_status", Access::TwilioSignature, webhooks::call_status)
+    .post("/api/calls/outbound", Access::PageAccess("calls"), outbound::create)
     .get("/api/calls", Access::PageAccess("calls"), api::list_calls)
     .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call);
     reg.command("simulate", simulate::handler());

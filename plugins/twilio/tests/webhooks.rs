@@ -11,7 +11,7 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{StatusCode, header};
 use actix_web::middleware::from_fn;
 use actix_web::test::{self as atest, TestRequest};
-use actix_web::{App, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use callplane_plugin_api::storage::{Db, PluginMigrations, migrate, sqlx};
 use callplane_plugin_api::telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies, request_context};
 use callplane_plugin_api::{
@@ -22,6 +22,7 @@ use callplane_plugin_permissions::{Store, password};
 use callplane_plugin_twilio::signature;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use std::sync::Mutex;
 
 const BASE: &str = "https://voice.example.com";
 const TOKEN: &str = "test-auth-token";
@@ -39,6 +40,12 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with_api("http://127.0.0.1:9").await
+}
+
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+
+async fn fixture_with_api(api_base: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect_lazy(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
     let mut settings = Settings {
@@ -47,6 +54,8 @@ async fn fixture() -> Fixture {
         ..Settings::default()
     };
     settings.twilio.auth_token = callplane_plugin_api::Secret::new(TOKEN);
+    settings.twilio.api_base = api_base.to_owned();
+    settings.twilio.account_sid = ACCOUNT.to_owned();
     let mut metrics = Registry::default();
     let mut out = Vec::new();
     for (name, register) in [
@@ -599,4 +608,225 @@ async fn the_calls_api_is_page_guarded_and_tenant_scoped() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+// Outbound calls against a fake Twilio REST API: a real HTTP server started by the test, which
+// checks the exact request and answers success, each error code, a 500, a slow answer and a reset.
+
+/// One request the fake Twilio received.
+#[derive(Debug, Clone)]
+struct Captured {
+    path: String,
+    authorization: String,
+    form: Vec<(String, String)>,
+}
+
+async fn fake_twilio(req: HttpRequest, body: web::Bytes, seen: web::Data<Mutex<Vec<Captured>>>) -> HttpResponse {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let to = form
+        .iter()
+        .find(|(k, _)| k == "To")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Captured {
+        path: req.path().to_owned(),
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default(),
+        form,
+    });
+    let error = |status: u16, code: u32, message: &str| {
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).json(json!({
+            "code": code, "message": message, "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": status
+        }))
+    };
+    match to.as_str() {
+        "+15005550006" => {
+            HttpResponse::Created().json(json!({ "sid": "CAfeedfeedfeedfeedfeedfeedfeedfeed", "status": "queued" }))
+        }
+        "+15005550001" => error(400, 21211, "The 'To' number +15005550001 is not a valid phone number."),
+        "+15005550002" => error(401, 20003, "Authenticate"),
+        "+15005550003" => {
+            let mut res = error(429, 20429, "Too Many Requests");
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("7"));
+            res
+        }
+        "+15005550004" => error(500, 20500, "Internal Server Error"),
+        "+15005550005" => {
+            actix_web::rt::time::sleep(Duration::from_secs(15)).await;
+            HttpResponse::Created().json(json!({ "sid": "CAlate", "status": "queued" }))
+        }
+        _ => error(400, 21201, "No 'To' number is specified"),
+    }
+}
+
+/// Starts the fake on an ephemeral port; returns its base URL and what it saw.
+fn start_fake() -> (String, Arc<Mutex<Vec<Captured>>>) {
+    let seen = web::Data::new(Mutex::new(Vec::new()));
+    let captured = seen.clone().into_inner();
+    let server = HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(seen.clone())
+            .default_service(web::to(fake_twilio))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let addr = server.addrs()[0];
+    actix_web::rt::spawn(server.run());
+    (format!("http://{addr}"), captured)
+}
+
+async fn call<S, B>(app: &S, token: &str, body: Value) -> (u16, Value)
+where
+    S: Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<B>, Error = actix_web::Error>,
+    B: actix_web::body::MessageBody,
+{
+    let req = TestRequest::post()
+        .uri("/api/calls/outbound")
+        .insert_header((header::AUTHORIZATION, format!("Bearer {token}")))
+        .set_json(body)
+        .to_request();
+    let res = app.call(req).await.unwrap();
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = actix_web::body::to_bytes(res.into_body()).await.ok().unwrap();
+    let mut json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if let Some(retry) = retry {
+        json["retry_after"] = Value::from(retry);
+    }
+    (status, json)
+}
+
+#[actix_rt::test]
+async fn the_exact_twilio_request_and_every_answer() {
+    let (api, seen) = start_fake();
+    let f = fixture_with_api(&api).await;
+    let app = app!(f);
+    let agent = token(&app, "agent@a.example").await;
+
+    let (status, body) = call(&app, &agent, json!({ "to": "+15005550006", "lead_id": 42 })).await;
+    assert_eq!(status, 201, "{body}");
+    let req_id = body["req_id"].as_str().unwrap().to_owned();
+    assert_eq!(req_id.len(), 8);
+    assert!(req_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(body["call_sid"], "CAfeedfeedfeedfeedfeedfeedfeedfeed");
+    let sent = seen.lock().unwrap()[0].clone();
+    assert_eq!(sent.path, format!("/2010-04-01/Accounts/{ACCOUNT}/Calls.json"));
+    use base64::Engine as _;
+    let expected_auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{TOKEN}"))
+    );
+    assert_eq!(sent.authorization, expected_auth);
+    let field = |name: &str| {
+        sent.form
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(field("To"), ["+15005550006"]);
+    assert_eq!(field("From"), [BUSINESS_NUMBER], "from = the business number");
+    assert_eq!(
+        field("Url"),
+        [format!("{BASE}/webhook/outbound_call?lead_id=42&business_id=1").as_str()]
+    );
+    assert_eq!(
+        field("StatusCallback"),
+        [format!("{BASE}/webhook/call_status").as_str()]
+    );
+    assert_eq!(
+        field("StatusCallbackEvent"),
+        ["initiated", "ringing", "answered", "completed"]
+    );
+    let (sid, state, lead): (Option<String>, String, Option<String>) =
+        sqlx::query_as("SELECT call_sid, status, lead_id FROM calls WHERE req_id = $1")
+            .bind(&req_id)
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (sid.as_deref(), state.as_str(), lead.as_deref()),
+        (Some("CAfeedfeedfeedfeedfeedfeedfeedfeed"), "queued", Some("42"))
+    );
+
+    // Twilio's errors, each to a clear answer, each kept on the call record.
+    for (to, expected_status, expected_code, twilio_code) in [
+        ("+15005550001", 422, "invalid_number", Some(21211)),
+        ("+15005550002", 502, "twilio_auth", Some(20003)),
+        ("+15005550003", 503, "twilio_rate_limited", Some(20429)),
+        ("+15005550004", 502, "twilio_unavailable", Some(20500)),
+        ("+15005550005", 504, "twilio_timeout", None),
+    ] {
+        let (status, body) = call(&app, &agent, json!({ "to": to, "lead_id": "lead-7" })).await;
+        assert_eq!(status, expected_status, "{to}: {body}");
+        assert_eq!(body["error"]["code"], expected_code, "{to}");
+        assert_eq!(body["error"]["twilio_code"], json!(twilio_code), "{to}");
+        let req_id = body["error"]["req_id"].as_str().unwrap();
+        let (state, error): (String, Option<String>) =
+            sqlx::query_as("SELECT status, error FROM calls WHERE req_id = $1")
+                .bind(req_id)
+                .fetch_one(f.db.pool())
+                .await
+                .unwrap();
+        assert_eq!(state, "failed", "{to}");
+        let error = error.unwrap();
+        if let Some(code) = twilio_code {
+            assert!(error.starts_with(&code.to_string()), "{to}: {error}");
+        }
+        if expected_status == 503 {
+            assert_eq!(body["retry_after"], "7");
+        }
+    }
+
+    // Bad input never reaches Twilio.
+    let before = seen.lock().unwrap().len();
+    for bad in [
+        json!({ "to": "0501234567", "lead_id": 1 }),
+        json!({ "to": "+1 415 555", "lead_id": 1 }),
+        json!({ "to": "+15005550006", "lead_id": "x y" }),
+        json!({ "to": "+15005550006" }),
+        json!({ "to": "+15005550006", "lead_id": 1, "from": "+1999" }),
+    ] {
+        let (status, _) = call(&app, &agent, bad.clone()).await;
+        assert_eq!(status, 422, "{bad}");
+    }
+    assert_eq!(seen.lock().unwrap().len(), before);
+    let viewer = token(&app, "viewer@a.example").await;
+    assert_eq!(
+        call(&app, &viewer, json!({ "to": "+15005550006", "lead_id": 1 }))
+            .await
+            .0,
+        403
+    );
+}
+
+#[actix_rt::test]
+async fn a_reset_connection_is_a_502_and_the_failure_is_kept() {
+    // A "Twilio" that accepts the connection and closes it without answering.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            drop(stream);
+        }
+    });
+    let f = fixture_with_api(&format!("http://{addr}")).await;
+    let app = app!(f);
+    let agent = token(&app, "agent@a.example").await;
+    let (status, body) = call(&app, &agent, json!({ "to": "+15005550006", "lead_id": 9 })).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "twilio_unreachable");
+    let state: (String,) = sqlx::query_as("SELECT status FROM calls WHERE lead_id = '9'")
+        .fetch_one(f.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(state.0, "failed");
 }

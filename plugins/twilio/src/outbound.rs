@@ -1,0 +1,389 @@
+//! `POST /api/calls/outbound {to, lead_id}`: record first, then ask Twilio to place the call, with
+//! the `[OUTBOUND][REQ=…]` lifecycle on the log and every failure kept on the call record.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, web};
+use base64::Engine as _;
+use callplane_plugin_api::storage::Db;
+use callplane_plugin_api::storage::sqlx::{self, Row};
+use callplane_plugin_api::telemetry::{TRACE_TARGET, current_request_id};
+use callplane_plugin_api::{ApiError, Principal, Settings};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::records::now;
+
+/// How long Twilio's REST API gets to answer.
+pub(crate) const TWILIO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboundLabels {
+    result: String,
+    code: String,
+}
+
+/// What the outbound handler needs.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboundState {
+    settings: Settings,
+    outcomes: Family<OutboundLabels, Counter>,
+}
+
+impl OutboundState {
+    /// Registers `callplane_twilio_outbound_total{result,code}`.
+    pub(crate) fn new(settings: Settings, metrics: &mut Registry) -> Self {
+        let outcomes = Family::default();
+        metrics.register(
+            "outbound",
+            "Outbound call requests by result and Twilio error code",
+            outcomes.clone(),
+        );
+        Self { settings, outcomes }
+    }
+
+    fn count(&self, result: &str, code: &str) {
+        self.outcomes
+            .get_or_create(&OutboundLabels {
+                result: result.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum LeadId {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutboundRequest {
+    to: String,
+    lead_id: LeadId,
+}
+
+thread_local! {
+    /// `awc::Client` is not `Send`: one per worker thread.
+    static CLIENT: awc::Client = awc::Client::builder().timeout(TWILIO_TIMEOUT).disable_redirects().finish();
+}
+
+/// `REQ`: the first 8 hex digits of a v4 UUID.
+fn new_req_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+fn is_e164(number: &str) -> bool {
+    number
+        .strip_prefix('+')
+        .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
+}
+
+fn db_unavailable(e: &sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "[OUTBOUND] database error");
+    ApiError::unavailable("the database is unavailable; try again shortly", 5)
+}
+
+/// An error answer that also names the outbound request and, when Twilio gave one, its code.
+fn failure(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    req_id: &str,
+    twilio: Option<&Value>,
+    retry_after: Option<u64>,
+) -> HttpResponse {
+    let mut res = HttpResponse::build(status).json(json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "request_id": current_request_id().map(|id| id.to_string()),
+            "req_id": req_id,
+            "twilio_code": twilio.and_then(|t| t.get("code")).cloned(),
+            "more_info": twilio.and_then(|t| t.get("more_info")).cloned(),
+        }
+    }));
+    if let Some(secs) = retry_after {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+async fn mark_failed(db: &Db, req_id: &str, error: &str) {
+    let result = sqlx::query("UPDATE calls SET status = 'failed', error = $1, updated_at = $2 WHERE req_id = $3")
+        .bind(error)
+        .bind(now())
+        .bind(req_id)
+        .execute(db.pool())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(target: TRACE_TARGET, error = %e, "[OUTBOUND][REQ={req_id}] the failure could not be saved on the call record");
+    }
+}
+
+/// Attaches Twilio's CallSid to the call recorded for `req_id`. A status callback may have
+/// arrived first and created a row for the sid: then that row takes the request's details.
+async fn attach_sid(db: &Db, req_id: &str, call_sid: &str, status: &str) -> Result<(), sqlx::Error> {
+    let updated = sqlx::query("UPDATE calls SET call_sid = $1, status = $2, updated_at = $3 WHERE req_id = $4")
+        .bind(call_sid)
+        .bind(status)
+        .bind(now())
+        .bind(req_id)
+        .execute(db.pool())
+        .await;
+    if updated.is_ok() {
+        return Ok(());
+    }
+    let mut tx = db.pool().begin().await?;
+    let placeholder = sqlx::query("DELETE FROM calls WHERE req_id = $1 RETURNING business_id, lead_id")
+        .bind(req_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = placeholder {
+        sqlx::query("UPDATE calls SET req_id = $1, business_id = COALESCE(business_id, $2), lead_id = COALESCE(lead_id, $3) WHERE call_sid = $4")
+            .bind(req_id)
+            .bind(row.try_get::<Option<i64>, _>(0)?)
+            .bind(row.try_get::<Option<String>, _>(1)?)
+            .bind(call_sid)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// `POST /api/calls/outbound`.
+pub(crate) async fn create(
+    who: Principal,
+    db: web::Data<Db>,
+    state: web::Data<OutboundState>,
+    body: web::Json<OutboundRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    if !is_e164(&body.to) {
+        return Err(ApiError::unprocessable(format!(
+            "to {:?} is not an E.164 number such as +972501234567",
+            body.to
+        )));
+    }
+    let lead_id = match body.lead_id {
+        LeadId::Number(n) => n.to_string(),
+        LeadId::Text(t)
+            if !t.is_empty()
+                && t.len() <= 64
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            t
+        }
+        LeadId::Text(_) => {
+            return Err(ApiError::unprocessable(
+                "lead_id must be a number or 1–64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+    };
+    let from: String = sqlx::query("SELECT phone_number FROM businesses WHERE id = $1")
+        .bind(who.business_id)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(|e| db_unavailable(&e))?
+        .ok_or_else(|| ApiError::not_found("your business no longer exists"))?
+        .try_get(0)
+        .map_err(|e| db_unavailable(&e))?;
+    let to = body.to;
+    let req_id = new_req_id();
+    let tenant = who.business_id;
+    tracing::info!(target: TRACE_TARGET, req_id = %req_id, tenant, lead_id = %lead_id, to = %to, from = %from,
+        "[OUTBOUND][REQ={req_id}] tenant={tenant} lead_id={lead_id} to={to} from={from}");
+
+    // Record first: whatever Twilio does next, the attempt exists.
+    let at = now();
+    sqlx::query(
+        "INSERT INTO calls (call_sid, req_id, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
+         VALUES (NULL, $1, $2, 'outbound', $3, $4, 'requested', $5, -1, $6, $6)",
+    )
+    .bind(&req_id)
+    .bind(tenant)
+    .bind(&from)
+    .bind(&to)
+    .bind(&lead_id)
+    .bind(at)
+    .execute(db.pool())
+    .await
+    .map_err(|e| db_unavailable(&e))?;
+
+    let settings = &state.settings;
+    let public = &settings.public_base_url;
+    let answer_url = format!(
+        "{public}/webhook/outbound_call?{}",
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("lead_id", &lead_id)
+            .append_pair("business_id", &tenant.to_string())
+            .finish()
+    );
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("To", &to)
+        .append_pair("From", &from)
+        .append_pair("Url", &answer_url)
+        .append_pair("Method", "POST")
+        .append_pair("StatusCallback", &format!("{public}/webhook/call_status"))
+        .append_pair("StatusCallbackMethod", "POST");
+    for event in ["initiated", "ringing", "answered", "completed"] {
+        form.append_pair("StatusCallbackEvent", event);
+    }
+    let endpoint = format!(
+        "{}/2010-04-01/Accounts/{}/Calls.json",
+        settings.twilio.api_base, settings.twilio.account_sid
+    );
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        settings.twilio.account_sid,
+        settings.twilio.auth_token.expose()
+    ));
+
+    tracing::info!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] calling twilio...");
+    let request = CLIENT.with(|client| {
+        client
+            .post(&endpoint)
+            .insert_header((header::AUTHORIZATION, format!("Basic {credentials}")))
+            .insert_header((header::CONTENT_TYPE, "application/x-www-form-urlencoded"))
+            .insert_header((header::ACCEPT, "application/json"))
+            .send_body(form.finish())
+    });
+    let mut response = match request.await {
+        Ok(response) => response,
+        Err(error) => {
+            let timed_out = matches!(error, awc::error::SendRequestError::Timeout);
+            let (status, code, message) = if timed_out {
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "twilio_timeout",
+                    format!("Twilio did not answer within {}s", TWILIO_TIMEOUT.as_secs()),
+                )
+            } else {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "twilio_unreachable",
+                    format!("Twilio could not be reached: {error}"),
+                )
+            };
+            tracing::error!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] twilio_failed err={code} {message}");
+            mark_failed(&db, &req_id, &format!("{code}: {message}")).await;
+            state.count("failed", code);
+            return Ok(failure(status, code, &message, &req_id, None, None));
+        }
+    };
+    let http_status = response.status();
+    let bytes = match response.body().limit(256 * 1024).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let message = format!("Twilio's answer could not be read: {error}");
+            tracing::error!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] twilio_failed err=unreadable {message}");
+            mark_failed(&db, &req_id, &message).await;
+            state.count("failed", "unreadable");
+            return Ok(failure(
+                StatusCode::BAD_GATEWAY,
+                "twilio_unreadable",
+                &message,
+                &req_id,
+                None,
+                None,
+            ));
+        }
+    };
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+
+    if http_status.is_success() {
+        let Some(call_sid) = answer
+            .get("sid")
+            .and_then(Value::as_str)
+            .filter(|s| s.starts_with("CA"))
+        else {
+            let message = "Twilio accepted the call but sent no CallSid".to_owned();
+            tracing::error!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] twilio_failed err=no_sid {message}");
+            mark_failed(&db, &req_id, &message).await;
+            state.count("failed", "no_sid");
+            return Ok(failure(
+                StatusCode::BAD_GATEWAY,
+                "twilio_bad_answer",
+                &message,
+                &req_id,
+                None,
+                None,
+            ));
+        };
+        let call_status = answer.get("status").and_then(Value::as_str).unwrap_or("queued");
+        tracing::info!(target: TRACE_TARGET, req_id = %req_id, call_sid, "[OUTBOUND][REQ={req_id}] twilio_ok call_sid={call_sid}");
+        if let Err(e) = attach_sid(&db, &req_id, call_sid, call_status).await {
+            // The call is placed; its webhooks will record it under its sid.
+            tracing::error!(target: TRACE_TARGET, error = %e, call_sid, "[OUTBOUND][REQ={req_id}] the CallSid could not be saved yet");
+        }
+        state.count("ok", "");
+        return Ok(HttpResponse::Created().json(json!({
+            "req_id": req_id,
+            "call_sid": call_sid,
+            "status": call_status,
+            "to": to,
+            "from": from,
+            "lead_id": lead_id,
+        })));
+    }
+
+    let twilio_code = answer.get("code").and_then(Value::as_i64);
+    let twilio_message = answer
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("no message")
+        .to_owned();
+    let code_text = twilio_code.map_or_else(|| format!("http_{}", http_status.as_u16()), |c| c.to_string());
+    tracing::error!(target: TRACE_TARGET, req_id = %req_id, twilio_code = %code_text,
+        "[OUTBOUND][REQ={req_id}] twilio_failed err={code_text} {twilio_message}");
+    mark_failed(&db, &req_id, &format!("{code_text} {twilio_message}")).await;
+    state.count("failed", &code_text);
+    let twilio = (!answer.is_null()).then_some(&answer);
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(5);
+    let (status, code, message, retry) = match (twilio_code, http_status.as_u16()) {
+        (Some(21211 | 21210 | 21212 | 21214 | 21215 | 21217 | 21219 | 13224), _) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_number",
+            format!("Twilio refused the number: {twilio_message}"),
+            None,
+        ),
+        (Some(20429), _) | (_, 429) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "twilio_rate_limited",
+            format!("Twilio is rate limiting: {twilio_message}"),
+            Some(retry_after),
+        ),
+        (Some(20003 | 20005), _) | (_, 401 | 403) => (
+            StatusCode::BAD_GATEWAY,
+            "twilio_auth",
+            "Twilio rejected the account credentials; check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN".to_owned(),
+            None,
+        ),
+        (_, 500..) => (
+            StatusCode::BAD_GATEWAY,
+            "twilio_unavailable",
+            format!("Twilio failed ({http_status}): {twilio_message}"),
+            None,
+        ),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            "twilio_error",
+            format!("Twilio refused the call: {twilio_message}"),
+            None,
+        ),
+    };
+    Ok(failure(status, code, &message, &req_id, twilio, retry))
+}
