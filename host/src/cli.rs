@@ -265,12 +265,12 @@ async fn check(
 /// migrations are applied first, so it works on a fresh database.
 async fn run_plugin_command(name: &str, args: Vec<String>, config: &Config, findings: Vec<Finding>) -> ExitCode {
     let (plan, findings) = validate(config, findings);
-    let Some(handler) = plan.active.iter().find_map(|a| {
+    let Some((handler, needs_database)) = plan.active.iter().find_map(|a| {
         a.registration
             .commands
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, h)| h.clone())
+            .find(|(n, _, _)| n == name)
+            .map(|(_, h, db)| (h.clone(), *db))
     }) else {
         eprintln!("callplane {name}: no plugin in this binary provides this command");
         return ExitCode::FAILURE;
@@ -282,17 +282,19 @@ async fn run_plugin_command(name: &str, args: Vec<String>, config: &Config, find
     }
     let mut ignored = Vec::new();
     let db = lazy_db(config, &mut ignored);
-    let sets: Vec<PluginMigrations<'_>> = plan
-        .active
-        .iter()
-        .map(|a| PluginMigrations {
-            plugin: a.plugin.name,
-            migrations: &a.registration.migrations,
-        })
-        .collect();
-    if let Err(e) = migrate(&db, &sets).await {
-        eprintln!("callplane {name}: migrations failed: {e}");
-        return ExitCode::FAILURE;
+    if needs_database {
+        let sets: Vec<PluginMigrations<'_>> = plan
+            .active
+            .iter()
+            .map(|a| PluginMigrations {
+                plugin: a.plugin.name,
+                migrations: &a.registration.migrations,
+            })
+            .collect();
+        if let Err(e) = migrate(&db, &sets).await {
+            eprintln!("callplane {name}: migrations failed: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let context = callplane_plugin_api::CommandContext {
         args,

@@ -409,6 +409,40 @@ impl PgDatabase {
     }
 }
 
+impl PgDatabase {
+    /// Runs `sql` as the administrator (on the server's maintenance database).
+    pub fn admin(&self, sql: &str) {
+        admin_sql(&self.admin_url, sql.to_owned());
+    }
+
+    /// The first column of the first row of `sql`, run in the fresh database.
+    ///
+    /// # Panics
+    /// When the query fails.
+    pub fn scalar(&self, sql: &str) -> i64 {
+        use callplane_plugin_api::storage::{Db, sqlx};
+        let (url, sql) = (self.url.clone(), sql.to_owned());
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let db = Db::connect_lazy(&url).expect("a postgres URL");
+                let value: (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                db.close().await;
+                value.0
+            })
+        })
+        .join()
+        .expect("query thread")
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl Drop for PgDatabase {
     fn drop(&mut self) {
         admin_sql(

@@ -132,8 +132,8 @@ pub struct Registration {
     pub providers: Vec<(Capability, Arc<dyn AccessProvider>)>,
     /// Readiness checks, by name.
     pub readiness: Vec<(String, ReadinessCheck)>,
-    /// Command-line commands, by name.
-    pub commands: Vec<(String, CommandHandler)>,
+    /// Command-line commands, by name, and whether each needs the (migrated) database.
+    pub commands: Vec<(String, CommandHandler, bool)>,
     /// Background tasks, by name.
     pub tasks: Vec<(String, BackgroundTask)>,
     /// Malformed declarations (bad paths, …): the registration counts as failed.
@@ -148,7 +148,7 @@ impl fmt::Debug for Registration {
             .field("states", &self.states.len())
             .field("providers", &self.providers.iter().map(|(c, _)| *c).collect::<Vec<_>>())
             .field("readiness", &self.readiness.iter().map(|(n, _)| n).collect::<Vec<_>>())
-            .field("commands", &self.commands.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("commands", &self.commands.iter().map(|(n, _, _)| n).collect::<Vec<_>>())
             .field("tasks", &self.tasks.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("problems", &self.problems)
             .finish()
@@ -309,9 +309,16 @@ impl<'a> Registrar<'a> {
     }
 
     /// Contributes the command-line command `callplane <name> …` (the host knows which names it
-    /// dispatches to plugins, such as `admin`).
+    /// dispatches to plugins, such as `admin`). The host applies pending migrations first.
     pub fn command(&mut self, name: &str, handler: CommandHandler) -> &mut Self {
-        self.out.commands.push((name.to_owned(), handler));
+        self.out.commands.push((name.to_owned(), handler, true));
+        self
+    }
+
+    /// Like [`Registrar::command`] for a command that does not touch the database (it talks to a
+    /// running server, say): no migration runs, and it works while the database is down.
+    pub fn client_command(&mut self, name: &str, handler: CommandHandler) -> &mut Self {
+        self.out.commands.push((name.to_owned(), handler, false));
         self
     }
 

@@ -83,7 +83,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     .post("/api/calls/outbound", Access::PageAccess("calls"), outbound::create)
     .get("/api/calls", Access::PageAccess("calls"), api::list_calls)
     .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call);
-    reg.command("simulate", simulate::handler());
+    reg.client_command("simulate", simulate::handler());
     let replayer = recorder.clone();
     reg.background(
         "spool-replay",

@@ -1,0 +1,257 @@
+//! The real binary, end to end, with a fake Twilio REST API: simulated webhooks signed over the
+//! public URL (as behind a TLS proxy), the calls API, an outbound call, and the exact trace lines,
+//! in order, in the log file. On PostgreSQL (when `TEST_POSTGRES_URL` is set), the database is
+//! stopped mid-stream: webhooks keep answering, records are spooled, then replayed with zero loss.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use callplane_e2e::harness::{PgDatabase, Sandbox, Server};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_callplane");
+const PUBLIC: &str = "https://voice.example.com";
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "e2e-auth-token-7c1d";
+const NUMBER: &str = "+972501234567";
+
+/// A fake Twilio REST API on its own thread: every call is accepted.
+fn fake_twilio() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            HttpServer::new(|| {
+                App::new().default_service(web::to(|| async {
+                    HttpResponse::Created()
+                        .json(json!({ "sid": "CAe2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2", "status": "queued" }))
+                }))
+            })
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        });
+    });
+    format!("http://{addr}")
+}
+
+fn env<'a>(api: &'a str, database: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("CALLPLANE_CRITICAL_PLUGINS", "permissions,twilio"),
+        ("CALLPLANE_PUBLIC_BASE_URL", PUBLIC),
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("TWILIO_API_BASE", api),
+    ];
+    if let Some(url) = database {
+        env.push(("CALLPLANE_DATABASE_URL", url));
+    }
+    env
+}
+
+fn bootstrap(sandbox: &Sandbox, env: &[(&str, &str)]) {
+    let bin = Path::new(BIN);
+    let business = sandbox.run(
+        bin,
+        &["admin", "create-business", "--name", "Dental", "--phone", NUMBER],
+        env,
+    );
+    assert_eq!(business.code, Some(0), "{}", business.stderr);
+    let user = sandbox.run_with_input(
+        bin,
+        &[
+            "admin",
+            "create-user",
+            "--business",
+            "1",
+            "--email",
+            "agent@dental.example",
+            "--role",
+            "agent",
+        ],
+        env,
+        "agent password 123\n",
+    );
+    assert_eq!(user.code, Some(0), "{}", user.stderr);
+}
+
+fn simulate_inbound(sandbox: &Sandbox, env: &[(&str, &str)], server: &Server, call_sid: &str) -> String {
+    let target = server.url("");
+    let out = sandbox.run(
+        Path::new(BIN),
+        &[
+            "simulate",
+            "--target",
+            &target,
+            "inbound",
+            "--to",
+            NUMBER,
+            "--from",
+            "+972541112222",
+            "--call-sid",
+            call_sid,
+        ],
+        env,
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    out.stdout
+}
+
+fn agent_token(server: &Server) -> String {
+    let body = json!({ "email": "agent@dental.example", "password": "agent password 123" }).to_string();
+    let reply = server.request(
+        "POST",
+        "/api/auth/login",
+        &[("content-type", "application/json")],
+        Some(&body),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// The position of the first line after `from` containing every needle.
+fn line_after(log: &[&str], from: usize, needles: &[&str]) -> usize {
+    log.iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, l)| needles.iter().all(|n| l.contains(n)))
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("no line with {needles:?} after line {from}:\n{}", log.join("\n")))
+}
+
+#[test]
+fn inbound_and_outbound_end_to_end_with_the_trace_lines_in_order() {
+    let api = fake_twilio();
+    let sandbox = Sandbox::new();
+    let env = env(&api, None);
+    bootstrap(&sandbox, &env);
+    let server = sandbox.serve(Path::new(BIN), &env);
+
+    let sid = "CA0123456789abcdef0123456789abcdef";
+    let answer = simulate_inbound(&sandbox, &env, &server, sid);
+    assert!(answer.contains("-> 200") && answer.contains("<Say>"), "{answer}");
+    let forged = server.request(
+        "POST",
+        "/webhook/incoming_call",
+        &[("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")],
+        Some("CallSid=CA1"),
+    );
+    assert_eq!(forged.status, 403);
+
+    let token = agent_token(&server);
+    let auth = format!("Bearer {token}");
+    let calls = server
+        .request("GET", "/api/calls", &[("authorization", &auth)], None)
+        .json();
+    assert_eq!(calls["calls"][0]["call_sid"], sid);
+    let body = json!({ "to": "+15005550006", "lead_id": 42 }).to_string();
+    let placed = server.request(
+        "POST",
+        "/api/calls/outbound",
+        &[("authorization", &auth), ("content-type", "application/json")],
+        Some(&body),
+    );
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    let req_id = placed.json()["req_id"].as_str().unwrap().to_owned();
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains(r#"callplane_twilio_webhooks_total{route="/webhook/incoming_call",signature="valid"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"callplane_twilio_webhooks_total{route="/webhook/incoming_call",signature="invalid"} 1"#)
+    );
+    assert!(metrics.contains(r#"callplane_twilio_calls_recorded_total{outcome="database"} 1"#));
+    assert!(metrics.contains(r#"callplane_twilio_outbound_total{result="ok",code=""} 1"#));
+
+    server.signal("TERM");
+    assert!(server.wait().0.success());
+    let text = sandbox.log_text();
+    let log: Vec<&str> = text.lines().collect();
+    let hit = line_after(
+        &log,
+        0,
+        &[&format!(
+            "[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid={sid} from=+972541112222 to={NUMBER} direction=inbound signature_present=true"
+        )],
+    );
+    let outcome = line_after(
+        &log,
+        hit,
+        &["[TWILIO][INBOUND] outcome signature=valid tenant=1 recorded=true", sid],
+    );
+    let refused = line_after(
+        &log,
+        outcome,
+        &["[TWILIO][INBOUND] outcome signature=invalid call_sid=CA1"],
+    );
+    let req = format!("[OUTBOUND][REQ={req_id}]");
+    let start = line_after(
+        &log,
+        refused,
+        &[&format!("{req} tenant=1 lead_id=42 to=+15005550006 from={NUMBER}")],
+    );
+    let calling = line_after(&log, start, &[&format!("{req} calling twilio...")]);
+    line_after(
+        &log,
+        calling,
+        &[&format!("{req} twilio_ok call_sid=CAe2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2")],
+    );
+    assert!(!text.contains(TOKEN), "the auth token never reaches the log");
+}
+
+#[test]
+fn postgres_stopped_mid_stream_loses_no_call() {
+    let Some(pg) = PgDatabase::create("postgres_stopped_mid_stream_loses_no_call") else {
+        return;
+    };
+    let api = fake_twilio();
+    let sandbox = Sandbox::new();
+    let env = env(&api, Some(&pg.url));
+    bootstrap(&sandbox, &env);
+    let server = sandbox.serve(Path::new(BIN), &env);
+    let sid = |i: usize| format!("CA{i:032x}");
+    for i in 0..5 {
+        simulate_inbound(&sandbox, &env, &server, &sid(i));
+    }
+    // Stop the database: no new connections, every open one cut.
+    pg.admin(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", pg.name()));
+    pg.admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+        pg.name()
+    ));
+    for i in 5..15 {
+        let started = Instant::now();
+        let answer = simulate_inbound(&sandbox, &env, &server, &sid(i));
+        assert!(
+            answer.contains("<Say>"),
+            "answered while the database is down: {answer}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "within Twilio's timeout");
+    }
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 503, "not ready without a database");
+    assert_eq!(ready.json()["checks"]["twilio.spool"]["detail"]["backlog"], 10);
+    pg.admin(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", pg.name()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = server.get("/readyz");
+        if ready.status == 200 && ready.json()["checks"]["twilio.spool"]["detail"]["backlog"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spool did not drain: {}", ready.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(pg.scalar("SELECT COUNT(*) FROM calls"), 15, "zero calls lost");
+    server.signal("TERM");
+    let (_, output) = server.wait();
+    assert!(output.contains("recorded=spooled"), "{output}");
+    assert!(output.contains("[TWILIO] spool replayed into the database"), "{output}");
+}
