@@ -83,6 +83,7 @@ const KEYS: &[Key] = &[
     key("instances", "CALLPLANE_INSTANCES"),
     key("log_dir", "CALLPLANE_LOG_DIR"),
     key("spool_dir", "CALLPLANE_SPOOL_DIR"),
+    key("calendar_max_minutes", "CALLPLANE_CALENDAR_MAX_MINUTES"),
     key("log_format", "CALLPLANE_LOG_FORMAT"),
     key("log_filter", "RUST_LOG"),
     key("shutdown_drain_secs", "CALLPLANE_SHUTDOWN_DRAIN_SECS"),
@@ -394,6 +395,11 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
                 } else {
                     config.settings.spool_dir = PathBuf::from(dir);
                 }
+            }
+        }
+        "calendar_max_minutes" => {
+            if let Some(n) = loader.integer(key, raw, 1..=10_080) {
+                config.settings.calendar_max_minutes = u32::try_from(n).unwrap_or(480);
             }
         }
         "log_format" => {

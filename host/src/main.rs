@@ -2,9 +2,10 @@
 //!
 //! Each bundled plugin crate is linked here, one line each, behind its cargo feature: a crate that
 //! nothing references is not linked and its `inventory::submit!` never runs. The critical manifest
-//! (`CALLPLANE_CRITICAL_PLUGINS`) catches any plugin that is left out. `calendar` lands with its
-//! own issue; until then a default build refuses to start with CP001 for it.
+//! (`CALLPLANE_CRITICAL_PLUGINS`) catches any plugin that is left out.
 
+#[cfg(feature = "plugin-calendar")]
+use callplane_plugin_calendar as _;
 #[cfg(feature = "plugin-permissions")]
 use callplane_plugin_permissions as _;
 #[cfg(feature = "plugin-twilio")]

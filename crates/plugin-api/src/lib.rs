@@ -72,6 +72,7 @@ mod access;
 mod error;
 mod registrar;
 mod settings;
+pub mod testing;
 
 pub use access::{Access, AccessProvider, Capability, Principal};
 pub use error::{ApiError, RegisterError, extractor_configs};

@@ -49,6 +49,8 @@ pub struct Settings {
     pub instances: u32,
     /// Where records that cannot reach the database wait, per instance (`CALLPLANE_SPOOL_DIR`).
     pub spool_dir: std::path::PathBuf,
+    /// The longest appointment the calendar accepts, in minutes (`CALLPLANE_CALENDAR_MAX_MINUTES`).
+    pub calendar_max_minutes: u32,
     /// Twilio account settings.
     pub twilio: TwilioSettings,
 }
@@ -66,6 +68,7 @@ impl Default for Settings {
             trusted_proxies: TrustedProxies::default(),
             instances: 1,
             spool_dir: std::path::PathBuf::from("data/spool"),
+            calendar_max_minutes: 480,
             twilio: TwilioSettings {
                 account_sid: DEV_ACCOUNT_SID.to_owned(),
                 auth_token: Secret::new(DEV_AUTH_TOKEN),

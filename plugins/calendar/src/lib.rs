@@ -1,0 +1,94 @@
+//! `callplane-plugin-calendar`: appointments, every route behind `PageAccess("calendar")`.
+//!
+//! * Times are RFC 3339 with an offset on the way in, stored as UTC Unix seconds, returned as
+//!   RFC 3339 UTC.
+//! * Scheduled appointments of one business never overlap (touching is fine: one may end when the
+//!   next starts). The check and the write happen under a per-database write lock (`BEGIN
+//!   IMMEDIATE` on SQLite, a per-business advisory lock on PostgreSQL), so two concurrent creates
+//!   for one slot cannot both succeed.
+//! * Each appointment has a `version`; `PATCH`/`DELETE` with `If-Match` answer 412 when it is
+//!   stale. Responses carry it as the `ETag`.
+//! * Another business's ids answer 404, exactly like missing ones.
+//!
+//! The plugin requires `permissions`: without it the host refuses to start (CP004) instead of
+//! serving the calendar unguarded — the failure that took the old service down.
+
+mod handlers;
+mod store;
+
+use callplane_plugin_api::{Access, Migration, RegisterError, Registrar, RoutePlugin};
+
+inventory::submit! {
+    RoutePlugin {
+        name: "calendar",
+        version: env!("CARGO_PKG_VERSION"),
+        summary: "appointments",
+        requires: &["permissions"],
+        critical: true,
+        register,
+    }
+}
+
+/// Appointment statuses.
+pub const STATUSES: [&str; 3] = ["scheduled", "cancelled", "completed"];
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "appointments",
+    sqlite: "
+        CREATE TABLE appointments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            business_id BIGINT NOT NULL,
+            title TEXT NOT NULL,
+            starts_at BIGINT NOT NULL,
+            ends_at BIGINT NOT NULL,
+            lead_id TEXT,
+            call_sid TEXT,
+            notes TEXT,
+            status TEXT NOT NULL CHECK (status IN ('scheduled', 'cancelled', 'completed')),
+            created_by BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            version BIGINT NOT NULL
+        );
+        CREATE INDEX appointments_business_start ON appointments (business_id, starts_at);
+    ",
+    postgres: "
+        CREATE TABLE appointments (
+            id BIGSERIAL PRIMARY KEY,
+            business_id BIGINT NOT NULL,
+            title TEXT NOT NULL,
+            starts_at BIGINT NOT NULL,
+            ends_at BIGINT NOT NULL,
+            lead_id TEXT,
+            call_sid TEXT,
+            notes TEXT,
+            status TEXT NOT NULL CHECK (status IN ('scheduled', 'cancelled', 'completed')),
+            created_by BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            version BIGINT NOT NULL
+        );
+        CREATE INDEX appointments_business_start ON appointments (business_id, starts_at);
+    ",
+}];
+
+/// Declares the appointment routes and the migration.
+///
+/// # Errors
+/// Never.
+pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+    let max_secs = i64::from(reg.settings().calendar_max_minutes) * 60;
+    reg.migrations(MIGRATIONS);
+    reg.state(handlers::CalendarState {
+        store: store::Store::new(reg.db().clone()),
+        max_secs,
+    });
+    let page = Access::PageAccess("calendar");
+    reg.get("/api/calendar/appointments", page, handlers::list)
+        .post("/api/calendar/appointments", page, handlers::create)
+        .get("/api/calendar/appointments/{id}", page, handlers::get)
+        .patch("/api/calendar/appointments/{id}", page, handlers::update)
+        .delete("/api/calendar/appointments/{id}", page, handlers::delete);
+    Ok(())
+}
