@@ -1,6 +1,7 @@
-//! The real `callplane` binary. The `calendar` plugin crate has not landed yet, so a default build
-//! must refuse to start with CP001 for it, before binding a port; a `--no-default-features` build
-//! (built here for real, in its own target directory) must refuse for all three critical plugins.
+//! The real `callplane` binary. A default build holds every critical plugin and boots; a
+//! `--no-default-features` build (built here for real, in its own target directory) must refuse
+//! with CP001 for each, before binding a port; a build with `calendar` but without `permissions`
+//! must refuse with CP004: calendar routes are never served without page-access resolution.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
@@ -63,29 +64,67 @@ fn assert_refuses(bin: &Path, missing: &[&str]) {
 }
 
 #[test]
-fn default_build_refuses_with_cp001_for_each_plugin_not_yet_built() {
-    assert_refuses(Path::new(BIN), &["calendar"]);
-}
-
-#[test]
-fn no_default_features_build_refuses_with_cp001_for_each_plugin() {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("no-default-features");
-    let built = escargot::CargoBuild::new()
-        .manifest_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .package("callplane")
-        .bin("callplane")
-        .no_default_features()
-        .target_dir(&target)
-        .run()
-        .expect("cargo build -p callplane --no-default-features");
-    assert_refuses(built.path(), &["calendar", "permissions", "twilio"]);
-}
-
-#[test]
-fn listings_and_migrate_report_the_refusal() {
+fn stripped_builds_refuse_before_binding() {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stripped-builds");
+    let build = |features: Option<&str>| {
+        let mut cargo = escargot::CargoBuild::new()
+            .manifest_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .package("callplane")
+            .bin("callplane")
+            .no_default_features()
+            .target_dir(&target);
+        if let Some(features) = features {
+            cargo = cargo.features(features);
+        }
+        cargo.run().expect("cargo build -p callplane --no-default-features")
+    };
+    // One after the other: both builds write the same binary path.
+    let bare = build(None);
+    assert_refuses(bare.path(), &["calendar", "permissions", "twilio"]);
     let sandbox = Sandbox::new();
+    let routes = sandbox.run(bare.path(), &["routes", "--format", "json"], &[]);
+    assert_eq!(routes.code, Some(78), "listings report the refusal too");
+    let table: serde_json::Value = serde_json::from_str(&routes.stdout).unwrap();
+    assert_eq!(
+        table["routes"].as_array().unwrap().len(),
+        3,
+        "the host's own routes only"
+    );
+    let migrate = sandbox.run(bare.path(), &["migrate"], &[]);
+    assert_eq!(migrate.code, Some(1));
+    assert!(migrate.stderr.contains("refusing to migrate"), "{}", migrate.stderr);
+
+    let calendar_only = build(Some("plugin-calendar"));
+    let sandbox = Sandbox::new();
+    let served = sandbox.serve_refused(calendar_only.path(), &[("CALLPLANE_CRITICAL_PLUGINS", "calendar")]);
+    assert_eq!(served.code, Some(78), "{}", all(&served));
+    let errors: Vec<String> = served
+        .finding_ids()
+        .into_iter()
+        .filter(|id| !id.starts_with("CP1"))
+        .collect();
+    assert_eq!(errors, ["CP004"], "{}", served.stdout);
+    assert!(
+        served
+            .stdout
+            .contains("plugin 'calendar' requires 'permissions', which is absent from this binary"),
+        "{}",
+        served.stdout
+    );
+}
+
+#[test]
+fn the_default_build_holds_every_plugin_and_lists_the_calendar_routes() {
+    let sandbox = Sandbox::new();
+    let check = sandbox.run(Path::new(BIN), &["check"], &[]);
+    assert_eq!(check.code, Some(0), "{}", all(&check));
+    assert!(
+        check.stdout.contains("[BOOT] check passed: plugins=3"),
+        "{}",
+        check.stdout
+    );
     let routes = sandbox.run(Path::new(BIN), &["routes", "--format", "json"], &[]);
-    assert_eq!(routes.code, Some(78));
+    assert_eq!(routes.code, Some(0));
     let table: serde_json::Value = serde_json::from_str(&routes.stdout).unwrap();
     let listed: Vec<(&str, &str, &str)> = table["routes"]
         .as_array()
@@ -99,55 +138,56 @@ fn listings_and_migrate_report_the_refusal() {
             )
         })
         .collect();
-    assert!(listed.contains(&("POST", "/api/auth/login", "Public")), "{listed:?}");
-    assert!(listed.contains(&("GET", "/api/users", "Admin")), "{listed:?}");
-    assert!(listed.contains(&("GET", "/livez", "Public")), "{listed:?}");
-    assert!(
-        listed.contains(&("POST", "/webhook/incoming_call", "TwilioSignature")),
-        "{listed:?}"
-    );
-    assert_eq!(cp001_plugins(&routes.stderr), ["calendar"]);
-
-    let plugins = sandbox.run(Path::new(BIN), &["plugins"], &[]);
-    assert_eq!(plugins.code, Some(78));
-    for row in [
-        "permissions  0.1.0    true      -            active",
-        "twilio       0.1.0    true      permissions  active",
-        "calendar     -        true      -            missing (not compiled into this binary)",
+    for expected in [
+        ("GET", "/api/calendar/appointments", "PageAccess(calendar)"),
+        ("POST", "/api/calendar/appointments", "PageAccess(calendar)"),
+        ("GET", "/api/calendar/appointments/{id}", "PageAccess(calendar)"),
+        ("PATCH", "/api/calendar/appointments/{id}", "PageAccess(calendar)"),
+        ("DELETE", "/api/calendar/appointments/{id}", "PageAccess(calendar)"),
+        ("POST", "/api/auth/login", "Public"),
+        ("GET", "/api/users", "Admin"),
+        ("POST", "/webhook/incoming_call", "TwilioSignature"),
+        ("POST", "/api/calls/outbound", "PageAccess(calls)"),
+        ("GET", "/livez", "Public"),
     ] {
-        assert!(plugins.stdout.contains(row), "{row}\n{}", plugins.stdout);
+        assert!(listed.contains(&expected), "{expected:?} missing from {listed:?}");
     }
-
-    let migrate = sandbox.run(Path::new(BIN), &["migrate"], &[]);
-    assert_eq!(migrate.code, Some(1), "{}", all(&migrate));
-    assert!(migrate.stderr.contains("refusing to migrate"));
+    let text = sandbox.run(Path::new(BIN), &["routes"], &[]);
+    assert!(
+        text.stdout.contains("PATCH   /api/calendar/appointments/{id}"),
+        "{}",
+        text.stdout
+    );
+    let plugins = sandbox.run(Path::new(BIN), &["plugins", "--format", "json"], &[]);
+    let listed: serde_json::Value = serde_json::from_str(&plugins.stdout).unwrap();
+    let statuses: Vec<(&str, &str)> = listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [("permissions", "active"), ("calendar", "active"), ("twilio", "active")]
+    );
+    let server = sandbox.serve(Path::new(BIN), &[]);
+    assert_eq!(server.get("/readyz").status, 200);
 }
 
 #[test]
-fn with_a_manifest_of_built_plugins_the_host_migrates() {
+fn migrate_applies_every_plugin_once() {
     let sandbox = Sandbox::new();
-    let migrate = sandbox.run(
-        Path::new(BIN),
-        &["migrate"],
-        &[("CALLPLANE_CRITICAL_PLUGINS", "permissions")],
-    );
+    let migrate = sandbox.run(Path::new(BIN), &["migrate"], &[]);
     assert_eq!(migrate.code, Some(0), "{}", all(&migrate));
-    assert!(
-        migrate
-            .stdout
-            .contains("[MIGRATE] applied plugin=permissions version=1"),
-        "{}",
-        migrate.stdout
-    );
+    for plugin in ["permissions", "calendar", "twilio"] {
+        let line = format!("[MIGRATE] applied plugin={plugin} version=1");
+        assert!(migrate.stdout.contains(&line), "{line}\n{}", migrate.stdout);
+    }
     assert!(
         sandbox.path().join("callplane.db").exists(),
         "the embedded database is created on first use"
     );
-    let again = sandbox.run(
-        Path::new(BIN),
-        &["migrate"],
-        &[("CALLPLANE_CRITICAL_PLUGINS", "permissions")],
-    );
+    let again = sandbox.run(Path::new(BIN), &["migrate"], &[]);
     assert!(
         again.stdout.contains("[MIGRATE] done: 0 migration(s) applied"),
         "{}",
