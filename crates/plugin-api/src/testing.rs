@@ -1,7 +1,7 @@
 //! Mounting plugins in a test app exactly as the host does: the plugins' own `register`, the
 //! migrations, the extractor configuration, the access providers and the request middleware.
 //!
-//! ```ignore
+//! ```text
 //! let host = TestHost::new(Settings::default(), db, &[("permissions", permissions::register)]).await;
 //! let app = actix_web::test::init_service(host.app()).await;
 //! ```
