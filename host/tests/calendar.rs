@@ -1,0 +1,97 @@
+//! The real binary: concurrent creates for one calendar slot have exactly one winner, on SQLite
+//! and on PostgreSQL (when `TEST_POSTGRES_URL` is set).
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::path::Path;
+
+use callplane_e2e::harness::{PgDatabase, Sandbox};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_callplane");
+
+fn one_slot_one_winner(database: Option<&str>) {
+    let sandbox = Sandbox::new();
+    let mut env = vec![];
+    if let Some(url) = database {
+        env.push(("CALLPLANE_DATABASE_URL", url));
+    }
+    let bin = Path::new(BIN);
+    assert_eq!(
+        sandbox
+            .run(
+                bin,
+                &["admin", "create-business", "--name", "A", "--phone", "+15550001"],
+                &env
+            )
+            .code,
+        Some(0)
+    );
+    let user = sandbox.run_with_input(
+        bin,
+        &[
+            "admin",
+            "create-user",
+            "--business",
+            "1",
+            "--email",
+            "agent@a.example",
+            "--role",
+            "agent",
+        ],
+        &env,
+        "agent password 123\n",
+    );
+    assert_eq!(user.code, Some(0), "{}", user.stderr);
+    let server = sandbox.serve(bin, &env);
+    let login = json!({ "email": "agent@a.example", "password": "agent password 123" }).to_string();
+    let token = server
+        .request(
+            "POST",
+            "/api/auth/login",
+            &[("content-type", "application/json")],
+            Some(&login),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = format!("Bearer {token}");
+    let body = json!({ "title": "Check-up", "starts_at": "2026-12-01T09:00:00+02:00", "ends_at": "2026-12-01T09:30:00+02:00" }).to_string();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    server
+                        .request(
+                            "POST",
+                            "/api/calendar/appointments",
+                            &[("authorization", &auth), ("content-type", "application/json")],
+                            Some(&body),
+                        )
+                        .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 15, "{statuses:?}");
+    let listed = server
+        .request("GET", "/api/calendar/appointments", &[("authorization", &auth)], None)
+        .json();
+    assert_eq!(listed["appointments"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn concurrent_creates_on_sqlite() {
+    one_slot_one_winner(None);
+}
+
+#[test]
+fn concurrent_creates_on_postgresql() {
+    let Some(pg) = PgDatabase::create("concurrent_creates_on_postgresql") else {
+        return;
+    };
+    one_slot_one_winner(Some(&pg.url));
+}
