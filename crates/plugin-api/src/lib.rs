@@ -36,12 +36,11 @@
 //!     }
 //! }
 //!
-//! const MIGRATIONS: &[Migration] = &[Migration {
-//!     version: 1,
-//!     description: "notes table",
-//!     sqlite: "CREATE TABLE notes (id INTEGER PRIMARY KEY, business_id BIGINT NOT NULL, body TEXT NOT NULL);",
-//!     postgres: "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, business_id BIGINT NOT NULL, body TEXT NOT NULL);",
-//! }];
+//! const MIGRATIONS: &[Migration] = &[Migration::portable(
+//!     1,
+//!     "notes table",
+//!     "CREATE TABLE notes (id {id}, business_id BIGINT NOT NULL, body TEXT NOT NULL);",
+//! )];
 //!
 //! /// Declares the plugin's routes, migrations and state.
 //! pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
@@ -73,6 +72,7 @@ mod error;
 mod registrar;
 mod settings;
 pub mod testing;
+pub mod timestamps;
 
 pub use access::{Access, AccessProvider, Capability, Principal};
 pub use error::{ApiError, RegisterError, extractor_configs};

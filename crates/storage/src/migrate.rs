@@ -31,12 +31,35 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
+/// What `{id}` stands for in migration SQL: the engine's auto-increment primary key.
+const ID_COLUMN: [(DbKind, &str); 2] = [
+    (DbKind::Sqlite, "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    (DbKind::Postgres, "BIGSERIAL PRIMARY KEY"),
+];
+
 impl Migration {
-    fn sql(&self, kind: DbKind) -> &'static str {
-        match kind {
+    /// One SQL text for both engines: write `id {id}` for the auto-increment primary key and keep
+    /// to what SQLite and PostgreSQL share (`BIGINT`, `TEXT`, `CHECK`, `UNIQUE`, indexes).
+    pub const fn portable(version: i64, description: &'static str, sql: &'static str) -> Self {
+        Self {
+            version,
+            description,
+            sqlite: sql,
+            postgres: sql,
+        }
+    }
+
+    /// The SQL for `kind`, with `{id}` rendered.
+    fn sql(&self, kind: DbKind) -> String {
+        let raw = match kind {
             DbKind::Sqlite => self.sqlite,
             DbKind::Postgres => self.postgres,
-        }
+        };
+        let id = ID_COLUMN
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or("", |(_, column)| column);
+        raw.replace("{id}", id)
     }
 }
 
@@ -117,7 +140,7 @@ pub async fn migrate(db: &Db, sets: &[PluginMigrations<'_>]) -> Result<Vec<Appli
         }
         for migration in set.migrations {
             let sql = migration.sql(kind);
-            let current = checksum(sql);
+            let current = checksum(&sql);
             if let Some(recorded) = done.get(&migration.version) {
                 if *recorded != current {
                     return Err(StorageError::MigrationChanged {
@@ -130,7 +153,7 @@ pub async fn migrate(db: &Db, sets: &[PluginMigrations<'_>]) -> Result<Vec<Appli
                 }
                 continue;
             }
-            tx.execute(sqlx::raw_sql(sql))
+            tx.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
                 .await
                 .map_err(|source| StorageError::MigrationFailed {
                     plugin: set.plugin.to_owned(),
@@ -303,6 +326,19 @@ mod tests {
             .await
             .unwrap();
         assert!(tables.is_empty(), "the good plugin's migration must be rolled back too");
+    }
+
+    #[test]
+    fn portable_sql_renders_the_key_per_engine() {
+        let m = Migration::portable(1, "t", "CREATE TABLE t (id {id}, name TEXT NOT NULL);");
+        assert_eq!(
+            m.sql(DbKind::Sqlite),
+            "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL);"
+        );
+        assert_eq!(
+            m.sql(DbKind::Postgres),
+            "CREATE TABLE t (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);"
+        );
     }
 
     #[tokio::test]

@@ -4,11 +4,10 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use callplane_plugin_api::telemetry::current_request_id;
+use callplane_plugin_api::timestamps::{now, parse_rfc3339, rfc3339};
 use callplane_plugin_api::{ApiError, Principal};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::STATUSES;
 use crate::store::{Appointment, Range, Store, WriteError};
@@ -21,27 +20,6 @@ const MAX_LIMIT: i64 = 200;
 pub(crate) struct CalendarState {
     pub(crate) store: Store,
     pub(crate) max_secs: i64,
-}
-
-fn now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn rfc3339(secs: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
-    OffsetDateTime::parse(value, &Rfc3339)
-        .map(OffsetDateTime::unix_timestamp)
-        .map_err(|_| {
-            ApiError::unprocessable(format!(
-                "{name} must be an RFC 3339 time with an offset, such as 2026-11-25T09:00:00+02:00"
-            ))
-        })
 }
 
 fn json_of(a: &Appointment) -> Value {
@@ -185,12 +163,12 @@ pub(crate) async fn list(
     let from = q
         .from
         .as_deref()
-        .map(|v| parse_time("from", v))
+        .map(|v| parse_rfc3339("from", v))
         .transpose()?
         .unwrap_or(i64::MIN);
     let to =
         q.to.as_deref()
-            .map(|v| parse_time("to", v))
+            .map(|v| parse_rfc3339("to", v))
             .transpose()?
             .unwrap_or(i64::MAX);
     if to <= from {
@@ -257,8 +235,8 @@ pub(crate) async fn create(
         let a = Appointment {
             id: 0,
             title: body.title.trim().to_owned(),
-            starts_at: parse_time("starts_at", &body.starts_at)?,
-            ends_at: parse_time("ends_at", &body.ends_at)?,
+            starts_at: parse_rfc3339("starts_at", &body.starts_at)?,
+            ends_at: parse_rfc3339("ends_at", &body.ends_at)?,
             lead_id: body.lead_id.clone(),
             call_sid: body.call_sid.clone(),
             notes: body.notes.clone(),
@@ -333,13 +311,18 @@ pub(crate) async fn update(
     let starts = match change
         .starts_at
         .as_deref()
-        .map(|v| parse_time("starts_at", v))
+        .map(|v| parse_rfc3339("starts_at", v))
         .transpose()
     {
         Ok(v) => v,
         Err(e) => return e.error_response(),
     };
-    let ends = match change.ends_at.as_deref().map(|v| parse_time("ends_at", v)).transpose() {
+    let ends = match change
+        .ends_at
+        .as_deref()
+        .map(|v| parse_rfc3339("ends_at", v))
+        .transpose()
+    {
         Ok(v) => v,
         Err(e) => return e.error_response(),
     };

@@ -32,12 +32,12 @@ inventory::submit! {
 /// Appointment statuses.
 pub const STATUSES: [&str; 3] = ["scheduled", "cancelled", "completed"];
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "appointments",
-    sqlite: "
+const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "appointments",
+    "
         CREATE TABLE appointments (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id {id},
             business_id BIGINT NOT NULL,
             title TEXT NOT NULL,
             starts_at BIGINT NOT NULL,
@@ -53,25 +53,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
         );
         CREATE INDEX appointments_business_start ON appointments (business_id, starts_at);
     ",
-    postgres: "
-        CREATE TABLE appointments (
-            id BIGSERIAL PRIMARY KEY,
-            business_id BIGINT NOT NULL,
-            title TEXT NOT NULL,
-            starts_at BIGINT NOT NULL,
-            ends_at BIGINT NOT NULL,
-            lead_id TEXT,
-            call_sid TEXT,
-            notes TEXT,
-            status TEXT NOT NULL CHECK (status IN ('scheduled', 'cancelled', 'completed')),
-            created_by BIGINT NOT NULL,
-            created_at BIGINT NOT NULL,
-            updated_at BIGINT NOT NULL,
-            version BIGINT NOT NULL
-        );
-        CREATE INDEX appointments_business_start ON appointments (business_id, starts_at);
-    ",
-}];
+)];
 
 /// Declares the appointment routes and the migration.
 ///

@@ -6,12 +6,12 @@
 use callplane_plugin_api::Migration;
 
 /// The plugin's migrations, in version order. Never edit a shipped one: add a version.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "businesses, users, role pages, sessions, login failures",
-    sqlite: "
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "businesses, users, role pages, sessions, login failures",
+    "
         CREATE TABLE businesses (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id {id},
             name TEXT NOT NULL,
             phone_number TEXT NOT NULL UNIQUE,
             greeting TEXT NOT NULL,
@@ -19,7 +19,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             created_at BIGINT NOT NULL
         );
         CREATE TABLE users (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id {id},
             business_id BIGINT NOT NULL REFERENCES businesses (id),
             email TEXT NOT NULL UNIQUE,
             password_hash TEXT NOT NULL,
@@ -49,44 +49,4 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
         );
         CREATE INDEX login_failures_subject ON login_failures (scope, subject, failed_at);
     ",
-    postgres: "
-        CREATE TABLE businesses (
-            id BIGSERIAL PRIMARY KEY,
-            name TEXT NOT NULL,
-            phone_number TEXT NOT NULL UNIQUE,
-            greeting TEXT NOT NULL,
-            media_stream_url TEXT,
-            created_at BIGINT NOT NULL
-        );
-        CREATE TABLE users (
-            id BIGSERIAL PRIMARY KEY,
-            business_id BIGINT NOT NULL REFERENCES businesses (id),
-            email TEXT NOT NULL UNIQUE,
-            password_hash TEXT NOT NULL,
-            role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'agent', 'viewer')),
-            active BIGINT NOT NULL DEFAULT 1,
-            created_at BIGINT NOT NULL
-        );
-        CREATE INDEX users_business ON users (business_id);
-        CREATE TABLE role_pages (
-            business_id BIGINT NOT NULL REFERENCES businesses (id),
-            role TEXT NOT NULL,
-            page TEXT NOT NULL,
-            PRIMARY KEY (business_id, role, page)
-        );
-        CREATE TABLE sessions (
-            token_hash TEXT PRIMARY KEY,
-            user_id BIGINT NOT NULL REFERENCES users (id),
-            created_at BIGINT NOT NULL,
-            expires_at BIGINT NOT NULL,
-            revoked_at BIGINT
-        );
-        CREATE INDEX sessions_user ON sessions (user_id);
-        CREATE TABLE login_failures (
-            scope TEXT NOT NULL,
-            subject TEXT NOT NULL,
-            failed_at BIGINT NOT NULL
-        );
-        CREATE INDEX login_failures_subject ON login_failures (scope, subject, failed_at);
-    ",
-}];
+)];

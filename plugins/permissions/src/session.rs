@@ -1,7 +1,5 @@
 //! Session tokens and the `Sessions` access provider.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::ServiceRequest;
 use actix_web::http::{Method, StatusCode, header};
@@ -21,11 +19,7 @@ pub const COOKIE: &str = "callplane_session";
 pub const SESSION_TTL_SECS: i64 = 12 * 60 * 60;
 
 /// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+pub use callplane_plugin_api::timestamps::now;
 
 /// A new session token: 256 random bits, URL-safe base64 (43 characters).
 ///

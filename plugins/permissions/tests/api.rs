@@ -3,21 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
+use actix_web::HttpResponse;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{StatusCode, header};
-use actix_web::middleware::from_fn;
 use actix_web::test::{self as atest, TestRequest};
-use actix_web::{App, HttpResponse, web};
-use callplane_plugin_api::storage::{Db, PluginMigrations, migrate, sqlx};
-use callplane_plugin_api::telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies, request_context};
-use callplane_plugin_api::{
-    Access, AccessProvider, Capability, Principal, Registrar, RouteSpec, Settings, extractor_configs, mount,
-};
+use callplane_plugin_api::storage::{Db, sqlx};
+use callplane_plugin_api::testing::TestHost;
+use callplane_plugin_api::{Access, Principal, Settings};
 use callplane_plugin_permissions::{Store, password, session};
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 const ORIGIN: &str = "https://app.example.com";
@@ -26,9 +19,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     db: Db,
     store: Store,
-    routes: Vec<RouteSpec>,
-    providers: BTreeMap<Capability, Arc<dyn AccessProvider>>,
-    states: Vec<callplane_plugin_api::StateInstaller>,
+    host: TestHost,
 }
 
 async fn page(who: Principal) -> HttpResponse {
@@ -42,57 +33,30 @@ async fn fixture() -> Fixture {
         public_base_url: ORIGIN.to_owned(),
         ..Settings::default()
     };
-    let mut metrics = Registry::default();
-    let mut reg = Registrar::new("permissions", &settings, &db, &mut metrics);
-    callplane_plugin_permissions::register(&mut reg).unwrap();
     // Page routes of another plugin, enforced by this plugin's provider.
-    reg.get("/test/calendar", Access::PageAccess("calendar"), page)
-        .get("/test/settings", Access::PageAccess("settings"), page)
-        .post("/test/calendar", Access::PageAccess("calendar"), page);
-    let out = reg.finish();
-    assert!(out.problems.is_empty());
-    migrate(
-        &db,
-        &[PluginMigrations {
-            plugin: "permissions",
-            migrations: &out.migrations,
-        }],
+    let host = TestHost::with_routes(
+        settings,
+        db.clone(),
+        &[("permissions", callplane_plugin_permissions::register)],
+        |reg| {
+            reg.get("/test/calendar", Access::PageAccess("calendar"), page)
+                .get("/test/settings", Access::PageAccess("settings"), page)
+                .post("/test/calendar", Access::PageAccess("calendar"), page);
+        },
     )
-    .await
-    .unwrap();
+    .await;
     Fixture {
         _dir: dir,
         store: Store::new(db.clone()),
         db,
-        routes: out.routes,
-        providers: out.providers.into_iter().collect(),
-        states: out.states,
+        host,
     }
 }
 
 macro_rules! app {
-    ($f:expr) => {{
-        let f: &Fixture = &$f;
-        let telemetry = web::Data::new(HttpTelemetry {
-            proxies: TrustedProxies::default(),
-            metrics: HttpMetrics::register(&mut Registry::default()),
-        });
-        let (routes, providers, states) = (f.routes.clone(), f.providers.clone(), f.states.clone());
-        atest::init_service(
-            App::new()
-                .app_data(telemetry)
-                .app_data(web::Data::new(f.db.clone()))
-                .configure(extractor_configs)
-                .configure(move |cfg| {
-                    for s in &states {
-                        s(cfg);
-                    }
-                    mount(cfg, &routes, &providers);
-                })
-                .wrap(from_fn(request_context)),
-        )
-        .await
-    }};
+    ($f:expr) => {
+        atest::init_service($f.host.app()).await
+    };
 }
 
 async fn seed_business(f: &Fixture, phone: &str) -> i64 {

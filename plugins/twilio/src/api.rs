@@ -3,11 +3,10 @@
 use actix_web::{HttpResponse, web};
 use callplane_plugin_api::storage::Db;
 use callplane_plugin_api::storage::sqlx::{self, Row};
+use callplane_plugin_api::timestamps::{parse_rfc3339, rfc3339};
 use callplane_plugin_api::{ApiError, Principal};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// Largest page of `GET /api/calls`.
 pub(crate) const MAX_LIMIT: i64 = 200;
@@ -15,24 +14,6 @@ pub(crate) const MAX_LIMIT: i64 = 200;
 fn db_error(e: sqlx::Error) -> ApiError {
     tracing::error!(error = %e, "[TWILIO] call query failed");
     ApiError::unavailable("the database is unavailable; try again shortly", 5)
-}
-
-/// RFC 3339 text of Unix seconds.
-pub(crate) fn rfc3339(secs: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
-    OffsetDateTime::parse(value, &Rfc3339)
-        .map(OffsetDateTime::unix_timestamp)
-        .map_err(|_| {
-            ApiError::unprocessable(format!(
-                "{name} must be an RFC 3339 time such as 2026-11-25T09:00:00+02:00"
-            ))
-        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,8 +64,8 @@ pub(crate) async fn list_calls(
             "status must be a Twilio call status such as completed or no-answer",
         ));
     }
-    let from = q.from.as_deref().map(|v| parse_time("from", v)).transpose()?;
-    let to = q.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+    let from = q.from.as_deref().map(|v| parse_rfc3339("from", v)).transpose()?;
+    let to = q.to.as_deref().map(|v| parse_rfc3339("to", v)).transpose()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::unprocessable(format!("limit must be 1 to {MAX_LIMIT}")));

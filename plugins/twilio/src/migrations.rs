@@ -7,16 +7,12 @@
 use callplane_plugin_api::Migration;
 
 /// The plugin's migrations. Never edit a shipped one: add a version.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "calls and call events",
-    sqlite: SQLITE,
-    postgres: POSTGRES,
-}];
-
-const SQLITE: &str = "
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "calls and call events",
+    "
     CREATE TABLE calls (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id {id},
         call_sid TEXT UNIQUE,
         req_id TEXT UNIQUE,
         business_id BIGINT,
@@ -32,7 +28,7 @@ const SQLITE: &str = "
     );
     CREATE INDEX calls_business_created ON calls (business_id, created_at);
     CREATE TABLE call_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id {id},
         call_sid TEXT NOT NULL,
         kind TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -42,44 +38,5 @@ const SQLITE: &str = "
         received_at BIGINT NOT NULL,
         UNIQUE (call_sid, kind, sequence)
     );
-";
-const POSTGRES: &str = "
-    CREATE TABLE calls (
-        id BIGSERIAL PRIMARY KEY,
-        call_sid TEXT UNIQUE,
-        req_id TEXT UNIQUE,
-        business_id BIGINT,
-        direction TEXT NOT NULL,
-        from_number TEXT NOT NULL,
-        to_number TEXT NOT NULL,
-        status TEXT NOT NULL,
-        lead_id TEXT,
-        last_sequence BIGINT NOT NULL DEFAULT -1,
-        error TEXT,
-        created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL
-    );
-    CREATE INDEX calls_business_created ON calls (business_id, created_at);
-    CREATE TABLE call_events (
-        id BIGSERIAL PRIMARY KEY,
-        call_sid TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        status TEXT NOT NULL,
-        sequence BIGINT NOT NULL,
-        request_id TEXT,
-        payload TEXT NOT NULL,
-        received_at BIGINT NOT NULL,
-        UNIQUE (call_sid, kind, sequence)
-    );
-";
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn both_engines_share_one_schema_but_the_key() {
-        assert_eq!(
-            super::POSTGRES.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"),
-            super::SQLITE
-        );
-    }
-}
+",
+)];

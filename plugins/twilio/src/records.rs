@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use callplane_plugin_api::storage::sqlx::{self, Row};
 use callplane_plugin_api::storage::{Db, Spool};
@@ -21,12 +21,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a cached business is used without asking the database again.
 const CACHE_TTL: Duration = Duration::from_secs(30);
 
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+pub use callplane_plugin_api::timestamps::now;
 
 /// Which webhook an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

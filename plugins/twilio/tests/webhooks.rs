@@ -3,26 +3,19 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{StatusCode, header};
-use actix_web::middleware::from_fn;
 use actix_web::test::{self as atest, TestRequest};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use callplane_plugin_api::storage::{Db, PluginMigrations, migrate, sqlx};
-use callplane_plugin_api::telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies, request_context};
-use callplane_plugin_api::{
-    AccessProvider, BackgroundTask, Capability, Registrar, RouteSpec, Settings, StateInstaller, extractor_configs,
-    mount,
-};
+use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
+use callplane_plugin_api::Settings;
+use callplane_plugin_api::storage::{Db, sqlx};
+use callplane_plugin_api::testing::TestHost;
 use callplane_plugin_permissions::{Store, password};
 use callplane_plugin_twilio::signature;
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use std::sync::Mutex;
 
 const BASE: &str = "https://voice.example.com";
 const TOKEN: &str = "test-auth-token";
@@ -33,10 +26,7 @@ const SID: &str = "CA0123456789abcdef0123456789abcdef";
 struct Fixture {
     dir: tempfile::TempDir,
     db: Db,
-    routes: Vec<RouteSpec>,
-    providers: BTreeMap<Capability, Arc<dyn AccessProvider>>,
-    states: Vec<StateInstaller>,
-    tasks: Vec<(String, BackgroundTask)>,
+    host: TestHost,
 }
 
 async fn fixture() -> Fixture {
@@ -56,27 +46,15 @@ async fn fixture_with_api(api_base: &str) -> Fixture {
     settings.twilio.auth_token = callplane_plugin_api::Secret::new(TOKEN);
     settings.twilio.api_base = api_base.to_owned();
     settings.twilio.account_sid = ACCOUNT.to_owned();
-    let mut metrics = Registry::default();
-    let mut out = Vec::new();
-    for (name, register) in [
-        (
-            "permissions",
-            callplane_plugin_permissions::register as fn(&mut Registrar<'_>) -> _,
-        ),
-        ("twilio", callplane_plugin_twilio::register),
-    ] {
-        let mut reg = Registrar::new(name, &settings, &db, &mut metrics);
-        register(&mut reg).unwrap();
-        out.push((name, reg.finish()));
-    }
-    let sets: Vec<PluginMigrations<'_>> = out
-        .iter()
-        .map(|(name, r)| PluginMigrations {
-            plugin: name,
-            migrations: &r.migrations,
-        })
-        .collect();
-    migrate(&db, &sets).await.unwrap();
+    let host = TestHost::new(
+        settings,
+        db.clone(),
+        &[
+            ("permissions", callplane_plugin_permissions::register),
+            ("twilio", callplane_plugin_twilio::register),
+        ],
+    )
+    .await;
     let store = Store::new(db.clone());
     let a = store
         .create_business("Dental", BUSINESS_NUMBER, "Welcome to Dental & Co", None, 1)
@@ -105,46 +83,13 @@ async fn fixture_with_api(api_base: &str) -> Fixture {
         .create_user(b, "agent@b.example", &hash, "agent", 1)
         .await
         .unwrap();
-    let mut f = Fixture {
-        dir,
-        db,
-        routes: vec![],
-        providers: BTreeMap::new(),
-        states: vec![],
-        tasks: vec![],
-    };
-    for (_, r) in out {
-        f.routes.extend(r.routes);
-        f.providers.extend(r.providers);
-        f.states.extend(r.states);
-        f.tasks.extend(r.tasks);
-    }
-    f
+    Fixture { dir, db, host }
 }
 
 macro_rules! app {
-    ($f:expr) => {{
-        let f: &Fixture = &$f;
-        let telemetry = web::Data::new(HttpTelemetry {
-            proxies: TrustedProxies::default(),
-            metrics: HttpMetrics::register(&mut Registry::default()),
-        });
-        let (routes, providers, states) = (f.routes.clone(), f.providers.clone(), f.states.clone());
-        atest::init_service(
-            App::new()
-                .app_data(telemetry)
-                .app_data(web::Data::new(f.db.clone()))
-                .configure(extractor_configs)
-                .configure(move |cfg| {
-                    for s in &states {
-                        s(cfg);
-                    }
-                    mount(cfg, &routes, &providers);
-                })
-                .wrap(from_fn(request_context)),
-        )
-        .await
-    }};
+    ($f:expr) => {
+        atest::init_service($f.host.app()).await
+    };
 }
 
 fn form(params: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -484,7 +429,7 @@ async fn with_the_database_gone_calls_are_spooled_and_replayed_without_loss() {
         .await
         .unwrap();
     // The replay task the host would run.
-    let (_, task) = f.tasks.iter().find(|(n, _)| n == "spool-replay").unwrap();
+    let task = f.host.task("spool-replay").unwrap();
     actix_web::rt::spawn(task());
     for _ in 0..100 {
         if spool_lines(&f) == 0 {
