@@ -194,11 +194,7 @@ pub fn lazy_db(config: &Config, findings: &mut Vec<Finding>) -> Db {
 }
 
 fn finish_listing(findings: &[Finding]) -> ExitCode {
-    for finding in findings {
-        for line in finding.lines() {
-            eprintln!("{line}");
-        }
-    }
+    print_findings(findings);
     if any_at_least(findings, Level::Error) {
         eprintln!("{}", report::fatal_line(findings));
         ExitCode::from(EXIT_CONFIG)
@@ -312,6 +308,7 @@ async fn run_plugin_command(name: &str, args: Vec<String>, config: &Config, find
     }
 }
 
+/// Every finding's two lines on standard error.
 fn print_findings(findings: &[Finding]) {
     for finding in findings {
         for line in finding.lines() {
@@ -323,11 +320,7 @@ fn print_findings(findings: &[Finding]) {
 async fn run_migrate(config: &Config, findings: Vec<Finding>) -> ExitCode {
     let (plan, findings) = validate(config, findings);
     if any_at_least(&findings, Level::Error) {
-        for finding in &findings {
-            for line in finding.lines() {
-                eprintln!("{line}");
-            }
-        }
+        print_findings(&findings);
         eprintln!("[MIGRATE] ❌ refusing to migrate: boot validation failed");
         return ExitCode::FAILURE;
     }

@@ -133,6 +133,22 @@ impl ResponseError for ApiError {
     }
 }
 
+/// `limit` (default 50, at most `max`) and `offset` (0 to 1,000,000) of a paginated listing.
+///
+/// # Errors
+/// A 422 naming the parameter out of range.
+pub fn paging(limit: Option<i64>, offset: Option<i64>, max: i64) -> Result<(i64, i64), ApiError> {
+    let limit = limit.unwrap_or(50.min(max));
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::unprocessable(format!("limit must be 1 to {max}")));
+    }
+    let offset = offset.unwrap_or(0);
+    if !(0..=1_000_000).contains(&offset) {
+        return Err(ApiError::unprocessable("offset must be 0 to 1000000"));
+    }
+    Ok((limit, offset))
+}
+
 /// A plugin's registration failed. The host reports it as CP006 (or CP010 for configuration).
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {

@@ -75,7 +75,7 @@ pub mod testing;
 pub mod timestamps;
 
 pub use access::{Access, AccessProvider, Capability, Principal};
-pub use error::{ApiError, RegisterError, extractor_configs};
+pub use error::{ApiError, RegisterError, extractor_configs, paging};
 pub use registrar::{
     BackgroundTask, CommandContext, CommandHandler, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar,
     Registration, RouteSpec, StateInstaller, mount,

@@ -182,14 +182,7 @@ pub(crate) async fn list(
             STATUSES.join(", ")
         )));
     }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::unprocessable(format!("limit must be 1 to {MAX_LIMIT}")));
-    }
-    let offset = q.offset.unwrap_or(0);
-    if !(0..=1_000_000).contains(&offset) {
-        return Err(ApiError::unprocessable("offset must be 0 to 1000000"));
-    }
+    let (limit, offset) = callplane_plugin_api::paging(q.limit, q.offset, MAX_LIMIT)?;
     let range = Range {
         from,
         to,

@@ -66,14 +66,7 @@ pub(crate) async fn list_calls(
     }
     let from = q.from.as_deref().map(|v| parse_rfc3339("from", v)).transpose()?;
     let to = q.to.as_deref().map(|v| parse_rfc3339("to", v)).transpose()?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::unprocessable(format!("limit must be 1 to {MAX_LIMIT}")));
-    }
-    let offset = q.offset.unwrap_or(0);
-    if !(0..=1_000_000).contains(&offset) {
-        return Err(ApiError::unprocessable("offset must be 0 to 1000000"));
-    }
+    let (limit, offset) = callplane_plugin_api::paging(q.limit, q.offset, MAX_LIMIT)?;
     let sql = format!(
         "SELECT {CALL_COLUMNS} FROM calls WHERE business_id = $1
            AND ($2 IS NULL OR direction = $2) AND ($3 IS NULL OR status = $3)
