@@ -190,7 +190,10 @@ fn inbound_and_outbound_end_to_end_with_the_trace_lines_in_order() {
     let refused = line_after(
         &log,
         outcome,
-        &["[TWILIO][INBOUND] outcome signature=invalid call_sid=CA1"],
+        &[
+            "[TWILIO][INBOUND] outcome signature=invalid tenant=unknown recorded=false",
+            "call_sid=CA1",
+        ],
     );
     let req = format!("[OUTBOUND][REQ={req_id}]");
     let start = line_after(

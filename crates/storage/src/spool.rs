@@ -1,8 +1,9 @@
 //! The durable local spool: what could not reach the database waits here, one JSON line per
 //! record, each `fsync`ed before the caller answers, until [`Spool::replay`] moves it in.
 //!
-//! The spool is per instance (a file on local disk). Appends and replays share one async lock, so
-//! a line is never lost between reading the file and rewriting it.
+//! The spool is per instance (a file on local disk). Appends only add lines at the end and a replay
+//! only removes the lines it applied from the front, each under one short lock, so no line is lost
+//! between reading the file and rewriting it, and appends never wait for the database.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -14,7 +15,10 @@ use tokio::sync::Mutex;
 #[derive(Debug)]
 pub struct Spool {
     path: PathBuf,
+    /// Held while the file is read, appended to or rewritten.
     lock: Mutex<()>,
+    /// Held for a whole replay: one replay at a time.
+    replaying: Mutex<()>,
 }
 
 impl Spool {
@@ -31,6 +35,7 @@ impl Spool {
         Ok(Self {
             path,
             lock: Mutex::new(()),
+            replaying: Mutex::new(()),
         })
     }
 
@@ -64,6 +69,10 @@ impl Spool {
     /// records applied are removed (the file is rewritten atomically with the rest). Returns how
     /// many were applied.
     ///
+    /// The lock is not held while `apply` runs (it may wait seconds for a slow database), so
+    /// appends go on meanwhile; they only ever add lines after the ones being replayed, and the
+    /// rewrite keeps them.
+    ///
     /// # Errors
     /// An I/O error reading or rewriting the spool (nothing is lost: the old file stays).
     pub async fn replay<F, Fut, E>(&self, mut apply: F) -> std::io::Result<usize>
@@ -71,19 +80,24 @@ impl Spool {
         F: FnMut(String) -> Fut,
         Fut: std::future::Future<Output = Result<(), E>>,
     {
-        let _guard = self.lock.lock().await;
-        let lines = read_lines(&self.path)?;
+        let _replaying = self.replaying.lock().await;
+        let snapshot = {
+            let _guard = self.lock.lock().await;
+            read_lines(&self.path)?
+        };
         let mut applied = 0;
-        for line in &lines {
+        for line in &snapshot {
             if apply(line.clone()).await.is_err() {
                 break;
             }
             applied += 1;
         }
         if applied > 0 {
+            let _guard = self.lock.lock().await;
+            let now = read_lines(&self.path)?;
             let tmp = self.path.with_extension("replaying");
             let mut file = File::create(&tmp)?;
-            for line in &lines[applied..] {
+            for line in &now[applied.min(now.len())..] {
                 writeln!(file, "{line}")?;
             }
             file.sync_all()?;
@@ -107,6 +121,26 @@ fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn appends_during_a_replay_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path().join("s.jsonl")).unwrap());
+        spool.append("{\"n\":0}").await.unwrap();
+        let writer = spool.clone();
+        let applied = spool
+            .replay(|_| {
+                let writer = writer.clone();
+                async move {
+                    // A webhook spools while the replay waits on the database.
+                    writer.append("{\"n\":1}").await.map_err(|_| ())
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(applied, 1);
+        assert_eq!(std::fs::read_to_string(spool.path()).unwrap(), "{\"n\":1}\n");
+    }
 
     #[tokio::test]
     async fn appended_records_survive_until_replayed() {

@@ -83,6 +83,9 @@ fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
         return Ok(None);
     };
     let text = raw.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None); // any current version
+    }
     let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
     text.parse::<i64>()
         .map(Some)

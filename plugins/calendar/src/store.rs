@@ -124,8 +124,9 @@ impl Store {
             DbKind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
             DbKind::Postgres => {
                 let mut tx = conn.begin().await?;
-                // Key: the business id in the calendar's own lock space.
-                sqlx::query("SELECT pg_advisory_xact_lock(7100, CAST($1 AS INTEGER))")
+                // Key: the business id in the calendar's own lock space (folded into 31 bits; a
+                // collision only serialises two businesses' writes).
+                sqlx::query("SELECT pg_advisory_xact_lock(7100, CAST(($1 % 2147483647) AS INTEGER))")
                     .bind(business)
                     .execute(&mut *tx)
                     .await?;

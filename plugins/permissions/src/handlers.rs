@@ -92,6 +92,10 @@ pub(crate) async fn login(
     }
     throttle(&state.store, "client", &client, CLIENT_FAILURES, now).await?;
     throttle(&state.store, "account", &email, ACCOUNT_FAILURES, now).await?;
+    // Counted as a failure before the (slow) check and forgiven on success: parallel guesses
+    // cannot all slip under the limit while their checks run.
+    state.store.record_failure("account", &email, now).await?;
+    state.store.record_failure("client", &client, now).await?;
 
     let credentials = state.store.credentials(&email).await?;
     let password = body.password;
@@ -116,8 +120,6 @@ pub(crate) async fn login(
     let user = match credentials {
         Some(c) if c.active && verified != Verified::No => c,
         _ => {
-            state.store.record_failure("account", &email, now).await?;
-            state.store.record_failure("client", &client, now).await?;
             tracing::warn!(email = %email, client = %client, "[AUTH] login failed");
             return Err(ApiError::unauthorized(BAD_CREDENTIALS));
         }
@@ -133,6 +135,7 @@ pub(crate) async fn login(
         .store
         .clear_failures("account", &email, now - THROTTLE_WINDOW_SECS)
         .await?;
+    state.store.forgive_failure("client", &client, now).await?;
     let token = session::new_token();
     let expires_at = now + SESSION_TTL_SECS;
     state
@@ -249,6 +252,17 @@ pub(crate) async fn deactivate_user(
     let user_id = path.into_inner();
     if user_id == who.user_id {
         return Err(ApiError::unprocessable("you cannot deactivate yourself"));
+    }
+    if who.role != "owner" {
+        let target = state
+            .store
+            .list_users(who.business_id)
+            .await?
+            .into_iter()
+            .find(|u| u.id == user_id);
+        if target.is_some_and(|u| u.role == "owner") {
+            return Err(ApiError::forbidden("only an owner may deactivate an owner"));
+        }
     }
     state
         .store

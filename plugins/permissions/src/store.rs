@@ -375,7 +375,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for page in pages {
-            sqlx::query("INSERT INTO role_pages (business_id, role, page) VALUES ($1, $2, $3)")
+            // A concurrent replacement may have inserted it already.
+            sqlx::query("INSERT INTO role_pages (business_id, role, page) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(business_id)
                 .bind(role)
                 .bind(page)
@@ -409,6 +410,21 @@ impl Store {
             .bind(scope)
             .bind(subject)
             .bind(now)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the failures of `subject` recorded at second `at`: the one counted for a login that
+    /// then succeeded (and, rarely, others of the same second — a negligible leniency).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn forgive_failure(&self, scope: &str, subject: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at = $3")
+            .bind(scope)
+            .bind(subject)
+            .bind(at)
             .execute(self.db.pool())
             .await?;
         Ok(())

@@ -491,6 +491,19 @@ async fn admins_create_and_deactivate_users_in_their_business() {
         let res = app.call(create(body.clone())).await.unwrap();
         assert_eq!(res.status().as_u16(), expected, "{body}");
     }
+    // An admin cannot lock the owners out.
+    let owner = seed_user(&f, a, "owner@example.com", "owner").await;
+    let res = app
+        .call(
+            bearer(
+                TestRequest::post().uri(&format!("/api/users/{owner}/deactivate")),
+                &admin,
+            )
+            .to_request(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
     let new_token = login(&app, "new@example.com").await;
     let id = user["id"].as_i64().unwrap();
     let res = app

@@ -140,24 +140,43 @@ async fn attach_sid(db: &Db, req_id: &str, call_sid: &str, status: &str) -> Resu
         .bind(req_id)
         .execute(db.pool())
         .await;
-    if updated.is_ok() {
-        return Ok(());
-    }
+    let error = match updated {
+        Ok(_) => return Ok(()),
+        Err(e) if unique_violation(&e) => e,
+        Err(e) => return Err(e),
+    };
+    // A callback created the sid's row first: it takes the request's details, the placeholder
+    // goes. Nothing changes unless that row is really there.
     let mut tx = db.pool().begin().await?;
-    let placeholder = sqlx::query("DELETE FROM calls WHERE req_id = $1 RETURNING business_id, lead_id")
+    let Some(row) = sqlx::query("SELECT business_id, lead_id FROM calls WHERE req_id = $1 AND call_sid IS NULL")
         .bind(req_id)
         .fetch_optional(&mut *tx)
+        .await?
+    else {
+        return Err(error);
+    };
+    sqlx::query("DELETE FROM calls WHERE req_id = $1 AND call_sid IS NULL")
+        .bind(req_id)
+        .execute(&mut *tx)
         .await?;
-    if let Some(row) = placeholder {
-        sqlx::query("UPDATE calls SET req_id = $1, business_id = COALESCE(business_id, $2), lead_id = COALESCE(lead_id, $3) WHERE call_sid = $4")
-            .bind(req_id)
-            .bind(row.try_get::<Option<i64>, _>(0)?)
-            .bind(row.try_get::<Option<String>, _>(1)?)
-            .bind(call_sid)
-            .execute(&mut *tx)
-            .await?;
+    let merged = sqlx::query(
+        "UPDATE calls SET req_id = $1, business_id = COALESCE(business_id, $2), lead_id = COALESCE(lead_id, $3) WHERE call_sid = $4",
+    )
+    .bind(req_id)
+    .bind(row.try_get::<Option<i64>, _>(0)?)
+    .bind(row.try_get::<Option<String>, _>(1)?)
+    .bind(call_sid)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if merged != 1 {
+        return Err(error); // rolled back: the placeholder stays
     }
     tx.commit().await
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// `POST /api/calls/outbound`.
@@ -198,26 +217,33 @@ pub(crate) async fn create(
         .try_get(0)
         .map_err(|e| db_unavailable(&e))?;
     let to = body.to;
-    let req_id = new_req_id();
     let tenant = who.business_id;
-    tracing::info!(target: TRACE_TARGET, req_id = %req_id, tenant, lead_id = %lead_id, to = %to, from = %from,
-        "[OUTBOUND][REQ={req_id}] tenant={tenant} lead_id={lead_id} to={to} from={from}");
-
-    // Record first: whatever Twilio does next, the attempt exists.
+    // Record first: whatever Twilio does next, the attempt exists. A REQ id is 32 bits: on the
+    // rare collision, draw another.
     let at = now();
-    sqlx::query(
-        "INSERT INTO calls (call_sid, req_id, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
-         VALUES (NULL, $1, $2, 'outbound', $3, $4, 'requested', $5, -1, $6, $6)",
-    )
-    .bind(&req_id)
-    .bind(tenant)
-    .bind(&from)
-    .bind(&to)
-    .bind(&lead_id)
-    .bind(at)
-    .execute(db.pool())
-    .await
-    .map_err(|e| db_unavailable(&e))?;
+    let mut attempt = 0;
+    let req_id = loop {
+        let req_id = new_req_id();
+        tracing::info!(target: TRACE_TARGET, req_id = %req_id, tenant, lead_id = %lead_id, to = %to, from = %from,
+            "[OUTBOUND][REQ={req_id}] tenant={tenant} lead_id={lead_id} to={to} from={from}");
+        let inserted = sqlx::query(
+            "INSERT INTO calls (call_sid, req_id, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
+             VALUES (NULL, $1, $2, 'outbound', $3, $4, 'requested', $5, -1, $6, $6)",
+        )
+        .bind(&req_id)
+        .bind(tenant)
+        .bind(&from)
+        .bind(&to)
+        .bind(&lead_id)
+        .bind(at)
+        .execute(db.pool())
+        .await;
+        match inserted {
+            Ok(_) => break req_id,
+            Err(e) if unique_violation(&e) && attempt < 3 => attempt += 1,
+            Err(e) => return Err(db_unavailable(&e)),
+        }
+    };
 
     let settings = &state.settings;
     let public = &settings.public_base_url;

@@ -212,7 +212,7 @@ impl AccessProvider for SignatureProvider {
                 tracing::warn!(
                     target: TRACE_TARGET,
                     path = %path, call_sid, signature,
-                    "{prefix} outcome signature={signature} call_sid={call_sid} (refused with 403)"
+                    "{prefix} outcome signature={signature} tenant=unknown recorded=false call_sid={call_sid} (refused with 403)"
                 );
                 return Err(refuse(StatusCode::FORBIDDEN));
             }

@@ -104,9 +104,18 @@ impl Recorded {
 pub async fn write_event(db: &Db, event: &CallEvent) -> Result<(), sqlx::Error> {
     let mut tx = db.pool().begin().await?;
     let sequence = event.sequence.unwrap_or(-1);
+    // The tenant: as known when the webhook arrived, else looked up now by the business's number
+    // (the called number of an inbound call, the caller of an outbound one): a call spooled while
+    // the database was down still lands in its business.
+    let number = if event.direction == "outbound" {
+        &event.from
+    } else {
+        &event.to
+    };
     sqlx::query(
         "INSERT INTO calls (call_sid, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, -1, $8, $8) ON CONFLICT (call_sid) DO NOTHING",
+         VALUES ($1, COALESCE($2, (SELECT id FROM businesses WHERE phone_number = $9)), $3, $4, $5, $6, $7, -1, $8, $8)
+         ON CONFLICT (call_sid) DO NOTHING",
     )
     .bind(&event.call_sid)
     .bind(event.business_id)
@@ -116,6 +125,7 @@ pub async fn write_event(db: &Db, event: &CallEvent) -> Result<(), sqlx::Error> 
     .bind(&event.status)
     .bind(&event.lead_id)
     .bind(event.received_at)
+    .bind(number)
     .execute(&mut *tx)
     .await?;
     if event.kind == EventKind::Status {
@@ -126,13 +136,17 @@ pub async fn write_event(db: &Db, event: &CallEvent) -> Result<(), sqlx::Error> 
             .bind(&event.call_sid)
             .execute(&mut *tx)
             .await?;
-    } else if event.business_id.is_some() {
-        sqlx::query("UPDATE calls SET business_id = $1 WHERE call_sid = $2 AND business_id IS NULL")
-            .bind(event.business_id)
-            .bind(&event.call_sid)
-            .execute(&mut *tx)
-            .await?;
     }
+    sqlx::query(
+        "UPDATE calls SET business_id = COALESCE(business_id, $1, (SELECT id FROM businesses WHERE phone_number = $2)),
+           lead_id = COALESCE(lead_id, $3) WHERE call_sid = $4",
+    )
+    .bind(event.business_id)
+    .bind(number)
+    .bind(&event.lead_id)
+    .bind(&event.call_sid)
+    .execute(&mut *tx)
+    .await?;
     let payload = serde_json::to_string(&event.params).unwrap_or_else(|_| "[]".to_owned());
     sqlx::query(
         "INSERT INTO call_events (call_sid, kind, status, sequence, request_id, payload, received_at)
