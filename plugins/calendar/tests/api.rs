@@ -276,6 +276,16 @@ async fn overlaps_conflict_but_touching_and_cancelled_do_not() {
             .0,
         201
     );
+    let (_, only_cancelled, _) = send(
+        &app,
+        with(&t, TestRequest::get().uri(&format!("{PATH}?status=cancelled"))),
+    )
+    .await;
+    assert_eq!(
+        only_cancelled["appointments"].as_array().unwrap().len(),
+        1,
+        "the status filter filters"
+    );
     // Moving an appointment onto another is a conflict too.
     let (_, later, _) = send(
         &app,

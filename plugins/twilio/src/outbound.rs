@@ -252,6 +252,7 @@ pub(crate) async fn create(
         url::form_urlencoded::Serializer::new(String::new())
             .append_pair("lead_id", &lead_id)
             .append_pair("business_id", &tenant.to_string())
+            .append_pair("req_id", &req_id)
             .finish()
     );
     let mut form = url::form_urlencoded::Serializer::new(String::new());
@@ -259,7 +260,12 @@ pub(crate) async fn create(
         .append_pair("From", &from)
         .append_pair("Url", &answer_url)
         .append_pair("Method", "POST")
-        .append_pair("StatusCallback", &format!("{public}/webhook/call_status"))
+        // Both URLs carry the REQ id: should the CallSid never reach the record here (a timeout
+        // after Twilio placed the call), the webhooks attach it to this request's record.
+        .append_pair(
+            "StatusCallback",
+            &format!("{public}/webhook/call_status?req_id={req_id}"),
+        )
         .append_pair("StatusCallbackMethod", "POST");
     for event in ["initiated", "ringing", "answered", "completed"] {
         form.append_pair("StatusCallbackEvent", event);

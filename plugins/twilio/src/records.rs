@@ -68,6 +68,9 @@ pub struct CallEvent {
     pub lead_id: Option<String>,
     /// The request id of the webhook.
     pub request_id: Option<String>,
+    /// The REQ id of the outbound request that placed the call (from the webhook URL).
+    #[serde(default)]
+    pub req_id: Option<String>,
     /// Every form parameter Twilio sent.
     pub params: Vec<(String, String)>,
     /// When it arrived (Unix seconds).
@@ -112,6 +115,18 @@ pub async fn write_event(db: &Db, event: &CallEvent) -> Result<(), sqlx::Error> 
     } else {
         &event.to
     };
+    if let Some(req_id) = &event.req_id {
+        // An outbound call whose CallSid never reached its record: this webhook brings it.
+        sqlx::query(
+            "UPDATE calls SET call_sid = $1 WHERE req_id = $2 AND call_sid IS NULL
+               AND NOT EXISTS (SELECT 1 FROM calls WHERE call_sid = $3)",
+        )
+        .bind(&event.call_sid)
+        .bind(req_id)
+        .bind(&event.call_sid)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO calls (call_sid, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
          VALUES ($1, COALESCE($2, (SELECT id FROM businesses WHERE phone_number = $9)), $3, $4, $5, $6, $7, -1, $8, $8)

@@ -43,6 +43,10 @@ fn event(kind: EventKind, hook: &Webhook, call_sid: &str, direction: &str, busin
             .and_then(|s| s.parse::<i64>().ok())
             .filter(|n| *n >= 0),
         lead_id: hook.query("lead_id").map(str::to_owned),
+        req_id: hook
+            .query("req_id")
+            .filter(|r| r.len() == 8 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned),
         request_id: current_request_id().map(|id| id.to_string()),
         params: hook.params.clone(),
         received_at: now(),

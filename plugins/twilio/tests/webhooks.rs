@@ -553,6 +553,22 @@ async fn the_calls_api_is_page_guarded_and_tenant_scoped() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let found = |query: &'static str| {
+        let req = get(&format!("/api/calls?{query}"), &agent_a);
+        let app = &app;
+        async move {
+            let (_, _, body) = text(app.call(req).await.unwrap()).await;
+            serde_json::from_str::<Value>(&body).unwrap()["calls"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(found("direction=inbound").await, 1);
+    assert_eq!(found("direction=outbound").await, 0, "the filter filters");
+    assert_eq!(found("status=ringing").await, 1);
+    assert_eq!(found("status=completed").await, 0);
+    assert_eq!(found("to=2000-01-01T00:00:00Z").await, 0);
 }
 
 // Outbound calls against a fake Twilio REST API: a real HTTP server started by the test, which
@@ -681,11 +697,11 @@ async fn the_exact_twilio_request_and_every_answer() {
     assert_eq!(field("From"), [BUSINESS_NUMBER], "from = the business number");
     assert_eq!(
         field("Url"),
-        [format!("{BASE}/webhook/outbound_call?lead_id=42&business_id=1").as_str()]
+        [format!("{BASE}/webhook/outbound_call?lead_id=42&business_id=1&req_id={req_id}").as_str()]
     );
     assert_eq!(
         field("StatusCallback"),
-        [format!("{BASE}/webhook/call_status").as_str()]
+        [format!("{BASE}/webhook/call_status?req_id={req_id}").as_str()]
     );
     assert_eq!(
         field("StatusCallbackEvent"),
@@ -774,4 +790,55 @@ async fn a_reset_connection_is_a_502_and_the_failure_is_kept() {
         .await
         .unwrap();
     assert_eq!(state.0, "failed");
+}
+
+#[actix_rt::test]
+async fn webhooks_attach_a_call_sid_the_outbound_request_never_got() {
+    let (api, _) = start_fake();
+    let f = fixture_with_api(&api).await;
+    let app = app!(f);
+    let agent = token(&app, "agent@a.example").await;
+    // Twilio answers 500 (or times out) although it placed the call.
+    let (status, body) = call(&app, &agent, json!({ "to": "+15005550004", "lead_id": "lead-7" })).await;
+    assert_eq!(status, 502);
+    let req_id = body["error"]["req_id"].as_str().unwrap().to_owned();
+    let answered = form(&[
+        ("CallSid", SID),
+        ("From", BUSINESS_NUMBER),
+        ("To", "+15005550004"),
+        ("CallStatus", "in-progress"),
+        ("Direction", "outbound-api"),
+    ]);
+    let path = format!("/webhook/outbound_call?lead_id=lead-7&business_id=1&req_id={req_id}");
+    assert_eq!(
+        app.call(signed(&path, &answered).to_request()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut done = status_for(SID);
+    done.retain(|(k, _)| k != "Direction");
+    done.push(("Direction".to_owned(), "outbound-api".to_owned()));
+    let path = format!("/webhook/call_status?req_id={req_id}");
+    assert_eq!(
+        app.call(signed(&path, &done).to_request()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let rows: Vec<(Option<String>, Option<String>, String)> =
+        sqlx::query_as("SELECT call_sid, req_id, status FROM calls")
+            .fetch_all(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1, "one record for the request and its call: {rows:?}");
+    let (sid, state, error, lead): (Option<String>, String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT call_sid, status, error, lead_id FROM calls WHERE req_id = $1")
+            .bind(&req_id)
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(sid.as_deref(), Some(SID));
+    assert_eq!(state, "completed", "the call moved on");
+    assert!(
+        error.unwrap().starts_with("20500"),
+        "the REST failure stays on the record"
+    );
+    assert_eq!(lead.as_deref(), Some("lead-7"));
 }
