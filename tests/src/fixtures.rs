@@ -179,9 +179,16 @@ async fn slow(query: web::Query<SlowQuery>) -> HttpResponse {
     HttpResponse::Ok().body("done")
 }
 
-/// A plugin with one slow public route (`GET /fixture/slow?ms=`), for shutdown tests.
+#[allow(clippy::panic)]
+async fn boom() -> HttpResponse {
+    panic!("fixture: handler panicked")
+}
+
+/// A plugin with a slow public route (`GET /fixture/slow?ms=`) for shutdown tests and one that
+/// panics (`GET /fixture/panic`).
 pub fn register_slow(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
-    reg.get("/fixture/slow", Access::Public, slow);
+    reg.get("/fixture/slow", Access::Public, slow)
+        .get("/fixture/panic", Access::Public, boom);
     Ok(())
 }
 

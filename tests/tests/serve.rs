@@ -98,6 +98,27 @@ fn health_metrics_request_ids_and_log_file() {
 }
 
 #[test]
+fn a_panicking_handler_answers_500_for_its_request_only() {
+    let sandbox = Sandbox::new();
+    let server = serve_ok(&sandbox, &[]);
+    for _ in 0..3 {
+        let reply = server.get("/fixture/panic");
+        assert_eq!(reply.status, 500);
+        let body = reply.json();
+        assert_eq!(body["error"]["code"], "internal");
+        assert_eq!(body["error"]["request_id"].as_str(), reply.header("x-request-id"));
+    }
+    assert_eq!(server.get("/livez").status, 200, "the process keeps serving");
+    assert_eq!(server.get("/fixture/slow?ms=1").status, 200);
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains(r#"callplane_http_handler_panics_total{route="/fixture/panic"} 3"#),
+        "{metrics}"
+    );
+    assert!(server.output().contains("[HTTP] handler panicked; answered 500"));
+}
+
+#[test]
 fn access_policies_are_enforced_by_the_host() {
     let sandbox = Sandbox::new();
     let server = serve_ok(&sandbox, &[]);
@@ -156,7 +177,7 @@ fn routes_and_check_json_match_the_live_table() {
     assert_eq!(routes.code, Some(0), "{}", routes.stderr);
     let table: serde_json::Value = serde_json::from_str(&routes.stdout).unwrap();
     let table = table["routes"].as_array().unwrap().clone();
-    assert_eq!(table.len(), 9, "{table:#?}");
+    assert_eq!(table.len(), 10, "{table:#?}");
     let text = sandbox.run(Path::new(OK), &["routes"], &[CRITICAL]);
     assert_eq!(text.stdout.lines().count(), table.len() + 1);
     assert!(text.stdout.lines().next().unwrap().starts_with("METHOD  PATH"));

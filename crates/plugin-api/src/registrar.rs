@@ -411,7 +411,7 @@ pub fn mount(
             }
         }));
         for spec in group {
-            let route = (spec.handler)();
+            let route = (spec.handler)().wrap(from_fn(contain_panics));
             resource = resource.route(match spec.access.capability() {
                 None => route,
                 Some(capability) => {
@@ -430,6 +430,39 @@ fn specificity(path: &str) -> Vec<(bool, &str)> {
     path.split('/')
         .map(|segment| (segment.starts_with('{'), segment))
         .collect()
+}
+
+/// A panicking handler answers 500 (JSON, with the request id) for its own request only: the
+/// panic is caught, logged and counted (`callplane_http_handler_panics_total`), and the worker
+/// keeps serving.
+async fn contain_panics(
+    req: ServiceRequest,
+    next: Next<actix_web::body::BoxBody>,
+) -> Result<ServiceResponse<EitherBody<actix_web::body::BoxBody>>, actix_web::Error> {
+    use futures_util::FutureExt as _;
+    // Routing is done by now, so holding a second handle on the request is harmless.
+    let request = req.request().clone();
+    match std::panic::AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(result) => Ok(result?.map_into_left_body()),
+        Err(panic) => {
+            let route = request.match_pattern().unwrap_or_else(|| request.path().to_owned());
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(route = %route, panic = %message, "[HTTP] handler panicked; answered 500");
+            if let Some(telemetry) = request.app_data::<web::Data<callplane_telemetry::HttpTelemetry>>() {
+                telemetry.metrics.panicked(&route);
+            }
+            let res = ApiError::response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the server log for this request id",
+            );
+            Ok(ServiceResponse::new(request, res).map_into_right_body())
+        }
+    }
 }
 
 async fn enforce(

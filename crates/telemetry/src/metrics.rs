@@ -32,6 +32,7 @@ type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily,
+    panics: Family<RouteLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -45,6 +46,7 @@ impl HttpMetrics {
         let metrics = Self {
             requests: Family::default(),
             duration: HistogramFamily::new_with_constructor(latency_histogram),
+            panics: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -56,7 +58,21 @@ impl HttpMetrics {
             "HTTP request latency by route pattern",
             metrics.duration.clone(),
         );
+        registry.register(
+            "http_handler_panics",
+            "Handler panics turned into 500 answers, by route pattern",
+            metrics.panics.clone(),
+        );
         metrics
+    }
+
+    /// Counts a handler panic on `route`.
+    pub fn panicked(&self, route: &str) {
+        self.panics
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .inc();
     }
 
     /// Records one finished request.
