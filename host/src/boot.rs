@@ -107,6 +107,25 @@ impl BootPlan {
             .collect()
     }
 
+    /// Applies the active plugins' pending migrations, in boot order.
+    ///
+    /// # Errors
+    /// The storage error of the first migration that fails (nothing is committed then).
+    pub async fn migrate(
+        &self,
+        db: &Db,
+    ) -> Result<Vec<callplane_storage::AppliedMigration>, callplane_storage::StorageError> {
+        let sets: Vec<callplane_storage::PluginMigrations<'_>> = self
+            .active
+            .iter()
+            .map(|a| callplane_storage::PluginMigrations {
+                plugin: a.plugin.name,
+                migrations: &a.registration.migrations,
+            })
+            .collect();
+        callplane_storage::migrate(db, &sets).await
+    }
+
     /// Whether `route` belongs to a critical plugin (host routes are critical).
     pub fn route_is_critical(&self, route: &RouteSpec) -> bool {
         route.plugin == HOST || self.active.iter().any(|a| a.plugin.name == route.plugin && a.critical)

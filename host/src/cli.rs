@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use callplane_plugin_api::linked_plugins;
-use callplane_storage::{Db, PluginMigrations, migrate};
+use callplane_storage::Db;
 use callplane_telemetry::{Console, LogSettings};
 use clap::{Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
@@ -278,19 +278,9 @@ async fn run_plugin_command(name: &str, args: Vec<String>, config: &Config, find
     }
     let mut ignored = Vec::new();
     let db = lazy_db(config, &mut ignored);
-    if needs_database {
-        let sets: Vec<PluginMigrations<'_>> = plan
-            .active
-            .iter()
-            .map(|a| PluginMigrations {
-                plugin: a.plugin.name,
-                migrations: &a.registration.migrations,
-            })
-            .collect();
-        if let Err(e) = migrate(&db, &sets).await {
-            eprintln!("callplane {name}: migrations failed: {e}");
-            return ExitCode::FAILURE;
-        }
+    if needs_database && let Err(e) = plan.migrate(&db).await {
+        eprintln!("callplane {name}: migrations failed: {e}");
+        return ExitCode::FAILURE;
     }
     let context = callplane_plugin_api::CommandContext {
         args,
@@ -326,15 +316,7 @@ async fn run_migrate(config: &Config, findings: Vec<Finding>) -> ExitCode {
     }
     let mut ignored = Vec::new();
     let db = lazy_db(config, &mut ignored);
-    let sets: Vec<PluginMigrations<'_>> = plan
-        .active
-        .iter()
-        .map(|a| PluginMigrations {
-            plugin: a.plugin.name,
-            migrations: &a.registration.migrations,
-        })
-        .collect();
-    match migrate(&db, &sets).await {
+    match plan.migrate(&db).await {
         Ok(applied) => {
             for m in &applied {
                 println!(

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use callplane_plugin_api::{AccessProvider, ApiError, Capability, RouteSpec, StateInstaller, extractor_configs, mount};
-use callplane_storage::{PluginMigrations, migrate};
 use callplane_telemetry::{BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, request_context};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -109,15 +108,7 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         return ExitCode::from(EXIT_CONFIG);
     }
 
-    let sets: Vec<PluginMigrations<'_>> = plan
-        .active
-        .iter()
-        .map(|a| PluginMigrations {
-            plugin: a.plugin.name,
-            migrations: &a.registration.migrations,
-        })
-        .collect();
-    if let Err(error) = migrate(&db, &sets).await {
+    if let Err(error) = plan.migrate(&db).await {
         tracing::error!(target: BOOT_TARGET, error = %error, database = db.redacted_url(), "[BOOT] ❌ migrations failed");
         return ExitCode::FAILURE;
     }
