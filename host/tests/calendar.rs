@@ -17,45 +17,14 @@ fn one_slot_one_winner(database: Option<&str>) {
         env.push(("CALLPLANE_DATABASE_URL", url));
     }
     let bin = Path::new(BIN);
-    assert_eq!(
-        sandbox
-            .run(
-                bin,
-                &["admin", "create-business", "--name", "A", "--phone", "+15550001"],
-                &env
-            )
-            .code,
-        Some(0)
-    );
-    let user = sandbox.run_with_input(
+    sandbox.bootstrap(
         bin,
-        &[
-            "admin",
-            "create-user",
-            "--business",
-            "1",
-            "--email",
-            "agent@a.example",
-            "--role",
-            "agent",
-        ],
         &env,
-        "agent password 123\n",
+        "+15550001",
+        ("agent@a.example", "agent", "agent password 123"),
     );
-    assert_eq!(user.code, Some(0), "{}", user.stderr);
     let server = sandbox.serve(bin, &env);
-    let login = json!({ "email": "agent@a.example", "password": "agent password 123" }).to_string();
-    let token = server
-        .request(
-            "POST",
-            "/api/auth/login",
-            &[("content-type", "application/json")],
-            Some(&login),
-        )
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = server.login("agent@a.example", "agent password 123");
     let auth = format!("Bearer {token}");
     let body = json!({ "title": "Check-up", "starts_at": "2026-12-01T09:00:00+02:00", "ends_at": "2026-12-01T09:30:00+02:00" }).to_string();
     let statuses: Vec<u16> = std::thread::scope(|scope| {

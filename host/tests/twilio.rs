@@ -57,29 +57,12 @@ fn env<'a>(api: &'a str, database: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
 }
 
 fn bootstrap(sandbox: &Sandbox, env: &[(&str, &str)]) {
-    let bin = Path::new(BIN);
-    let business = sandbox.run(
-        bin,
-        &["admin", "create-business", "--name", "Dental", "--phone", NUMBER],
+    sandbox.bootstrap(
+        Path::new(BIN),
         env,
+        NUMBER,
+        ("agent@dental.example", "agent", "agent password 123"),
     );
-    assert_eq!(business.code, Some(0), "{}", business.stderr);
-    let user = sandbox.run_with_input(
-        bin,
-        &[
-            "admin",
-            "create-user",
-            "--business",
-            "1",
-            "--email",
-            "agent@dental.example",
-            "--role",
-            "agent",
-        ],
-        env,
-        "agent password 123\n",
-    );
-    assert_eq!(user.code, Some(0), "{}", user.stderr);
 }
 
 fn simulate_inbound(sandbox: &Sandbox, env: &[(&str, &str)], server: &Server, call_sid: &str) -> String {
@@ -105,15 +88,7 @@ fn simulate_inbound(sandbox: &Sandbox, env: &[(&str, &str)], server: &Server, ca
 }
 
 fn agent_token(server: &Server) -> String {
-    let body = json!({ "email": "agent@dental.example", "password": "agent password 123" }).to_string();
-    let reply = server.request(
-        "POST",
-        "/api/auth/login",
-        &[("content-type", "application/json")],
-        Some(&body),
-    );
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()["token"].as_str().unwrap().to_owned()
+    server.login("agent@dental.example", "agent password 123")
 }
 
 /// The position of the first line after `from` containing every needle.

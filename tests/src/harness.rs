@@ -173,6 +173,33 @@ impl Sandbox {
         outcome
     }
 
+    /// Creates a business with `phone` (id 1 on a fresh database) and one user of it with the
+    /// real `callplane admin` commands (the password goes through standard input).
+    ///
+    /// # Panics
+    /// When either command fails.
+    pub fn bootstrap(&self, bin: &Path, env: &[(&str, &str)], phone: &str, user: (&str, &str, &str)) {
+        let (email, role, password) = user;
+        let business = self.run(
+            bin,
+            &["admin", "create-business", "--name", "Test business", "--phone", phone],
+            env,
+        );
+        assert_eq!(business.code, Some(0), "{}{}", business.stdout, business.stderr);
+        let args = [
+            "admin",
+            "create-user",
+            "--business",
+            "1",
+            "--email",
+            email,
+            "--role",
+            role,
+        ];
+        let created = self.run_with_input(bin, &args, env, &format!("{password}\n"));
+        assert_eq!(created.code, Some(0), "{}{}", created.stdout, created.stderr);
+    }
+
     /// Starts `bin serve` and waits for its `[BOOT] ready bind=…` line.
     ///
     /// # Panics
@@ -323,6 +350,22 @@ impl Server {
         let status = response.status().as_u16();
         let body = response.body_mut().read_to_string()?;
         Ok(Reply { status, headers, body })
+    }
+
+    /// Signs in over `POST /api/auth/login` and returns the bearer token.
+    ///
+    /// # Panics
+    /// When the sign-in is refused.
+    pub fn login(&self, email: &str, password: &str) -> String {
+        let body = serde_json::json!({ "email": email, "password": password }).to_string();
+        let reply = self.request(
+            "POST",
+            "/api/auth/login",
+            &[("content-type", "application/json")],
+            Some(&body),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["token"].as_str().expect("a token").to_owned()
     }
 
     /// `GET path`.
