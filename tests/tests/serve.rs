@@ -241,7 +241,11 @@ fn trusted_proxy_request_ids_are_honoured_and_json_logs_carry_them() {
     let reply = server.request(
         "GET",
         "/nowhere",
-        &[("x-request-id", "lb-req-42"), ("x-forwarded-for", "198.51.100.7")],
+        &[
+            ("x-request-id", "lb-req-42"),
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-proto", "https"),
+        ],
         None,
     );
     assert_eq!(reply.header("x-request-id"), Some("lb-req-42"));
@@ -269,9 +273,10 @@ fn trusted_proxy_request_ids_are_honoured_and_json_logs_carry_them() {
         .find(|l| l["span"]["request_id"] == "lb-req-42")
         .expect("the request's lines carry the proxy's request id");
     assert_eq!(
-        request["client"], "198.51.100.7",
+        request["span"]["client"], "198.51.100.7",
         "client address from X-Forwarded-For of a trusted proxy"
     );
+    assert_eq!(request["span"]["scheme"], "https", "scheme from X-Forwarded-Proto");
 }
 
 #[test]

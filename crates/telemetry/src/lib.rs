@@ -6,8 +6,8 @@
 //!   must live as long as the process.
 //! * [`request`]: the per-request middleware — a request id (a fresh UUID, or the incoming
 //!   `X-Request-Id` when the peer is a trusted proxy) echoed in the response and carried by a span
-//!   into every log line of that request, the client address under the trusted-proxy rules, and the
-//!   request metrics.
+//!   into every log line of that request together with the client's address and scheme under the
+//!   trusted-proxy rules (`X-Forwarded-For`/`-Proto` or `Forwarded`), and the request metrics.
 //! * [`proxy`]: [`TrustedProxies`], the CIDRs whose forwarding headers are believed.
 //! * [`metrics`]: HTTP metrics registered in a Prometheus registry.
 //!
@@ -20,5 +20,5 @@ pub mod request;
 
 pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError};
 pub use metrics::HttpMetrics;
-pub use proxy::TrustedProxies;
-pub use request::{ClientAddr, HttpTelemetry, RequestId, current_request_id, request_context};
+pub use proxy::{ClientOrigin, Scheme, TrustedProxies};
+pub use request::{HttpTelemetry, RequestId, current_request_id, request_context};

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use actix_web::http::header::HeaderMap;
 use ipnet::IpNet;
 
 /// A set of CIDRs. Forwarding headers are honoured only when the TCP peer is inside one of them;
@@ -51,28 +52,116 @@ impl TrustedProxies {
         self.nets.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client address: the peer itself unless it is trusted; then the right-most address of
-    /// `X-Forwarded-For` that is not a trusted proxy (the left-most when all are). An unparsable
-    /// entry stops the walk: what lies left of it cannot be believed.
-    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+    /// Where a request really came from. From an untrusted peer: the peer itself over plain http,
+    /// whatever headers it sent. From a trusted proxy: the hops of `Forwarded` (RFC 7239) or, when
+    /// there is none, of `X-Forwarded-For`, walked right to left past trusted proxies; the client is
+    /// the first untrusted hop (the left-most when all are trusted). An unparsable or obfuscated hop
+    /// stops the walk: what lies left of it cannot be believed. The scheme is the `proto` of the
+    /// client's `Forwarded` hop, or the last `X-Forwarded-Proto` value; only `http` and `https` count.
+    pub fn origin(&self, peer: IpAddr, headers: &HeaderMap) -> ClientOrigin {
         let peer = peer.to_canonical();
-        let Some(header) = forwarded_for.filter(|_| self.contains(peer)) else {
-            return peer;
+        let direct = ClientOrigin {
+            ip: peer,
+            scheme: Scheme::Http,
         };
-        let mut client = peer;
-        for entry in header.rsplit(',') {
-            match IpAddr::from_str(entry.trim()) {
-                Ok(ip) => {
-                    client = ip.to_canonical();
-                    if !self.contains(client) {
-                        break;
-                    }
-                }
-                Err(_) => break,
+        if !self.contains(peer) {
+            return direct;
+        }
+        let forwarded = joined(headers, "forwarded");
+        let hops: Vec<Hop> = if forwarded.is_empty() {
+            let proto = headers
+                .get_all("x-forwarded-proto")
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(Scheme::parse);
+            joined(headers, "x-forwarded-for")
+                .split(',')
+                .filter(|entry| !entry.trim().is_empty())
+                .map(|entry| Hop {
+                    ip: IpAddr::from_str(entry.trim()).ok(),
+                    scheme: proto,
+                })
+                .collect()
+        } else {
+            rfc7239::parse(&forwarded)
+                .map(|element| match element {
+                    Ok(element) => Hop {
+                        ip: element.forwarded_for.as_ref().and_then(|node| node.ip()).copied(),
+                        scheme: element.protocol.and_then(Scheme::parse),
+                    },
+                    Err(_) => Hop { ip: None, scheme: None },
+                })
+                .collect()
+        };
+        let mut origin = direct;
+        for hop in hops.iter().rev() {
+            let Some(ip) = hop.ip else { break };
+            origin = ClientOrigin {
+                ip: ip.to_canonical(),
+                scheme: hop.scheme.unwrap_or(Scheme::Http),
+            };
+            if !self.contains(origin.ip) {
+                break;
             }
         }
-        client
+        origin
     }
+}
+
+/// Every line of header `name`, joined with commas: a proxy may add its own line instead of
+/// appending to the last one.
+fn joined(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get_all(name)
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One forwarding hop: the address it received the request from (when parsable) and the scheme.
+struct Hop {
+    ip: Option<IpAddr>,
+    scheme: Option<Scheme>,
+}
+
+/// How the client reached the first proxy (or us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS (terminated by a trusted proxy: callplane itself speaks plain HTTP).
+    Https,
+}
+
+impl Scheme {
+    fn parse(value: &str) -> Option<Self> {
+        let value = value.trim().trim_matches('"');
+        if value.eq_ignore_ascii_case("https") {
+            Some(Self::Https)
+        } else if value.eq_ignore_ascii_case("http") {
+            Some(Self::Http)
+        } else {
+            None
+        }
+    }
+
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// The client of a request under the trusted-proxy rules (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOrigin {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// How it reached the edge.
+    pub scheme: Scheme,
 }
 
 #[cfg(test)]
@@ -101,33 +190,92 @@ mod tests {
         assert!(TrustedProxies::parse(&["proxy.internal"]).is_err());
     }
 
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                actix_web::http::header::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn client(p: &TrustedProxies, peer: &str, pairs: &[(&str, &str)]) -> (IpAddr, Scheme) {
+        let origin = p.origin(ip(peer), &headers(pairs));
+        (origin.ip, origin.scheme)
+    }
+
     #[test]
-    fn forwarded_for_is_ignored_from_untrusted_peers() {
+    fn forwarding_headers_are_ignored_from_untrusted_peers() {
         let p = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
-        assert_eq!(p.client_ip(ip("203.0.113.9"), Some("1.2.3.4")), ip("203.0.113.9"));
+        let forged = [
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+        ];
+        assert_eq!(client(&p, "203.0.113.9", &forged), (ip("203.0.113.9"), Scheme::Http));
         assert_eq!(
-            TrustedProxies::default().client_ip(ip("10.0.0.1"), Some("1.2.3.4")),
-            ip("10.0.0.1")
+            client(&TrustedProxies::default(), "10.0.0.1", &forged),
+            (ip("10.0.0.1"), Scheme::Http)
         );
     }
 
     #[test]
     fn forwarded_for_walks_right_to_left_through_trusted_hops() {
         let p = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
+        let xff = |value: &str| client(&p, "10.0.0.2", &[("x-forwarded-for", value)]).0;
         // The client forged the first entry; the proxy appended the real one.
+        assert_eq!(xff("6.6.6.6, 198.51.100.7, 10.0.0.9"), ip("198.51.100.7"));
+        assert_eq!(xff("10.0.0.5"), ip("10.0.0.5"));
+        assert_eq!(xff("garbage, 198.51.100.7"), ip("198.51.100.7"));
+        assert_eq!(xff("198.51.100.7, not an ip"), ip("10.0.0.2"));
+        assert_eq!(xff(""), ip("10.0.0.2"));
         assert_eq!(
-            p.client_ip(ip("10.0.0.2"), Some("6.6.6.6, 198.51.100.7, 10.0.0.9")),
-            ip("198.51.100.7")
+            xff("::ffff:198.51.100.7"),
+            ip("198.51.100.7"),
+            "mapped addresses are canonical"
         );
-        assert_eq!(p.client_ip(ip("10.0.0.2"), Some("10.0.0.5")), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn the_scheme_comes_from_the_trusted_proxy() {
+        let p = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
+        let via_nginx = [("x-forwarded-for", "198.51.100.7"), ("x-forwarded-proto", "https")];
+        assert_eq!(client(&p, "10.0.0.2", &via_nginx), (ip("198.51.100.7"), Scheme::Https));
+        // A forged first value is overridden by the one the proxy added last.
+        let appended = [
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-proto", "https, http"),
+        ];
+        assert_eq!(client(&p, "10.0.0.2", &appended).1, Scheme::Http);
+        let odd = [("x-forwarded-for", "198.51.100.7"), ("x-forwarded-proto", "gopher")];
+        assert_eq!(client(&p, "10.0.0.2", &odd).1, Scheme::Http);
+        // No forwarding headers at all: the proxy itself is the client, over http.
+        assert_eq!(client(&p, "10.0.0.2", &[]), (ip("10.0.0.2"), Scheme::Http));
+    }
+
+    #[test]
+    fn rfc7239_forwarded_is_preferred_and_carries_the_hops_scheme() {
+        let p = TrustedProxies::parse(&["10.0.0.0/8", "2001:db8::/32"]).unwrap();
+        let both = [
+            (
+                "forwarded",
+                r#"for=6.6.6.6;proto=http, for="[2001:db8:cafe::17]:4711";proto=https"#,
+            ),
+            ("x-forwarded-for", "192.0.2.1"),
+        ];
+        // 2001:db8::/32 is trusted, so the walk goes on to the forged-looking but untrusted 6.6.6.6.
+        assert_eq!(client(&p, "10.0.0.2", &both), (ip("6.6.6.6"), Scheme::Http));
+        let edge = [("forwarded", "for=198.51.100.7;proto=https;by=10.0.0.1")];
+        assert_eq!(client(&p, "10.0.0.2", &edge), (ip("198.51.100.7"), Scheme::Https));
+        let obfuscated = [("forwarded", "for=198.51.100.7, for=_hidden, for=10.0.0.3")];
         assert_eq!(
-            p.client_ip(ip("10.0.0.2"), Some("garbage, 198.51.100.7")),
-            ip("198.51.100.7")
+            client(&p, "10.0.0.2", &obfuscated).0,
+            ip("10.0.0.3"),
+            "the walk stops at _hidden"
         );
-        assert_eq!(
-            p.client_ip(ip("10.0.0.2"), Some("198.51.100.7, not an ip")),
-            ip("10.0.0.2")
-        );
-        assert_eq!(p.client_ip(ip("10.0.0.2"), Some("")), ip("10.0.0.2"));
+        let broken = [("forwarded", "for=198.51.100.7, nonsense")];
+        assert_eq!(client(&p, "10.0.0.2", &broken).0, ip("10.0.0.2"));
     }
 }

@@ -1,7 +1,6 @@
 //! The per-request middleware: request id, client address, span, metrics.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +11,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use tracing::Instrument;
 
+use crate::proxy::{ClientOrigin, Scheme};
 use crate::{HttpMetrics, TrustedProxies};
 
 /// The response (and trusted request) header carrying the request id.
@@ -60,10 +60,6 @@ pub fn current_request_id() -> Option<RequestId> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
-/// The client address of a request under the trusted-proxy rules (request extension).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
-
 /// What [`request_context`] needs; registered once as `web::Data<HttpTelemetry>`.
 #[derive(Debug, Clone)]
 pub struct HttpTelemetry {
@@ -96,27 +92,24 @@ pub async fn request_context(
         .filter(|_| trusted_peer)
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate);
-    // Every X-Forwarded-For line, in order: a proxy may add its own line instead of appending.
-    let forwarded_for = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    let forwarded_for = (!forwarded_for.is_empty()).then_some(forwarded_for.as_str());
-    let client = match (&telemetry, peer) {
-        (Some(t), Some(ip)) => Some(t.proxies.client_ip(ip, forwarded_for)),
-        (None, Some(ip)) => Some(ip),
+    let origin = match (&telemetry, peer) {
+        (Some(t), Some(ip)) => Some(t.proxies.origin(ip, req.headers())),
+        (None, Some(ip)) => Some(ClientOrigin {
+            ip: ip.to_canonical(),
+            scheme: Scheme::Http,
+        }),
         (_, None) => None,
     };
-    if let Some(ip) = client {
-        req.extensions_mut().insert(ClientAddr(ip));
+    if let Some(origin) = origin {
+        req.extensions_mut().insert(origin);
     }
     req.extensions_mut().insert(request_id.clone());
 
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let client = origin.map(|o| o.ip.to_string()).unwrap_or_default();
+    let scheme = origin.map_or("", |o| o.scheme.as_str());
+    let span = tracing::info_span!("request", request_id = %request_id, client = %client, scheme);
     let mut response = CURRENT
         .scope(request_id.clone(), next.call(req).instrument(span.clone()))
         .await?;
@@ -135,15 +128,14 @@ pub async fn request_context(
             .observe(&route, metric_method(&method), status, elapsed.as_secs_f64());
     }
     span.in_scope(|| {
-        let client = client.map(|ip| ip.to_string()).unwrap_or_default();
         let ms = format!("{:.3}", elapsed.as_secs_f64() * 1000.0);
         if status >= 500 && status != 503 {
-            tracing::error!(method = %method, path = %path, status, ms = %ms, client = %client, "[HTTP] request failed");
+            tracing::error!(method = %method, path = %path, status, ms = %ms, "[HTTP] request failed");
         } else if status >= 400 {
             // Includes 503: a draining or not-ready instance answers it on purpose.
-            tracing::info!(method = %method, path = %path, status, ms = %ms, client = %client, "[HTTP] request rejected");
+            tracing::info!(method = %method, path = %path, status, ms = %ms, "[HTTP] request rejected");
         } else {
-            tracing::debug!(method = %method, path = %path, status, ms = %ms, client = %client, "[HTTP] request");
+            tracing::debug!(method = %method, path = %path, status, ms = %ms, "[HTTP] request");
         }
     });
     Ok(response)
@@ -250,7 +242,7 @@ mod tests {
                 .route(
                     "/",
                     web::get().to(|req: actix_web::HttpRequest| async move {
-                        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.to_string());
+                        let client = req.extensions().get::<ClientOrigin>().map(|c| c.ip.to_string());
                         HttpResponse::Ok().body(client.unwrap_or_default())
                     }),
                 ),

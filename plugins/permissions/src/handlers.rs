@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use callplane_plugin_api::telemetry::ClientAddr;
+use callplane_plugin_api::telemetry::{ClientOrigin, Scheme};
 use callplane_plugin_api::{ApiError, Principal};
 use serde::Deserialize;
 use serde_json::json;
@@ -26,7 +26,20 @@ const BAD_CREDENTIALS: &str = "invalid e-mail address or password";
 #[derive(Debug, Clone)]
 pub(crate) struct AuthState {
     pub(crate) store: Store,
+    /// The public base URL is https: cookies are always `Secure`.
     pub(crate) secure_cookie: bool,
+}
+
+impl AuthState {
+    /// Whether the session cookie gets `Secure`: always behind an https public URL, and also when a
+    /// trusted proxy says this client came over https.
+    fn secure_cookie_for(&self, req: &HttpRequest) -> bool {
+        self.secure_cookie
+            || req
+                .extensions()
+                .get::<ClientOrigin>()
+                .is_some_and(|o| o.scheme == Scheme::Https)
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -51,8 +64,8 @@ pub(crate) struct LoginBody {
 
 fn client_of(req: &HttpRequest) -> String {
     req.extensions()
-        .get::<ClientAddr>()
-        .map(|c| c.0.to_string())
+        .get::<ClientOrigin>()
+        .map(|c| c.ip.to_string())
         .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
         .unwrap_or_else(|| "unknown".to_owned())
 }
@@ -120,7 +133,7 @@ pub(crate) async fn login(
     let user = match credentials {
         Some(c) if c.active && verified != Verified::No => c,
         _ => {
-            tracing::warn!(email = %email, client = %client, "[AUTH] login failed");
+            tracing::warn!(email = %email, "[AUTH] login failed");
             return Err(ApiError::unauthorized(BAD_CREDENTIALS));
         }
     };
@@ -147,9 +160,13 @@ pub(crate) async fn login(
         .session_principal(&session::token_hash(&token), now)
         .await?
         .ok_or_else(|| ApiError::internal("a session just created cannot be read back"))?;
-    tracing::info!(user_id = principal.user_id, business_id = principal.business_id, client = %client, "[AUTH] login");
+    tracing::info!(
+        user_id = principal.user_id,
+        business_id = principal.business_id,
+        "[AUTH] login"
+    );
     Ok(HttpResponse::Ok()
-        .cookie(session::cookie(Some(&token), state.secure_cookie))
+        .cookie(session::cookie(Some(&token), state.secure_cookie_for(&req)))
         .json(json!({
             "token": token,
             "token_type": "Bearer",
@@ -172,7 +189,7 @@ pub(crate) async fn logout(
     }
     tracing::info!(user_id = who.user_id, business_id = who.business_id, "[AUTH] logout");
     Ok(HttpResponse::NoContent()
-        .cookie(session::cookie(None, state.secure_cookie))
+        .cookie(session::cookie(None, state.secure_cookie_for(&req)))
         .finish())
 }
 
