@@ -53,11 +53,17 @@ impl TrustedProxies {
     }
 
     /// Where a request really came from. From an untrusted peer: the peer itself over plain http,
-    /// whatever headers it sent. From a trusted proxy: the hops of `Forwarded` (RFC 7239) or, when
-    /// there is none, of `X-Forwarded-For`, walked right to left past trusted proxies; the client is
+    /// whatever headers it sent. From a trusted proxy: the hops of `X-Forwarded-For` or, when there
+    /// is none, of `Forwarded` (RFC 7239), walked right to left past trusted proxies; the client is
     /// the first untrusted hop (the left-most when all are trusted). An unparsable or obfuscated hop
-    /// stops the walk: what lies left of it cannot be believed. The scheme is the `proto` of the
-    /// client's `Forwarded` hop, or the last `X-Forwarded-Proto` value; only `http` and `https` count.
+    /// stops the walk: what lies left of it cannot be believed. The scheme is the last
+    /// `X-Forwarded-Proto` value, or the `proto` of the client's `Forwarded` hop; only `http` and
+    /// `https` count.
+    ///
+    /// `X-Forwarded-For` wins because almost every balancer (nginx, HAProxy, cloud balancers) sets
+    /// it and passes a client's own `Forwarded` through untouched: preferring `Forwarded` would let
+    /// any client choose its address. A proxy that sets only `Forwarded` must drop incoming
+    /// `X-Forwarded-For`.
     pub fn origin(&self, peer: IpAddr, headers: &HeaderMap) -> ClientOrigin {
         let peer = peer.to_canonical();
         let direct = ClientOrigin {
@@ -67,15 +73,15 @@ impl TrustedProxies {
         if !self.contains(peer) {
             return direct;
         }
-        let forwarded = joined(headers, "forwarded");
-        let hops: Vec<Hop> = if forwarded.is_empty() {
+        let forwarded_for = joined(headers, "x-forwarded-for");
+        let hops: Vec<Hop> = if !forwarded_for.trim().is_empty() {
             let proto = headers
                 .get_all("x-forwarded-proto")
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .next_back()
                 .and_then(Scheme::parse);
-            joined(headers, "x-forwarded-for")
+            forwarded_for
                 .split(',')
                 .filter(|entry| !entry.trim().is_empty())
                 .map(|entry| Hop {
@@ -84,7 +90,7 @@ impl TrustedProxies {
                 })
                 .collect()
         } else {
-            rfc7239::parse(&forwarded)
+            rfc7239::parse(&joined(headers, "forwarded"))
                 .map(|element| match element {
                     Ok(element) => Hop {
                         ip: element.forwarded_for.as_ref().and_then(|node| node.ip()).copied(),
@@ -256,17 +262,20 @@ mod tests {
     }
 
     #[test]
-    fn rfc7239_forwarded_is_preferred_and_carries_the_hops_scheme() {
+    fn rfc7239_forwarded_counts_only_without_x_forwarded_for() {
         let p = TrustedProxies::parse(&["10.0.0.0/8", "2001:db8::/32"]).unwrap();
+        // nginx sets X-Forwarded-For and passes the client's own Forwarded through: ignored.
         let both = [
-            (
-                "forwarded",
-                r#"for=6.6.6.6;proto=http, for="[2001:db8:cafe::17]:4711";proto=https"#,
-            ),
+            ("forwarded", "for=6.6.6.6;proto=https"),
             ("x-forwarded-for", "192.0.2.1"),
         ];
-        // 2001:db8::/32 is trusted, so the walk goes on to the forged-looking but untrusted 6.6.6.6.
-        assert_eq!(client(&p, "10.0.0.2", &both), (ip("6.6.6.6"), Scheme::Http));
+        assert_eq!(client(&p, "10.0.0.2", &both), (ip("192.0.2.1"), Scheme::Http));
+        let chain = [(
+            "forwarded",
+            r#"for=6.6.6.6;proto=http, for="[2001:db8:cafe::17]:4711";proto=https"#,
+        )];
+        // 2001:db8::/32 is trusted, so the walk goes on to the untrusted 6.6.6.6.
+        assert_eq!(client(&p, "10.0.0.2", &chain), (ip("6.6.6.6"), Scheme::Http));
         let edge = [("forwarded", "for=198.51.100.7;proto=https;by=10.0.0.1")];
         assert_eq!(client(&p, "10.0.0.2", &edge), (ip("198.51.100.7"), Scheme::Https));
         let obfuscated = [("forwarded", "for=198.51.100.7, for=_hidden, for=10.0.0.3")];

@@ -109,7 +109,7 @@ pub async fn request_context(
     let path = req.path().to_owned();
     let client = origin.map(|o| o.ip.to_string()).unwrap_or_default();
     let scheme = origin.map_or("", |o| o.scheme.as_str());
-    let span = tracing::info_span!("request", request_id = %request_id, client = %client, scheme);
+    let span = tracing::info_span!("request", request_id = %request_id, client = %client, scheme = %scheme);
     let mut response = CURRENT
         .scope(request_id.clone(), next.call(req).instrument(span.clone()))
         .await?;

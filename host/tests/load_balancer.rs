@@ -1,0 +1,493 @@
+//! Two instances of the real binary on one PostgreSQL database behind nginx, which terminates TLS
+//! with the repository's own site configuration (`deploy/nginx/callplane.conf`, started by
+//! `.ci/nginx-up`). Signed webhooks arrive over https at both instances and are recorded once, a
+//! session made on one instance works on the other, forged forwarding headers from untrusted
+//! peers change nothing, and a rolling restart under steady load fails no request.
+//!
+//! Needs `TEST_POSTGRES_URL` and the `TEST_NGINX_*` variables `.ci/nginx-up` prints; without them
+//! every test says SKIPPED and passes. The instances listen on the upstream addresses of the site
+//! configuration, so the tests here take turns (one lock).
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use callplane_e2e::harness::{PgDatabase, Reply, Sandbox, Server};
+use callplane_plugin_twilio::signature;
+
+const BIN: &str = env!("CARGO_BIN_EXE_callplane");
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "lb-auth-token-5e2a";
+const NUMBER: &str = "+972501234567";
+const USER: (&str, &str, &str) = ("agent@dental.example", "agent", "agent password 123");
+
+/// The upstream addresses are fixed by the site configuration: one test at a time.
+static TURN: Mutex<()> = Mutex::new(());
+
+/// nginx as `.ci/nginx-up` started it.
+struct Nginx {
+    /// `https://localhost`: the public base URL of the instances.
+    url: String,
+    /// Where nginx connects to the instances from (their only trusted proxy).
+    peer: String,
+    /// The instances' addresses, read from the site configuration nginx runs.
+    upstreams: Vec<SocketAddr>,
+    agent: ureq::Agent,
+}
+
+/// Everything a test needs, or `None` (said on stderr) when the environment lacks a service.
+struct Cluster {
+    nginx: Nginx,
+    pg: PgDatabase,
+    sandboxes: Vec<Sandbox>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+fn cluster(test: &str) -> Option<Cluster> {
+    let vars = ["TEST_NGINX_URL", "TEST_NGINX_CA", "TEST_NGINX_PEER", "TEST_NGINX_SITE"].map(std::env::var);
+    let [Ok(url), Ok(ca), Ok(peer), Ok(site)] = vars else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: TEST_NGINX_URL/_CA/_PEER/_SITE are not set (nginx tests run in .ci/run)"
+        );
+        return None;
+    };
+    let pg = PgDatabase::create(test)?;
+    let turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let site = std::fs::read_to_string(&site).unwrap();
+    let upstreams: Vec<SocketAddr> = site
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("server ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(upstreams.len(), 2, "the site configuration names two instances");
+    let pem = std::fs::read(&ca).unwrap();
+    let root = ureq::tls::Certificate::from_pem(&pem).unwrap();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[root]))
+        .build();
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .tls_config(tls)
+        .build()
+        .into();
+    Some(Cluster {
+        nginx: Nginx {
+            url,
+            peer,
+            upstreams,
+            agent,
+        },
+        pg,
+        sandboxes: vec![Sandbox::new(), Sandbox::new()],
+        _turn: turn,
+    })
+}
+
+impl Cluster {
+    fn env(&self, instance: usize) -> Vec<(String, String)> {
+        [
+            ("CALLPLANE_BIND", self.nginx.upstreams[instance].to_string()),
+            ("CALLPLANE_DATABASE_URL", self.pg.url.clone()),
+            ("CALLPLANE_INSTANCES", "2".to_owned()),
+            ("CALLPLANE_PUBLIC_BASE_URL", self.nginx.url.clone()),
+            ("CALLPLANE_TRUSTED_PROXIES", format!("{}/32", self.nginx.peer)),
+            ("TWILIO_ACCOUNT_SID", ACCOUNT.to_owned()),
+            ("TWILIO_AUTH_TOKEN", TOKEN.to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .to_vec()
+    }
+
+    fn serve(&self, instance: usize) -> Server {
+        let env = self.env(instance);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.sandboxes[instance].serve(Path::new(BIN), &env)
+    }
+
+    /// Both instances booted at once on the empty database, then a business and a user.
+    fn start(&self) -> Vec<Server> {
+        let servers: Vec<Server> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2).map(|i| scope.spawn(move || self.serve(i))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let env = self.env(0);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.sandboxes[0].bootstrap(Path::new(BIN), &env, NUMBER, USER);
+        servers
+    }
+
+    /// A request through nginx; transport errors are returned.
+    fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Result<Reply, String> {
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.nginx.url));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(body.to_owned()).map_err(|e| e.to_string())?;
+        let mut response = self.nginx.agent.run(request).map_err(|e| e.to_string())?;
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        Ok(Reply { status, headers, body })
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} through nginx: {e}"))
+    }
+
+    /// An inbound-call webhook for `call_sid`, signed over the public URL as Twilio would sign it.
+    fn webhook(&self, call_sid: &str) -> (String, String) {
+        let params: Vec<(String, String)> = [
+            ("AccountSid", ACCOUNT),
+            ("ApiVersion", "2010-04-01"),
+            ("CallSid", call_sid),
+            ("CallStatus", "ringing"),
+            ("Called", NUMBER),
+            ("Caller", "+972541112222"),
+            ("Direction", "inbound"),
+            ("From", "+972541112222"),
+            ("To", NUMBER),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec();
+        let url = format!("{}/webhook/incoming_call", self.nginx.url);
+        let signature = signature::compute(TOKEN, &url, &params);
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&params)
+            .finish();
+        (signature, body)
+    }
+
+    fn send_webhook(&self, call_sid: &str) -> Result<Reply, String> {
+        let (signature, body) = self.webhook(call_sid);
+        self.try_request(
+            "POST",
+            "/webhook/incoming_call",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-twilio-signature", &signature),
+            ],
+            &body,
+        )
+    }
+}
+
+fn call_sid(n: usize) -> String {
+    format!("CA{n:032x}")
+}
+
+/// Lines of `output` that are the request with id `id`.
+fn lines_of<'a>(output: &'a str, id: &str) -> Vec<&'a str> {
+    output
+        .lines()
+        .filter(|l| l.contains(&format!("request_id={id}")))
+        .collect()
+}
+
+#[test]
+fn signed_webhooks_over_https_reach_both_instances_and_are_recorded_once() {
+    let Some(cluster) = cluster("signed_webhooks_over_https_reach_both_instances_and_are_recorded_once") else {
+        return;
+    };
+    let servers = cluster.start();
+    let applied: Vec<usize> = servers
+        .iter()
+        .map(|s| s.output().matches("[MIGRATE] applied").count())
+        .collect();
+    assert!(
+        applied.contains(&0) && applied.iter().any(|&n| n > 0),
+        "booted at once on the empty database, one instance migrated and the other found nothing to do: {applied:?}"
+    );
+
+    const CALLS: usize = 40;
+    for round in 0..2 {
+        // The second round is Twilio retrying every webhook: answered again, recorded once.
+        for n in 0..CALLS {
+            let reply = cluster.send_webhook(&call_sid(n)).unwrap();
+            assert_eq!(reply.status, 200, "round {round}, call {n}: {}", reply.body);
+            assert!(reply.body.contains("<Response>"), "{}", reply.body);
+            assert!(reply.header("content-type").is_some_and(|t| t.starts_with("text/xml")));
+        }
+    }
+    let outcomes: Vec<usize> = servers
+        .iter()
+        .map(|s| {
+            s.output()
+                .matches("[TWILIO][INBOUND] outcome signature=valid tenant=1 recorded=true")
+                .count()
+        })
+        .collect();
+    assert_eq!(outcomes.iter().sum::<usize>(), 2 * CALLS, "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|&n| n >= CALLS / 2),
+        "round robin spreads the webhooks: {outcomes:?}"
+    );
+    assert_eq!(cluster.pg.scalar("SELECT COUNT(*) FROM calls"), CALLS as i64);
+    assert_eq!(
+        cluster
+            .pg
+            .scalar("SELECT COUNT(DISTINCT call_sid) FROM calls WHERE business_id = 1"),
+        CALLS as i64
+    );
+
+    // nginx's request id reaches the instance and comes back; the instance saw the real client
+    // (the test, from 127.0.0.1) over https.
+    let reply = cluster.send_webhook(&call_sid(0)).unwrap();
+    let id = reply.header("x-request-id").unwrap().to_owned();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "nginx's $request_id: {id}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let output = servers[0].output() + "\n" + &servers[1].output();
+    let lines = lines_of(&output, &id);
+    assert!(
+        lines.iter().any(|l| l.contains("[TWILIO][INBOUND] hit")),
+        "the hit line carries nginx's request id:\n{output}"
+    );
+    for line in &lines {
+        assert!(
+            line.contains("client=127.0.0.1") && line.contains("scheme=https"),
+            "{line}"
+        );
+    }
+
+    // A signature over a URL other than the public one is refused, whatever Host nginx passes on.
+    let params_body = cluster.webhook(&call_sid(99)).1;
+    let forged = signature::compute(
+        TOKEN,
+        "https://evil.example/webhook/incoming_call",
+        &url::form_urlencoded::parse(params_body.as_bytes())
+            .into_owned()
+            .collect::<Vec<_>>(),
+    );
+    let reply = cluster.request(
+        "POST",
+        "/webhook/incoming_call",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-twilio-signature", &forged),
+            ("host", "evil.example"),
+            ("x-forwarded-host", "evil.example"),
+        ],
+        &params_body,
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(
+        cluster.pg.scalar("SELECT COUNT(*) FROM calls"),
+        CALLS as i64,
+        "nothing written"
+    );
+}
+
+#[test]
+fn a_session_made_on_one_instance_works_on_the_other() {
+    let Some(cluster) = cluster("a_session_made_on_one_instance_works_on_the_other") else {
+        return;
+    };
+    let servers = cluster.start();
+    let body = serde_json::json!({ "email": USER.0, "password": USER.2 }).to_string();
+    let login = cluster.request(
+        "POST",
+        "/api/auth/login",
+        &[("content-type", "application/json")],
+        &body,
+    );
+    assert_eq!(login.status, 200, "{}", login.body);
+    let cookie = login.header("set-cookie").unwrap();
+    assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    let token = login.json()["token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    for server in &servers {
+        let me = server.request("GET", "/api/me", &[("authorization", &bearer)], None);
+        assert_eq!(me.status, 200, "{}", me.body);
+        assert_eq!(me.json()["user"]["email"], USER.0);
+    }
+    // Signed out through one instance, the session is gone on both.
+    let out = servers[0].request("POST", "/api/auth/logout", &[("authorization", &bearer)], None);
+    assert_eq!(out.status, 204, "{}", out.body);
+    for server in &servers {
+        let me = server.request("GET", "/api/me", &[("authorization", &bearer)], None);
+        assert_eq!(me.status, 401, "{}", me.body);
+    }
+}
+
+#[test]
+fn forged_forwarding_headers_from_untrusted_peers_change_nothing() {
+    let Some(cluster) = cluster("forged_forwarding_headers_from_untrusted_peers_change_nothing") else {
+        return;
+    };
+    let servers = cluster.start();
+    let forged = [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil example"),
+        ("forwarded", "for=203.0.113.9;proto=https"),
+        ("x-request-id", "forged-request-id"),
+    ];
+    // Straight to an instance: the test's address (127.0.0.1) is not a trusted proxy.
+    let direct = servers[0].request("GET", "/nowhere", &forged, None);
+    assert_eq!(direct.status, 404);
+    let direct_id = direct.header("x-request-id").unwrap().to_owned();
+    assert_ne!(direct_id, "forged-request-id");
+    // Through nginx: nginx sets its own request id and appends the real client address.
+    let via = cluster.request("GET", "/nowhere", &forged, "");
+    assert_eq!(via.status, 404);
+    let via_id = via.header("x-request-id").unwrap().to_owned();
+    assert_ne!(via_id, "forged-request-id");
+
+    std::thread::sleep(Duration::from_millis(200));
+    let output = servers[0].output() + "\n" + &servers[1].output();
+    assert!(
+        !output.contains("forged-request-id") && !output.contains("203.0.113.9"),
+        "{output}"
+    );
+    let direct_lines = lines_of(&output, &direct_id);
+    assert!(!direct_lines.is_empty(), "{output}");
+    for line in direct_lines {
+        assert!(line.contains("client=127.0.0.1 scheme=http"), "direct: {line}");
+    }
+    let via_lines = lines_of(&output, &via_id);
+    assert!(!via_lines.is_empty(), "{output}");
+    for line in via_lines {
+        assert!(line.contains("client=127.0.0.1 scheme=https"), "through nginx: {line}");
+    }
+}
+
+#[test]
+fn rolling_restart_under_steady_load_fails_no_request() {
+    let Some(cluster) = cluster("rolling_restart_under_steady_load_fails_no_request") else {
+        return;
+    };
+    let mut servers: Vec<Option<Server>> = cluster.start().into_iter().map(Some).collect();
+    let token = {
+        let body = serde_json::json!({ "email": USER.0, "password": USER.2 }).to_string();
+        let login = cluster.request(
+            "POST",
+            "/api/auth/login",
+            &[("content-type", "application/json")],
+            &body,
+        );
+        assert_eq!(login.status, 200, "{}", login.body);
+        login.json()["token"].as_str().unwrap().to_owned()
+    };
+    let bearer = format!("Bearer {token}");
+
+    const CLIENTS: usize = 4;
+    let stop = AtomicBool::new(false);
+    let next_sid = AtomicUsize::new(1_000);
+    let sent = AtomicUsize::new(0);
+    let accepted_webhooks = AtomicUsize::new(0);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let restarts = std::thread::scope(|scope| {
+        // However this scope ends (a failed assertion included), the clients stop.
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..CLIENTS {
+            scope.spawn(|| {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let (what, result) = if i.is_multiple_of(4) {
+                        let r = cluster.try_request("GET", "/api/calls?limit=5", &[("authorization", &bearer)], "");
+                        ("GET /api/calls", r)
+                    } else {
+                        let sid = call_sid(next_sid.fetch_add(1, Ordering::Relaxed));
+                        ("webhook", cluster.send_webhook(&sid))
+                    };
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match result {
+                        Ok(reply) if reply.status == 200 => {
+                            if what == "webhook" {
+                                accepted_webhooks.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(reply) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{what}: {} {}", reply.status, reply.body)),
+                        Err(e) => failures.lock().unwrap().push(format!("{what}: {e}")),
+                    }
+                }
+            });
+        }
+        let hits = |server: &Server| server.output().matches("[TWILIO][INBOUND] hit").count();
+        // Both instances take traffic before anything is restarted.
+        wait_until(
+            || servers.iter().flatten().all(|s| hits(s) >= 5),
+            "both instances serve",
+        );
+        let mut restarts = Vec::new();
+        for (instance, slot) in servers.iter_mut().enumerate() {
+            let old = slot.take().unwrap();
+            let started = Instant::now();
+            old.signal("TERM");
+            let (status, output) = old.wait();
+            assert!(status.success(), "{output}");
+            assert!(output.contains("[SHUTDOWN] draining"), "{output}");
+            let new = cluster.serve(instance);
+            // Back in nginx's rotation (its fail_timeout has passed) before the next one stops.
+            wait_until(|| hits(&new) >= 5, "the restarted instance serves again");
+            restarts.push(started.elapsed());
+            *slot = Some(new);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        restarts
+    });
+
+    let sent = sent.into_inner();
+    let failures = failures.into_inner().unwrap();
+    let _ = writeln!(
+        std::io::stderr(),
+        "rolling restart: {sent} requests through nginx ({} webhooks accepted), {} failed, restarts took {restarts:?}",
+        accepted_webhooks.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(sent >= 200, "steady load: only {sent} requests");
+    // Every accepted webhook is a call in the shared database (the spool stayed empty: the
+    // database never went away).
+    assert_eq!(
+        cluster.pg.scalar("SELECT COUNT(*) FROM calls"),
+        accepted_webhooks.load(Ordering::Relaxed) as i64
+    );
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
