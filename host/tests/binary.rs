@@ -206,3 +206,42 @@ fn usage_errors_are_reported_by_clap() {
     let bad = sandbox.run(Path::new(BIN), &["check", "--format", "yaml"], &[]);
     assert_eq!(bad.code, Some(2));
 }
+
+/// `KEY=VALUE` lines of a systemd unit's `Environment=` entries or of an environment file.
+fn assignments(text: &str, prefix: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(prefix)?.split_once('='))
+        .filter(|(key, _)| !key.starts_with('#') && !key.is_empty())
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_and_environment_example_are_a_valid_configuration() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(root.join("deploy/systemd/callplane@.service")).unwrap();
+    let example = std::fs::read_to_string(root.join("deploy/callplane.env.example")).unwrap();
+    let mut vars = assignments(&example, "");
+    vars.extend(assignments(&unit.replace("%i", "8081"), "Environment="));
+    assert!(vars.len() >= 10, "{vars:?}");
+    let sandbox = Sandbox::new();
+    let env: Vec<(&str, &str)> = vars
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            // Paths the service user owns in production; the test's own here.
+            "CALLPLANE_LOG_DIR" | "CALLPLANE_SPOOL_DIR" => (k.as_str(), sandbox.path().to_str().unwrap()),
+            _ => (k.as_str(), v.as_str()),
+        })
+        .collect();
+    let out = sandbox.run(Path::new(BIN), &["check", "--format", "json"], &env);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let ids: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    // Not even a deploy warning: https public URL, trusted proxies, PostgreSQL for two instances.
+    assert!(ids.is_empty(), "{}", out.stdout);
+}

@@ -231,6 +231,18 @@ fn deploy_checks_warn_by_default_and_fail_under_deploy() {
         "{}",
         production.stdout
     );
+    // The sandbox database is SQLite: fine for one instance, an error for two.
+    let two = env(&[dev[0], ("CALLPLANE_INSTANCES", "2")]);
+    let shared_sqlite = sandbox.run(bin("ok"), &["check", "--deploy"], &two);
+    assert_eq!(shared_sqlite.code, Some(78), "{}", shared_sqlite.stdout);
+    assert_eq!(shared_sqlite.finding_ids(), ["CP104"], "{}", shared_sqlite.stdout);
+    assert!(
+        shared_sqlite
+            .stdout
+            .contains("hint: use CALLPLANE_DATABASE_URL=postgres://"),
+        "{}",
+        shared_sqlite.stdout
+    );
 }
 
 #[test]
