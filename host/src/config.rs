@@ -84,6 +84,7 @@ const KEYS: &[Key] = &[
     key("log_dir", "CALLPLANE_LOG_DIR"),
     key("spool_dir", "CALLPLANE_SPOOL_DIR"),
     key("calendar_max_minutes", "CALLPLANE_CALENDAR_MAX_MINUTES"),
+    key("record_calls", "CALLPLANE_RECORD_CALLS"),
     key("log_format", "CALLPLANE_LOG_FORMAT"),
     key("log_filter", "RUST_LOG"),
     key("shutdown_drain_secs", "CALLPLANE_SHUTDOWN_DRAIN_SECS"),
@@ -168,6 +169,22 @@ impl Loader {
                 None
             }
         }
+    }
+
+    fn boolean(&mut self, key: &Key, raw: &Raw) -> Option<bool> {
+        let parsed = match raw {
+            Raw::Env(value) => match value.trim() {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            },
+            Raw::File(toml::Value::Boolean(b)) => Some(*b),
+            Raw::File(_) => None,
+        };
+        if parsed.is_none() {
+            self.bad(key, raw, "expected true or false", "write true or false");
+        }
+        parsed
     }
 
     fn integer(&mut self, key: &Key, raw: &Raw, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
@@ -400,6 +417,11 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
         "calendar_max_minutes" => {
             if let Some(n) = loader.integer(key, raw, 1..=10_080) {
                 config.settings.calendar_max_minutes = u32::try_from(n).unwrap_or(480);
+            }
+        }
+        "record_calls" => {
+            if let Some(record) = loader.boolean(key, raw) {
+                config.settings.record_calls = record;
             }
         }
         "log_format" => {

@@ -77,6 +77,13 @@ pub fn static_checks(config: &Config, level: Level) -> Vec<Finding> {
             "create the directory and give the service user write access, or set CALLPLANE_LOG_DIR",
         );
     }
+    if !config.settings.record_calls {
+        push(
+            "CP109",
+            "call recording is disabled: webhooks are answered but no call is recorded".to_owned(),
+            "remove CALLPLANE_RECORD_CALLS=false (it exists for benchmarks only)",
+        );
+    }
     if config.settings.trusted_proxies.is_empty() {
         push(
             "CP106",

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -232,4 +233,111 @@ fn postgres_stopped_mid_stream_loses_no_call() {
     let (_, output) = server.wait();
     assert!(output.contains("recorded=spooled"), "{output}");
     assert!(output.contains("[TWILIO] spool replayed into the database"), "{output}");
+}
+
+/// Sends one webhook signed over the public URL, straight over HTTP.
+fn signed(server: &Server, path: &str, params: &[(&str, &str)]) -> u16 {
+    let params: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let signature = callplane_plugin_twilio::signature::compute(TOKEN, &format!("{PUBLIC}{path}"), &params);
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&params)
+        .finish();
+    server
+        .request(
+            "POST",
+            path,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-twilio-signature", &signature),
+            ],
+            Some(&body),
+        )
+        .status
+}
+
+/// Many webhooks at once are committed in shared transactions (group commit). Retries of the same
+/// webhook and out-of-order status callbacks for one call land in the same batch; each call must
+/// still end with one row, its newest status and each event once.
+fn concurrent_webhooks_are_grouped_and_applied_once(database: Option<&str>) {
+    let api = fake_twilio();
+    let sandbox = Sandbox::new();
+    let env = env(&api, database);
+    bootstrap(&sandbox, &env);
+    let server = sandbox.serve(Path::new(BIN), &env);
+    const CALLS: usize = 12;
+    let sid = |i: usize| format!("CA{:032x}", 0xB000 + i);
+    std::thread::scope(|scope| {
+        for i in 0..CALLS {
+            let (server, sid) = (&server, sid(i));
+            scope.spawn(move || {
+                let base = [
+                    ("AccountSid", ACCOUNT),
+                    ("CallSid", sid.as_str()),
+                    ("From", "+972541112222"),
+                    ("To", NUMBER),
+                ];
+                let inbound: Vec<_> = base
+                    .iter()
+                    .copied()
+                    .chain([("CallStatus", "ringing"), ("Direction", "inbound")])
+                    .collect();
+                // The first webhook and a retry of it, then statuses out of order, each sent twice.
+                for _ in 0..2 {
+                    assert_eq!(signed(server, "/webhook/incoming_call", &inbound), 200);
+                }
+                for (sequence, status) in [("2", "completed"), ("0", "ringing"), ("1", "in-progress")] {
+                    let status: Vec<_> = base
+                        .iter()
+                        .copied()
+                        .chain([
+                            ("CallStatus", status),
+                            ("SequenceNumber", sequence),
+                            ("Direction", "inbound"),
+                        ])
+                        .collect();
+                    for _ in 0..2 {
+                        assert_eq!(signed(server, "/webhook/call_status", &status), 200);
+                    }
+                }
+            });
+        }
+    });
+    let auth = format!("Bearer {}", agent_token(&server));
+    let list = server.request("GET", "/api/calls?limit=100", &[("authorization", &auth)], None);
+    assert_eq!(list.json()["calls"].as_array().unwrap().len(), CALLS, "{}", list.body);
+    for i in 0..CALLS {
+        let call = server
+            .request(
+                "GET",
+                &format!("/api/calls/{}", sid(i)),
+                &[("authorization", &auth)],
+                None,
+            )
+            .json();
+        assert_eq!(call["status"], "completed", "the newest status wins: {call}");
+        assert_eq!(call["events"].as_array().unwrap().len(), 4, "each event once: {call}");
+    }
+    let metrics = server.get("/metrics").body;
+    let batches = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("callplane_twilio_record_batch_size_count "))
+        .unwrap();
+    let _ = writeln!(
+        std::io::stderr(),
+        "group commit: {} webhooks in {batches} transactions",
+        CALLS * 8
+    );
+}
+
+#[test]
+fn concurrent_webhooks_are_grouped_and_applied_once_on_sqlite() {
+    concurrent_webhooks_are_grouped_and_applied_once(None);
+}
+
+#[test]
+fn concurrent_webhooks_are_grouped_and_applied_once_on_postgres() {
+    let Some(pg) = PgDatabase::create("concurrent_webhooks_are_grouped_and_applied_once_on_postgres") else {
+        return;
+    };
+    concurrent_webhooks_are_grouped_and_applied_once(Some(&pg.url));
 }

@@ -51,6 +51,9 @@ pub struct Settings {
     pub spool_dir: std::path::PathBuf,
     /// The longest appointment the calendar accepts, in minutes (`CALLPLANE_CALENDAR_MAX_MINUTES`).
     pub calendar_max_minutes: u32,
+    /// Whether webhooks record calls (`CALLPLANE_RECORD_CALLS`, default true). `false` exists only to
+    /// measure the webhook path without its database write (`just bench`); `check --deploy` refuses it.
+    pub record_calls: bool,
     /// Twilio account settings.
     pub twilio: TwilioSettings,
 }
@@ -69,6 +72,7 @@ impl Default for Settings {
             instances: 1,
             spool_dir: std::path::PathBuf::from("data/spool"),
             calendar_max_minutes: 480,
+            record_calls: true,
             twilio: TwilioSettings {
                 account_sid: DEV_ACCOUNT_SID.to_owned(),
                 auth_token: Secret::new(DEV_AUTH_TOKEN),

@@ -60,7 +60,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         reg.metrics(),
     );
     let db = reg.db().clone();
-    let recorder = records::Recorder::new(db.clone(), Arc::new(spool), reg.metrics());
+    let recorder = records::Recorder::new(db.clone(), Arc::new(spool), reg.settings().record_calls, reg.metrics());
     reg.migrations(migrations::MIGRATIONS);
     reg.provide_access(Capability::TwilioSignature, provider);
     reg.state(webhooks::WebhookState {

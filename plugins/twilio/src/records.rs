@@ -11,8 +11,10 @@ use callplane_plugin_api::storage::{Db, Spool};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 /// How long a webhook waits for the database before it spools instead: Twilio gives up after 15 s.
 pub const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -86,6 +88,8 @@ pub enum Recorded {
     Spooled,
     /// Neither: the database and the spool both failed (logged as an error, counted).
     Lost,
+    /// Not recorded on purpose: `CALLPLANE_RECORD_CALLS=false` (benchmarks only).
+    Disabled,
 }
 
 impl Recorded {
@@ -95,88 +99,153 @@ impl Recorded {
             Self::Database => "true",
             Self::Spooled => "spooled",
             Self::Lost => "false",
+            Self::Disabled => "disabled",
         }
     }
 }
 
-/// Writes one event in one transaction: the call row (once per CallSid), the status when the
-/// sequence is newer, and the event (once per CallSid, kind and sequence).
+/// Writes one event in one transaction (see [`write_events`]).
 ///
 /// # Errors
 /// A database error; nothing is committed then.
 pub async fn write_event(db: &Db, event: &CallEvent) -> Result<(), sqlx::Error> {
-    let mut tx = db.pool().begin().await?;
-    let sequence = event.sequence.unwrap_or(-1);
-    // The tenant: as known when the webhook arrived, else looked up now by the business's number
-    // (the called number of an inbound call, the caller of an outbound one): a call spooled while
-    // the database was down still lands in its business.
-    let number = if event.direction == "outbound" {
-        &event.from
-    } else {
-        &event.to
-    };
-    if let Some(req_id) = &event.req_id {
-        // An outbound call whose CallSid never reached its record: this webhook brings it.
-        sqlx::query(
-            "UPDATE calls SET call_sid = $1 WHERE req_id = $2 AND call_sid IS NULL
-               AND NOT EXISTS (SELECT 1 FROM calls WHERE call_sid = $3)",
-        )
-        .bind(&event.call_sid)
-        .bind(req_id)
-        .bind(&event.call_sid)
-        .execute(&mut *tx)
-        .await?;
+    write_events(db, &[event]).await
+}
+
+/// Writes `events` in one transaction: the call rows (once per CallSid), each status when its
+/// sequence is newer, and the events (once per CallSid, kind and sequence). Applying an event
+/// twice changes nothing, so a batch may hold retries of each other. Calls and events go in one
+/// multi-row statement each, so a batch of a hundred webhooks costs a handful of statements.
+///
+/// # Errors
+/// A database error; nothing is committed then.
+pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO calls (call_sid, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
-         VALUES ($1, COALESCE($2, (SELECT id FROM businesses WHERE phone_number = $9)), $3, $4, $5, $6, $7, -1, $8, $8)
-         ON CONFLICT (call_sid) DO NOTHING",
-    )
-    .bind(&event.call_sid)
-    .bind(event.business_id)
-    .bind(&event.direction)
-    .bind(&event.from)
-    .bind(&event.to)
-    .bind(&event.status)
-    .bind(&event.lead_id)
-    .bind(event.received_at)
-    .bind(number)
-    .execute(&mut *tx)
-    .await?;
-    if event.kind == EventKind::Status {
+    let mut tx = db.pool().begin().await?;
+    for event in events {
+        if let Some(req_id) = &event.req_id {
+            // An outbound call whose CallSid never reached its record: this webhook brings it.
+            sqlx::query(
+                "UPDATE calls SET call_sid = $1 WHERE req_id = $2 AND call_sid IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM calls WHERE call_sid = $3)",
+            )
+            .bind(&event.call_sid)
+            .bind(req_id)
+            .bind(&event.call_sid)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    upsert_calls(&mut tx, events).await?;
+    for event in events.iter().filter(|e| e.kind == EventKind::Status) {
         sqlx::query("UPDATE calls SET status = $1, last_sequence = $2, updated_at = $3 WHERE call_sid = $4 AND last_sequence < $2")
             .bind(&event.status)
-            .bind(sequence.max(0))
+            .bind(event.sequence.unwrap_or(-1).max(0))
             .bind(event.received_at)
             .bind(&event.call_sid)
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query(
-        "UPDATE calls SET business_id = COALESCE(business_id, $1, (SELECT id FROM businesses WHERE phone_number = $2)),
-           lead_id = COALESCE(lead_id, $3) WHERE call_sid = $4",
-    )
-    .bind(event.business_id)
-    .bind(number)
-    .bind(&event.lead_id)
-    .bind(&event.call_sid)
-    .execute(&mut *tx)
-    .await?;
-    let payload = serde_json::to_string(&event.params).unwrap_or_else(|_| "[]".to_owned());
-    sqlx::query(
-        "INSERT INTO call_events (call_sid, kind, status, sequence, request_id, payload, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (call_sid, kind, sequence) DO NOTHING",
-    )
-    .bind(&event.call_sid)
-    .bind(event.kind.as_str())
-    .bind(&event.status)
-    .bind(sequence)
-    .bind(&event.request_id)
-    .bind(payload)
-    .bind(event.received_at)
-    .execute(&mut *tx)
-    .await?;
+    insert_events(&mut tx, events).await?;
     tx.commit().await
+}
+
+/// `($1, $2, …), ($n+1, …)`: `rows` groups of `columns` numbered placeholders, each group shaped by
+/// `group` (which receives the first placeholder number of its row).
+fn values(rows: usize, columns: usize, group: impl Fn(usize) -> String) -> String {
+    (0..rows)
+        .map(|row| group(row * columns + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One row per CallSid: created by its first event, and given its tenant and lead by any event
+/// that knows them. The tenant, when the webhook did not know it, is looked up by the business's
+/// number (the called number of an inbound call, the caller of an outbound one), so a call spooled
+/// while the database was down still lands in its business.
+async fn upsert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, events: &[&CallEvent]) -> Result<(), sqlx::Error> {
+    // PostgreSQL refuses to upsert one row twice in a statement: one entry per CallSid.
+    let mut calls: Vec<(&CallEvent, Option<i64>, Option<&String>)> = Vec::with_capacity(events.len());
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+    for event in events {
+        match index.get(event.call_sid.as_str()) {
+            Some(&i) => {
+                let (_, business, lead) = &mut calls[i];
+                *business = business.or(event.business_id);
+                *lead = lead.or(event.lead_id.as_ref());
+            }
+            None => {
+                index.insert(&event.call_sid, calls.len());
+                calls.push((event, event.business_id, event.lead_id.as_ref()));
+            }
+        }
+    }
+    let sql = format!(
+        "INSERT INTO calls (call_sid, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
+         VALUES {}
+         ON CONFLICT (call_sid) DO UPDATE SET
+           business_id = COALESCE(calls.business_id, excluded.business_id),
+           lead_id = COALESCE(calls.lead_id, excluded.lead_id)
+         WHERE (calls.business_id IS NULL AND excluded.business_id IS NOT NULL)
+            OR (calls.lead_id IS NULL AND excluded.lead_id IS NOT NULL)",
+        values(calls.len(), 9, |p| format!(
+            "(${p}, COALESCE(${}, (SELECT id FROM businesses WHERE phone_number = ${})), ${}, ${}, ${}, ${}, ${}, -1, ${}, ${})",
+            p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8, p + 8
+        )),
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for (event, business, lead) in calls {
+        let number = if event.direction == "outbound" {
+            &event.from
+        } else {
+            &event.to
+        };
+        query = query
+            .bind(&event.call_sid)
+            .bind(business)
+            .bind(number)
+            .bind(&event.direction)
+            .bind(&event.from)
+            .bind(&event.to)
+            .bind(&event.status)
+            .bind(lead)
+            .bind(event.received_at);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Every event once: a retry of the same (CallSid, kind, sequence) is skipped.
+async fn insert_events(tx: &mut sqlx::Transaction<'_, sqlx::Any>, events: &[&CallEvent]) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO call_events (call_sid, kind, status, sequence, request_id, payload, received_at)
+         VALUES {} ON CONFLICT (call_sid, kind, sequence) DO NOTHING",
+        values(events.len(), 7, |p| format!(
+            "(${p}, ${}, ${}, ${}, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6
+        )),
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for event in events {
+        let payload = serde_json::to_string(&event.params).unwrap_or_else(|_| "[]".to_owned());
+        query = query
+            .bind(&event.call_sid)
+            .bind(event.kind.as_str())
+            .bind(&event.status)
+            .bind(event.sequence.unwrap_or(-1))
+            .bind(&event.request_id)
+            .bind(payload)
+            .bind(event.received_at);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -190,19 +259,126 @@ pub struct Recorder {
     db: Db,
     spool: Arc<Spool>,
     recorded: Family<OutcomeLabels, Counter>,
+    group: GroupCommit,
+    enabled: bool,
+}
+
+/// The most events one transaction commits.
+const MAX_BATCH: usize = 256;
+
+/// Group commit: concurrent webhooks queue their events; whoever gets the turn commits everything
+/// queued so far (up to [`MAX_BATCH`]) in one transaction and tells every owner. There is no timer:
+/// a batch is what arrived while the previous commit ran, so one event alone commits at once, and
+/// under load an event waits for at most the commit in progress plus its own.
+#[derive(Debug, Clone)]
+struct GroupCommit {
+    db: Db,
+    queue: Arc<std::sync::Mutex<Vec<Pending>>>,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    batch_sizes: Histogram,
+}
+
+#[derive(Debug)]
+struct Pending {
+    event: CallEvent,
+    committed: oneshot::Sender<bool>,
+}
+
+impl GroupCommit {
+    /// Whether `event` was committed. `false` (or never answering, for the caller's timeout) means
+    /// it may or may not be in the database: spool it, applying it twice is harmless.
+    async fn write(&self, event: &CallEvent) -> bool {
+        let (committed, mut done) = oneshot::channel();
+        match self.queue.lock() {
+            Ok(mut queue) => queue.push(Pending {
+                event: event.clone(),
+                committed,
+            }),
+            Err(_) => return false,
+        }
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut done => return result.unwrap_or(false),
+                turn = self.turn.clone().lock_owned() => {
+                    let batch: Vec<Pending> = match self.queue.lock() {
+                        Ok(mut queue) => {
+                            let n = queue.len().min(MAX_BATCH);
+                            queue.drain(..n).collect()
+                        }
+                        Err(_) => return false,
+                    };
+                    if !batch.is_empty() {
+                        // Its own task: the batch completes for everyone in it even when this
+                        // caller stops waiting (its timeout), and the turn passes on when it is done.
+                        self.batch_sizes.observe(batch.len() as f64);
+                        tokio::spawn(commit(self.db.clone(), batch, turn));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Commits `batch` in one transaction. When a statement fails (not the connection), each event is
+/// retried alone so that one bad event cannot sink the others.
+async fn commit(db: Db, batch: Vec<Pending>, turn: tokio::sync::OwnedMutexGuard<()>) {
+    let events: Vec<&CallEvent> = batch.iter().map(|p| &p.event).collect();
+    let attempt = tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(&db, &events)).await;
+    drop(events);
+    match attempt {
+        Ok(Ok(())) => {
+            for pending in batch {
+                let _ = pending.committed.send(true);
+            }
+        }
+        Ok(Err(sqlx::Error::Database(error))) if batch.len() > 1 => {
+            tracing::warn!(error = %error, events = batch.len(), "[TWILIO] batch failed; writing its events one by one");
+            let _ = tokio::time::timeout(DB_WRITE_TIMEOUT, async {
+                for pending in batch {
+                    let ok = write_event(&db, &pending.event).await.is_ok();
+                    let _ = pending.committed.send(ok);
+                }
+            })
+            .await;
+        }
+        // Every owner hears a dropped sender and spools its own event.
+        Ok(Err(error)) => tracing::warn!(error = %error, events = batch.len(), "[TWILIO] database write failed"),
+        Err(_) => tracing::warn!(events = batch.len(), "[TWILIO] database write timed out"),
+    }
+    drop(turn);
 }
 
 impl Recorder {
     /// A recorder over `db` and `spool`, counting into `metrics`
     /// (`callplane_twilio_calls_recorded_total{outcome}`).
-    pub fn new(db: Db, spool: Arc<Spool>, metrics: &mut Registry) -> Self {
+    /// With `enabled` false nothing is recorded (`CALLPLANE_RECORD_CALLS=false`, benchmarks only).
+    pub fn new(db: Db, spool: Arc<Spool>, enabled: bool, metrics: &mut Registry) -> Self {
         let recorded = Family::default();
         metrics.register(
             "calls_recorded",
             "Call events by where they were recorded (database, spooled, lost)",
             recorded.clone(),
         );
-        Self { db, spool, recorded }
+        let batch_sizes = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        metrics.register(
+            "record_batch_size",
+            "Call events committed per database transaction (group commit)",
+            batch_sizes.clone(),
+        );
+        let group = GroupCommit {
+            db: db.clone(),
+            queue: Arc::default(),
+            turn: Arc::default(),
+            batch_sizes,
+        };
+        Self {
+            db,
+            spool,
+            recorded,
+            group,
+            enabled,
+        }
     }
 
     /// The spool.
@@ -218,16 +394,20 @@ impl Recorder {
             .inc();
     }
 
-    /// Records `event` durably, in the database or the spool.
+    /// Records `event` durably before returning: committed to the database (group commit, see
+    /// [`GroupCommit`]) or, when the database fails or does not answer within
+    /// [`DB_WRITE_TIMEOUT`], fsync'd to the spool.
     pub async fn record(&self, event: &CallEvent) -> Recorded {
-        match tokio::time::timeout(DB_WRITE_TIMEOUT, write_event(&self.db, event)).await {
-            Ok(Ok(())) => {
+        if !self.enabled {
+            self.count("disabled");
+            return Recorded::Disabled;
+        }
+        match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(event)).await {
+            Ok(true) => {
                 self.count("database");
                 return Recorded::Database;
             }
-            Ok(Err(error)) => {
-                tracing::warn!(call_sid = %event.call_sid, error = %error, "[TWILIO] database write failed; spooling")
-            }
+            Ok(false) => tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write failed; spooling"),
             Err(_) => tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write timed out; spooling"),
         }
         let line = match serde_json::to_string(event) {

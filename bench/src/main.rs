@@ -1,0 +1,619 @@
+//! `just bench`: measures callplane's webhook path against a minimal actix-web baseline in the
+//! same run, with the same signed 25-parameter Twilio form, and checks the targets of
+//! docs/performance.md.
+//!
+//! For each scenario a fresh server process is started in its own directory (SQLite database with
+//! a seeded business, log directory), driven from this process by a bounded load generator (awc on
+//! one thread, a fixed number of keep-alive connections, each sending its next request when the
+//! last one is answered, every request with a new CallSid), then stopped. Server CPU time comes
+//! from `/proc/<pid>/stat`, memory from `/proc/<pid>/status`.
+//!
+//! Run from the repository root after `cargo build --release -p callplane -p callplane-bench`.
+//! `BENCH_SECS` (default 8) sets the measured seconds per scenario (after 2 s of warm-up).
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use callplane_plugin_api::storage::{Db, sqlx};
+use callplane_plugin_twilio::signature;
+
+const TOKEN: &str = "bench-auth-token-3f9e";
+const ACCOUNT: &str = "AC5ef8732a3c49700934481addd5ce1659";
+const PUBLIC: &str = "https://voice.example.com";
+const NUMBER: &str = "+15005550006";
+const WARMUP: Duration = Duration::from_secs(2);
+/// Boots and `check` runs measured; the median is reported.
+const REPEATS: usize = 7;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Baseline,
+    Callplane { record: bool },
+}
+
+impl Server {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline (actix-web)",
+            Self::Callplane { record: true } => "callplane, recorded",
+            Self::Callplane { record: false } => "callplane, not recorded",
+        }
+    }
+}
+
+/// What one scenario measured.
+#[derive(Debug, Default)]
+struct Measured {
+    sent: u64,
+    errors: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_request: f64,
+    peak_rss_mb: f64,
+    trace_lines: u64,
+    /// Rows in `calls` after the run (recorded scenarios only).
+    records: Option<i64>,
+}
+
+struct Paths {
+    callplane: PathBuf,
+    baseline: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable directory")?;
+    let paths = Paths {
+        callplane: dir.join("callplane"),
+        baseline: dir.join("bench-baseline"),
+    };
+    for path in [&paths.callplane, &paths.baseline] {
+        if !path.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release -p callplane -p callplane-bench` first",
+                path.display()
+            );
+        }
+    }
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let measure = Duration::from_secs(secs);
+    let tick = clock_ticks_per_second();
+    actix_web::rt::System::new().block_on(run(&paths, measure, tick))
+}
+
+async fn run(paths: &Paths, measure: Duration, tick: f64) -> anyhow::Result<()> {
+    println!(
+        "callplane bench: {} s per scenario after {} s warm-up, loopback, {} CPUs",
+        measure.as_secs(),
+        WARMUP.as_secs(),
+        cpus()
+    );
+
+    // Boot to ready, check, idle memory.
+    let sandbox = Sandbox::new(paths, true)?;
+    let mut boots = Vec::new();
+    let mut idle_rss = 0.0;
+    for i in 0..REPEATS {
+        let (child, booted) = sandbox.start().await?;
+        boots.push(booted.as_secs_f64() * 1000.0);
+        if i == 0 {
+            tokio_sleep(Duration::from_secs(1)).await;
+            idle_rss = memory_mb(child.id(), "VmRSS")?;
+        }
+        stop(child)?;
+    }
+    let mut checks = Vec::new();
+    for _ in 0..REPEATS {
+        let started = Instant::now();
+        let out = sandbox.callplane(&["check"]).output()?;
+        checks.push(started.elapsed().as_secs_f64() * 1000.0);
+        if !out.status.success() {
+            bail!("callplane check failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    let boot_ms = median(&mut boots);
+    let check_ms = median(&mut checks);
+
+    let servers = [
+        Server::Baseline,
+        Server::Callplane { record: true },
+        Server::Callplane { record: false },
+    ];
+    let mut results = Vec::new();
+    for conns in [32usize, 128] {
+        for server in servers {
+            let measured = scenario(paths, server, conns, measure, tick).await?;
+            println!(
+                "  measured {:<24} {conns:>3} connections: {:>8.0} req/s, {} errors",
+                server.label(),
+                measured.rps,
+                measured.errors
+            );
+            results.push((server, conns, measured));
+        }
+    }
+
+    println!();
+    println!(
+        "| scenario | conns | req/s | p50 ms | p99 ms | server CPU µs/req | peak RSS MB | errors | trace lines / sent | records |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (server, conns, m) in &results {
+        println!(
+            "| {} | {conns} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} / {} | {} |",
+            server.label(),
+            m.rps,
+            m.p50_ms,
+            m.p99_ms,
+            m.cpu_us_per_request,
+            m.peak_rss_mb,
+            m.errors,
+            m.trace_lines,
+            m.sent,
+            m.records.map_or("-".to_owned(), |r| r.to_string()),
+        );
+    }
+    println!();
+    println!("boot to ready (first 200 from /readyz, median of {REPEATS}): {boot_ms:.1} ms");
+    println!("callplane check wall time (median of {REPEATS}): {check_ms:.1} ms");
+    println!("idle RSS after boot: {idle_rss:.1} MB");
+    println!();
+
+    let mut targets = Targets::default();
+    for conns in [32usize, 128] {
+        let get = |s: Server| {
+            results
+                .iter()
+                .find(|(server, c, _)| *server == s && *c == conns)
+                .map(|(_, _, m)| m)
+        };
+        let (Some(base), Some(rec), Some(norec)) = (
+            get(Server::Baseline),
+            get(Server::Callplane { record: true }),
+            get(Server::Callplane { record: false }),
+        ) else {
+            bail!("a scenario is missing");
+        };
+        targets.ratio(&format!("recorded / baseline req/s @{conns}"), rec.rps / base.rps, 0.5);
+        targets.ratio(
+            &format!("not recorded / baseline req/s @{conns}"),
+            norec.rps / base.rps,
+            0.9,
+        );
+        targets.ratio(
+            &format!("recorded / baseline CPU µs per request @{conns} (information)"),
+            rec.cpu_us_per_request / base.cpu_us_per_request,
+            f64::NAN,
+        );
+    }
+    targets.below("boot to ready ms", boot_ms, 50.0);
+    targets.below("check ms", check_ms, 50.0);
+    targets.below("idle RSS MB", idle_rss, 20.0);
+    for (server, conns, m) in &results {
+        let name = server.label();
+        if matches!(server, Server::Callplane { .. }) && *conns == 128 {
+            targets.below(&format!("{name} peak RSS MB @128"), m.peak_rss_mb, 40.0);
+        }
+        targets.equal(&format!("{name} @{conns} errors"), m.errors, 0);
+        targets.equal(
+            &format!("{name} @{conns} trace lines = requests"),
+            m.trace_lines,
+            m.sent,
+        );
+        if let Some(records) = m.records {
+            let accepted = i64::try_from(m.sent - m.errors).unwrap_or(i64::MAX);
+            targets.equal(
+                &format!("{name} @{conns} call rows = accepted webhooks"),
+                records,
+                accepted,
+            );
+        }
+    }
+    targets.print();
+    if targets.missed > 0 {
+        bail!("{} target(s) missed", targets.missed);
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Targets {
+    lines: Vec<String>,
+    missed: usize,
+}
+
+impl Targets {
+    fn verdict(&mut self, ok: bool) -> &'static str {
+        if ok {
+            "ok"
+        } else {
+            self.missed += 1;
+            "MISSED"
+        }
+    }
+
+    fn ratio(&mut self, what: &str, value: f64, at_least: f64) {
+        let line = if at_least.is_nan() {
+            format!("{what}: {value:.2}")
+        } else {
+            let verdict = self.verdict(value >= at_least);
+            format!("{what}: {value:.2} (target ≥ {at_least:.2}) {verdict}")
+        };
+        self.lines.push(line);
+    }
+
+    fn below(&mut self, what: &str, value: f64, limit: f64) {
+        let verdict = self.verdict(value < limit);
+        self.lines
+            .push(format!("{what}: {value:.1} (target < {limit:.0}) {verdict}"));
+    }
+
+    fn equal<T: PartialEq + std::fmt::Display>(&mut self, what: &str, value: T, expected: T) {
+        let verdict = self.verdict(value == expected);
+        self.lines
+            .push(format!("{what}: {value} (expected {expected}) {verdict}"));
+    }
+
+    fn print(&self) {
+        for line in &self.lines {
+            println!("{line}");
+        }
+    }
+}
+
+/// A private directory with a seeded SQLite database and a log directory.
+struct Sandbox<'p> {
+    dir: tempfile::TempDir,
+    paths: &'p Paths,
+    port: u16,
+    record: bool,
+}
+
+impl<'p> Sandbox<'p> {
+    fn new(paths: &'p Paths, record: bool) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let sandbox = Self {
+            dir: tempfile::tempdir()?,
+            paths,
+            port,
+            record,
+        };
+        let out = sandbox
+            .callplane(&["admin", "create-business", "--name", "Bench", "--phone", NUMBER])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "seeding failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(sandbox)
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    fn database_url(&self) -> String {
+        format!("sqlite://{}/callplane.db", self.dir.path().display())
+    }
+
+    fn callplane(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.paths.callplane);
+        cmd.args(args).current_dir(self.dir.path());
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CALLPLANE_") || key.starts_with("TWILIO_") || key == "RUST_LOG" {
+                cmd.env_remove(key.as_ref());
+            }
+        }
+        cmd.env("CALLPLANE_BIND", format!("127.0.0.1:{}", self.port))
+            .env("CALLPLANE_DATABASE_URL", self.database_url())
+            .env("CALLPLANE_LOG_DIR", self.log_dir())
+            .env("CALLPLANE_SPOOL_DIR", self.dir.path().join("spool"))
+            .env("CALLPLANE_PUBLIC_BASE_URL", PUBLIC)
+            .env("CALLPLANE_SHUTDOWN_DRAIN_SECS", "0")
+            .env("CALLPLANE_RECORD_CALLS", self.record.to_string())
+            .env("TWILIO_ACCOUNT_SID", ACCOUNT)
+            .env("TWILIO_AUTH_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Starts `callplane serve`; returns it and the time to its first 200 from `/readyz`.
+    async fn start(&self) -> anyhow::Result<(Child, Duration)> {
+        let started = Instant::now();
+        let child = self.callplane(&["serve"]).spawn()?;
+        wait_ready(self.port, started).await.map(|d| (child, d))
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+async fn wait_ready(port: u16, started: Instant) -> anyhow::Result<Duration> {
+    let client = awc::Client::default();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    loop {
+        if let Ok(res) = client.get(&url).send().await
+            && res.status().is_success()
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("not ready within 30 s: {url}");
+        }
+        tokio_sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn scenario(
+    paths: &Paths,
+    server: Server,
+    conns: usize,
+    measure: Duration,
+    tick: f64,
+) -> anyhow::Result<Measured> {
+    let sandbox = Sandbox::new(paths, !matches!(server, Server::Callplane { record: false }))?;
+    let child = match server {
+        Server::Callplane { .. } => sandbox.start().await?.0,
+        Server::Baseline => {
+            std::fs::create_dir_all(sandbox.log_dir())?;
+            let started = Instant::now();
+            let child = Command::new(&paths.baseline)
+                .args([
+                    &format!("127.0.0.1:{}", sandbox.port),
+                    PUBLIC,
+                    TOKEN,
+                    &sandbox.log_dir().display().to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            wait_ready(sandbox.port, started).await?;
+            child
+        }
+    };
+    let pid = child.id();
+    let load = Load::new(sandbox.base(), conns);
+    load.run(WARMUP, false).await;
+    let cpu_before = cpu_ticks(pid)?;
+    let window = load.run(measure, true).await;
+    let cpu_after = cpu_ticks(pid)?;
+    let peak_rss_mb = memory_mb(pid, "VmHWM")?;
+    stop(child)?;
+
+    let mut latencies = load.latencies.take();
+    latencies.sort_unstable();
+    let measured = latencies.len() as u64;
+    let pick = |q: f64| {
+        let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).map_or(0.0, |us| f64::from(*us) / 1000.0)
+    };
+    let cpu_us = (cpu_after - cpu_before) as f64 / tick * 1e6;
+    let records = if let Server::Callplane { record: true } = server {
+        Some(count_calls(&sandbox.database_url()).await?)
+    } else {
+        None
+    };
+    Ok(Measured {
+        sent: load.sent.get(),
+        errors: load.errors.get(),
+        rps: measured as f64 / window.as_secs_f64(),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+        cpu_us_per_request: if measured == 0 { 0.0 } else { cpu_us / measured as f64 },
+        peak_rss_mb,
+        trace_lines: count_lines(&sandbox.log_dir(), "[TWILIO][INBOUND] hit")?,
+        records,
+    })
+}
+
+/// The load generator: `conns` keep-alive connections on this thread, each sending its next
+/// signed webhook as soon as the last one is answered.
+struct Load {
+    client: awc::Client,
+    url: String,
+    conns: usize,
+    next_sid: Cell<u64>,
+    sent: Cell<u64>,
+    errors: Cell<u64>,
+    latencies: RefCell<Vec<u32>>,
+}
+
+impl Load {
+    fn new(base: String, conns: usize) -> Rc<Self> {
+        let client = awc::Client::builder()
+            .connector(awc::Connector::new().limit(conns))
+            .timeout(Duration::from_secs(15))
+            .finish();
+        Rc::new(Self {
+            client,
+            url: format!("{base}/webhook/incoming_call"),
+            conns,
+            next_sid: Cell::new(1),
+            sent: Cell::new(0),
+            errors: Cell::new(0),
+            latencies: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Drives the load for `duration`; returns the real length of the window.
+    async fn run(self: &Rc<Self>, duration: Duration, record: bool) -> Duration {
+        let started = Instant::now();
+        let deadline = started + duration;
+        let workers: Vec<_> = (0..self.conns)
+            .map(|_| {
+                let load = Rc::clone(self);
+                actix_web::rt::spawn(async move {
+                    while Instant::now() < deadline {
+                        load.one(record).await;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            let _ = worker.await;
+        }
+        started.elapsed()
+    }
+
+    async fn one(&self, record: bool) {
+        let n = self.next_sid.get();
+        self.next_sid.set(n + 1);
+        let (body, sig) = webhook(n);
+        let started = Instant::now();
+        self.sent.set(self.sent.get() + 1);
+        let ok = match self
+            .client
+            .post(&self.url)
+            .insert_header(("content-type", "application/x-www-form-urlencoded"))
+            .insert_header(("x-twilio-signature", sig))
+            .send_body(body)
+            .await
+        {
+            Ok(mut res) => res.status().as_u16() == 200 && res.body().await.is_ok_and(|b| b.starts_with(b"<?xml")),
+            Err(_) => false,
+        };
+        if !ok {
+            self.errors.set(self.errors.get() + 1);
+        } else if record {
+            let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            self.latencies.borrow_mut().push(us);
+        }
+    }
+}
+
+/// A realistic inbound-call webhook (the 25 parameters Twilio sends), signed over the public URL.
+fn webhook(n: u64) -> (String, String) {
+    let sid = format!("CA{n:032x}");
+    let params: Vec<(String, String)> = [
+        ("AccountSid", ACCOUNT),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", &sid),
+        ("CallStatus", "ringing"),
+        (
+            "CallToken",
+            "%7B%22parentCallInfoToken%22%3A%22eyJhbGciOiJFUzI1NiJ9%22%7D",
+        ),
+        ("Called", NUMBER),
+        ("CalledCity", "SAN FRANCISCO"),
+        ("CalledCountry", "US"),
+        ("CalledState", "CA"),
+        ("CalledZip", "94105"),
+        ("Caller", "+14155550123"),
+        ("CallerCity", "OAKLAND"),
+        ("CallerCountry", "US"),
+        ("CallerState", "CA"),
+        ("CallerZip", "94612"),
+        ("Direction", "inbound"),
+        ("From", "+14155550123"),
+        ("FromCity", "OAKLAND"),
+        ("FromCountry", "US"),
+        ("FromState", "CA"),
+        ("FromZip", "94612"),
+        ("StirVerstat", "TN-Validation-Passed-A"),
+        ("To", NUMBER),
+        ("ToCity", "SAN FRANCISCO"),
+        ("ToCountry", "US"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let sig = signature::compute(TOKEN, &format!("{PUBLIC}/webhook/incoming_call"), &params);
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&params)
+        .finish();
+    (body, sig)
+}
+
+fn stop(mut child: Child) -> anyhow::Result<()> {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    let started = Instant::now();
+    while child.try_wait()?.is_none() {
+        if started.elapsed() > Duration::from_secs(40) {
+            child.kill()?;
+            bail!("the server did not stop within 40 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+async fn count_calls(url: &str) -> anyhow::Result<i64> {
+    let db = Db::connect_lazy(url)?;
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM calls")
+        .fetch_one(db.pool())
+        .await?;
+    db.close().await;
+    Ok(n)
+}
+
+fn count_lines(dir: &Path, needle: &str) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        n += text.lines().filter(|l| l.contains(needle)).count() as u64;
+    }
+    Ok(n)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("/proc stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (proc(5)).
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// A memory line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`) in MB.
+fn memory_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("memory field")?;
+    Ok(kb / 1024.0)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+async fn tokio_sleep(d: Duration) {
+    actix_web::rt::time::sleep(d).await;
+}
