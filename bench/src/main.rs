@@ -10,6 +10,8 @@
 //!
 //! Run from the repository root after `cargo build --release -p callplane -p callplane-bench`.
 //! `BENCH_SECS` (default 8) sets the measured seconds per scenario (after 2 s of warm-up).
+//! `BENCH_ONLY=recorded@32` (or `baseline@128`, `unrecorded@32`, …) runs one scenario alone and
+//! checks no targets: for profiling it (docs/performance.md).
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -86,6 +88,21 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(8);
     let measure = Duration::from_secs(secs);
     let tick = clock_ticks_per_second();
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let (name, conns) = only.split_once('@').context("BENCH_ONLY is <scenario>@<connections>")?;
+        let server = match name {
+            "baseline" => Server::Baseline,
+            "recorded" => Server::Callplane { record: true },
+            "unrecorded" => Server::Callplane { record: false },
+            _ => bail!("BENCH_ONLY scenarios: baseline, recorded, unrecorded"),
+        };
+        let conns: usize = conns.parse().context("BENCH_ONLY connections")?;
+        return actix_web::rt::System::new().block_on(async move {
+            let m = scenario(&paths, server, conns, measure, tick).await?;
+            println!("{} @{conns}: {m:?}", server.label());
+            Ok(())
+        });
+    }
     actix_web::rt::System::new().block_on(run(&paths, measure, tick))
 }
 

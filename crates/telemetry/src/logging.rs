@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::writer::MakeWriterExt as _;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -142,33 +143,40 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
         )?);
     }
     let mut guards = Vec::new();
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
-
     let console = match settings.console {
-        Console::Stdout => Some(NonBlockingBuilder::default().lossy(false).finish(std::io::stdout())),
-        Console::Stderr => Some(NonBlockingBuilder::default().lossy(false).finish(std::io::stderr())),
+        Console::Stdout => Some(writer(std::io::stdout())),
+        Console::Stderr => Some(writer(std::io::stderr())),
         Console::Off => None,
     };
-    if let Some((writer, guard)) = console {
-        guards.push(guard);
-        layers.push(layer(settings.format, writer));
-    }
-    if let Some(dir) = &settings.dir {
-        probe_log_dir(dir)?;
-        let appender = RollingFileAppender::builder()
-            .rotation(Rotation::DAILY)
-            .filename_prefix(LOG_FILE_PREFIX)
-            .filename_suffix("log")
-            .max_log_files(LOG_FILES_KEPT)
-            .build(dir)
-            .map_err(|e| TelemetryError::LogDir {
-                dir: dir.display().to_string(),
-                message: e.to_string(),
-            })?;
-        let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(appender);
-        guards.push(guard);
-        layers.push(layer(settings.format, writer));
-    }
+    let file = match &settings.dir {
+        Some(dir) => {
+            probe_log_dir(dir)?;
+            let appender = RollingFileAppender::builder()
+                .rotation(Rotation::DAILY)
+                .filename_prefix(LOG_FILE_PREFIX)
+                .filename_suffix("log")
+                .max_log_files(LOG_FILES_KEPT)
+                .build(dir)
+                .map_err(|e| TelemetryError::LogDir {
+                    dir: dir.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            Some(writer(appender))
+        }
+        None => None,
+    };
+    // Console and file carry the same lines: format each event once and write it to both.
+    let layers: Option<Box<dyn Layer<Registry> + Send + Sync>> = match (console, file) {
+        (Some((console, c)), Some((file, f))) => {
+            guards.extend([c, f]);
+            Some(layer(settings.format, console.and(file)))
+        }
+        (Some((only, guard)), None) | (None, Some((only, guard))) => {
+            guards.push(guard);
+            Some(layer(settings.format, only))
+        }
+        (None, None) => None,
+    };
 
     tracing_subscriber::registry()
         .with(layers)
@@ -176,6 +184,16 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
     Ok(LogGuard { _guards: guards })
+}
+
+/// A non-blocking, lossless writer: when its buffer is full the logging thread waits (a line is
+/// never dropped). 16,384 buffered lines absorb bursts; the buffer is allocated up front, so it is
+/// kept well below the library's default of 128,000 (4 MB per writer).
+fn writer<W: std::io::Write + Send + 'static>(out: W) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(16_384)
+        .finish(out)
 }
 
 fn layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>

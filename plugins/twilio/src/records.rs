@@ -7,14 +7,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use callplane_plugin_api::storage::sqlx::{self, Row};
-use callplane_plugin_api::storage::{Db, Spool};
+use callplane_plugin_api::storage::{Db, DbKind, Spool};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// How long a webhook waits for the database before it spools instead: Twilio gives up after 15 s.
 pub const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -138,7 +138,7 @@ pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Er
             .await?;
         }
     }
-    upsert_calls(&mut tx, events).await?;
+    upsert_calls(&mut tx, db.kind(), events).await?;
     for event in events.iter().filter(|e| e.kind == EventKind::Status) {
         sqlx::query("UPDATE calls SET status = $1, last_sequence = $2, updated_at = $3 WHERE call_sid = $4 AND last_sequence < $2")
             .bind(&event.status)
@@ -148,24 +148,42 @@ pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Er
             .execute(&mut *tx)
             .await?;
     }
-    insert_events(&mut tx, events).await?;
+    insert_events(&mut tx, db.kind(), events).await?;
     tx.commit().await
 }
 
-/// `($1, $2, …), ($n+1, …)`: `rows` groups of `columns` numbered placeholders, each group shaped by
-/// `group` (which receives the first placeholder number of its row).
-fn values(rows: usize, columns: usize, group: impl Fn(usize) -> String) -> String {
-    (0..rows)
-        .map(|row| group(row * columns + 1))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `rows` copies of `row` (a tuple whose `?` are parameters), separated by commas. PostgreSQL gets
+/// them numbered (`$1`, `$2`, …); SQLite keeps plain `?`, because numbered names cost it a linear
+/// search per parameter (quadratic in a multi-row statement).
+fn values(kind: DbKind, row: &str, rows: usize) -> String {
+    let mut out = String::with_capacity((row.len() + 24) * rows);
+    let mut n = 0;
+    for i in 0..rows {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for ch in row.chars() {
+            if ch == '?' && kind == DbKind::Postgres {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(ch);
+            }
+        }
+    }
+    out
 }
 
 /// One row per CallSid: created by its first event, and given its tenant and lead by any event
 /// that knows them. The tenant, when the webhook did not know it, is looked up by the business's
 /// number (the called number of an inbound call, the caller of an outbound one), so a call spooled
 /// while the database was down still lands in its business.
-async fn upsert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, events: &[&CallEvent]) -> Result<(), sqlx::Error> {
+async fn upsert_calls(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: DbKind,
+    events: &[&CallEvent],
+) -> Result<(), sqlx::Error> {
     // PostgreSQL refuses to upsert one row twice in a statement: one entry per CallSid.
     let mut calls: Vec<(&CallEvent, Option<i64>, Option<&String>)> = Vec::with_capacity(events.len());
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(events.len());
@@ -190,10 +208,11 @@ async fn upsert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, events: &[&Call
            lead_id = COALESCE(calls.lead_id, excluded.lead_id)
          WHERE (calls.business_id IS NULL AND excluded.business_id IS NOT NULL)
             OR (calls.lead_id IS NULL AND excluded.lead_id IS NOT NULL)",
-        values(calls.len(), 9, |p| format!(
-            "(${p}, COALESCE(${}, (SELECT id FROM businesses WHERE phone_number = ${})), ${}, ${}, ${}, ${}, ${}, -1, ${}, ${})",
-            p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8, p + 8
-        )),
+        values(
+            kind,
+            "(?, COALESCE(?, (SELECT id FROM businesses WHERE phone_number = ?)), ?, ?, ?, ?, ?, -1, ?, ?)",
+            calls.len()
+        ),
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
     for (event, business, lead) in calls {
@@ -211,6 +230,7 @@ async fn upsert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, events: &[&Call
             .bind(&event.to)
             .bind(&event.status)
             .bind(lead)
+            .bind(event.received_at)
             .bind(event.received_at);
     }
     query.execute(&mut **tx).await?;
@@ -218,19 +238,15 @@ async fn upsert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, events: &[&Call
 }
 
 /// Every event once: a retry of the same (CallSid, kind, sequence) is skipped.
-async fn insert_events(tx: &mut sqlx::Transaction<'_, sqlx::Any>, events: &[&CallEvent]) -> Result<(), sqlx::Error> {
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: DbKind,
+    events: &[&CallEvent],
+) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO call_events (call_sid, kind, status, sequence, request_id, payload, received_at)
          VALUES {} ON CONFLICT (call_sid, kind, sequence) DO NOTHING",
-        values(events.len(), 7, |p| format!(
-            "(${p}, ${}, ${}, ${}, ${}, ${}, ${})",
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5,
-            p + 6
-        )),
+        values(kind, "(?, ?, ?, ?, ?, ?, ?)", events.len()),
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
     for event in events {
@@ -265,17 +281,21 @@ pub struct Recorder {
 
 /// The most events one transaction commits.
 const MAX_BATCH: usize = 256;
+/// Events waiting for the writer; a webhook that finds the queue full waits (within its timeout)
+/// and spools when that runs out.
+const QUEUE: usize = 4096;
 
-/// Group commit: concurrent webhooks queue their events; whoever gets the turn commits everything
-/// queued so far (up to [`MAX_BATCH`]) in one transaction and tells every owner. There is no timer:
-/// a batch is what arrived while the previous commit ran, so one event alone commits at once, and
-/// under load an event waits for at most the commit in progress plus its own.
+/// Group commit: webhooks hand their events to one writer thread, which commits everything queued
+/// so far (up to [`MAX_BATCH`]) in one transaction and tells every owner. There is no timer: a
+/// batch is what arrived while the previous commit ran, so one event alone commits at once, and
+/// under load an event waits for at most the commit in progress plus its own. The writer has its
+/// own thread so that its database round trips never queue behind HTTP work on a worker.
 #[derive(Debug, Clone)]
 struct GroupCommit {
     db: Db,
-    queue: Arc<std::sync::Mutex<Vec<Pending>>>,
-    turn: Arc<tokio::sync::Mutex<()>>,
     batch_sizes: Histogram,
+    /// Started on first use: commands that never record a call start no thread.
+    writer: Arc<std::sync::OnceLock<std::sync::Mutex<Option<mpsc::Sender<Pending>>>>>,
 }
 
 #[derive(Debug)]
@@ -288,43 +308,59 @@ impl GroupCommit {
     /// Whether `event` was committed. `false` (or never answering, for the caller's timeout) means
     /// it may or may not be in the database: spool it, applying it twice is harmless.
     async fn write(&self, event: &CallEvent) -> bool {
-        let (committed, mut done) = oneshot::channel();
-        match self.queue.lock() {
-            Ok(mut queue) => queue.push(Pending {
-                event: event.clone(),
-                committed,
-            }),
-            Err(_) => return false,
+        let Some(writer) = self.writer() else { return false };
+        let (committed, done) = oneshot::channel();
+        let pending = Pending {
+            event: event.clone(),
+            committed,
+        };
+        if writer.send(pending).await.is_err() {
+            return false;
         }
-        loop {
-            tokio::select! {
-                biased;
-                result = &mut done => return result.unwrap_or(false),
-                turn = self.turn.clone().lock_owned() => {
-                    let batch: Vec<Pending> = match self.queue.lock() {
-                        Ok(mut queue) => {
-                            let n = queue.len().min(MAX_BATCH);
-                            queue.drain(..n).collect()
-                        }
-                        Err(_) => return false,
-                    };
-                    if !batch.is_empty() {
-                        // Its own task: the batch completes for everyone in it even when this
-                        // caller stops waiting (its timeout), and the turn passes on when it is done.
-                        self.batch_sizes.observe(batch.len() as f64);
-                        tokio::spawn(commit(self.db.clone(), batch, turn));
-                    }
-                }
+        done.await.unwrap_or(false)
+    }
+
+    fn writer(&self) -> Option<mpsc::Sender<Pending>> {
+        let slot = self.writer.get_or_init(|| std::sync::Mutex::new(None));
+        let mut slot = slot.lock().ok()?;
+        if slot.as_ref().is_none_or(mpsc::Sender::is_closed) {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let (db, sizes) = (self.db.clone(), self.batch_sizes.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let spawned = runtime.and_then(|runtime| {
+                std::thread::Builder::new()
+                    .name("call-recorder".to_owned())
+                    .spawn(move || runtime.block_on(write_batches(db, rx, sizes)))
+            });
+            if let Err(error) = spawned {
+                tracing::error!(error = %error, "[TWILIO] the call-record writer cannot start");
+                return None;
             }
+            *slot = Some(tx);
         }
+        slot.clone()
+    }
+}
+
+/// The writer: takes what is queued, commits it as one batch, answers, repeats.
+async fn write_batches(db: Db, mut queue: mpsc::Receiver<Pending>, batch_sizes: Histogram) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Owners that stopped waiting (their timeout ran out) have spooled their event already.
+        batch.retain(|p: &Pending| !p.committed.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        batch_sizes.observe(batch.len() as f64);
+        commit(&db, std::mem::take(&mut batch)).await;
     }
 }
 
 /// Commits `batch` in one transaction. When a statement fails (not the connection), each event is
 /// retried alone so that one bad event cannot sink the others.
-async fn commit(db: Db, batch: Vec<Pending>, turn: tokio::sync::OwnedMutexGuard<()>) {
+async fn commit(db: &Db, batch: Vec<Pending>) {
     let events: Vec<&CallEvent> = batch.iter().map(|p| &p.event).collect();
-    let attempt = tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(&db, &events)).await;
+    let attempt = tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(db, &events)).await;
     drop(events);
     match attempt {
         Ok(Ok(())) => {
@@ -336,7 +372,7 @@ async fn commit(db: Db, batch: Vec<Pending>, turn: tokio::sync::OwnedMutexGuard<
             tracing::warn!(error = %error, events = batch.len(), "[TWILIO] batch failed; writing its events one by one");
             let _ = tokio::time::timeout(DB_WRITE_TIMEOUT, async {
                 for pending in batch {
-                    let ok = write_event(&db, &pending.event).await.is_ok();
+                    let ok = write_event(db, &pending.event).await.is_ok();
                     let _ = pending.committed.send(ok);
                 }
             })
@@ -346,7 +382,6 @@ async fn commit(db: Db, batch: Vec<Pending>, turn: tokio::sync::OwnedMutexGuard<
         Ok(Err(error)) => tracing::warn!(error = %error, events = batch.len(), "[TWILIO] database write failed"),
         Err(_) => tracing::warn!(events = batch.len(), "[TWILIO] database write timed out"),
     }
-    drop(turn);
 }
 
 impl Recorder {
@@ -368,9 +403,8 @@ impl Recorder {
         );
         let group = GroupCommit {
             db: db.clone(),
-            queue: Arc::default(),
-            turn: Arc::default(),
             batch_sizes,
+            writer: Arc::default(),
         };
         Self {
             db,
@@ -561,5 +595,17 @@ impl Directory {
             greeting: row.try_get(1).ok()?,
             media_stream_url: row.try_get(2).ok()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_row_placeholders_follow_the_engine() {
+        assert_eq!(values(DbKind::Postgres, "(?, ?)", 3), "($1, $2), ($3, $4), ($5, $6)");
+        assert_eq!(values(DbKind::Sqlite, "(?, f(?))", 2), "(?, f(?)), (?, f(?))");
+        assert_eq!(values(DbKind::Postgres, "(?, -1)", 1), "($1, -1)");
     }
 }
