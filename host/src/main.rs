@@ -11,11 +11,6 @@ use callplane_plugin_permissions as _;
 #[cfg(feature = "plugin-twilio")]
 use callplane_plugin_twilio as _;
 
-/// glibc's allocator spent a sixth of the webhook path's CPU time (malloc/free/consolidate under
-/// two worker threads, see docs/performance.md); mimalloc's thread-local heaps avoid that.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     callplane::main()
 }
