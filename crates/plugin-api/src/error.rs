@@ -187,6 +187,7 @@ fn json_error(err: error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error
             "unsupported_media_type",
             "expected Content-Type: application/json",
         ),
+        E::Payload(e) if crate::is_body_timeout(e) => body_timeout(),
         E::Deserialize(e) if e.is_data() => ApiError::unprocessable(format!("invalid request body: {e}")),
         E::Deserialize(e) => ApiError::bad_request(format!("malformed JSON: {e}")),
         other => ApiError::bad_request(format!("unreadable request body: {other}")),
@@ -203,9 +204,18 @@ fn form_error(err: error::UrlencodedError, _: &HttpRequest) -> actix_web::Error 
             "unsupported_media_type",
             "expected Content-Type: application/x-www-form-urlencoded",
         ),
+        E::Payload(e) if crate::is_body_timeout(e) => body_timeout(),
         other => ApiError::bad_request(format!("malformed form body: {other}")),
     };
     api.into()
+}
+
+fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive in time",
+    )
 }
 
 fn query_error(err: error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {

@@ -68,6 +68,7 @@
 //! plugins.
 
 mod access;
+mod deadline;
 mod error;
 mod registrar;
 mod settings;
@@ -75,6 +76,7 @@ pub mod testing;
 pub mod timestamps;
 
 pub use access::{Access, AccessProvider, Capability, Principal};
+pub use deadline::{BODY_DEADLINE, body_deadline, is_body_timeout};
 pub use error::{ApiError, RegisterError, extractor_configs, paging};
 pub use registrar::{
     BackgroundTask, CommandContext, CommandHandler, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar,

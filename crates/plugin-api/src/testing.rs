@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::{
     AccessProvider, BackgroundTask, Capability, RegisterError, Registrar, RouteSpec, Settings, StateInstaller,
-    extractor_configs, mount,
+    body_deadline, extractor_configs, mount,
 };
 
 /// A plugin's registration function.
@@ -125,6 +125,7 @@ impl TestHost {
                 }
                 mount(cfg, &routes, &providers);
             })
+            .wrap(from_fn(body_deadline))
             .wrap(from_fn(request_context))
     }
 }

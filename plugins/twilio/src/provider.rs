@@ -3,11 +3,12 @@
 //! public URL (never the `Host` or `X-Forwarded-*` headers) and refuses with 403 and empty TwiML.
 
 use actix_web::dev::ServiceRequest;
+use actix_web::error::PayloadError;
 use actix_web::http::{StatusCode, header};
 use actix_web::web::Bytes;
 use actix_web::{FromRequest, HttpMessage, HttpResponse};
 use callplane_plugin_api::telemetry::TRACE_TARGET;
-use callplane_plugin_api::{Access, AccessProvider, Secret};
+use callplane_plugin_api::{Access, AccessProvider, Secret, is_body_timeout};
 use futures_util::future::LocalBoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -161,6 +162,10 @@ impl AccessProvider for SignatureProvider {
             let (http, payload) = req.parts_mut();
             let body = match Bytes::from_request(http, payload).await {
                 Ok(body) if body.len() <= MAX_WEBHOOK_BODY => body,
+                Err(e) if e.as_error::<PayloadError>().is_some_and(is_body_timeout) => {
+                    tracing::info!(target: TRACE_TARGET, path = %path, signature_present, "{prefix} hit path={path} body=timed_out signature_present={signature_present}");
+                    return Err(refuse(StatusCode::REQUEST_TIMEOUT));
+                }
                 _ => {
                     tracing::info!(target: TRACE_TARGET, path = %path, signature_present, "{prefix} hit path={path} body=too_large_or_unreadable signature_present={signature_present}");
                     return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE));

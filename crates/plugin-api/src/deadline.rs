@@ -1,0 +1,61 @@
+//! The request-body deadline: a client that sends its headers and then trickles (or withholds)
+//! the body must not hold a worker's handler forever.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix_web::HttpMessage as _;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::web::Bytes;
+use futures_util::{Stream, StreamExt as _};
+
+/// How long a request body may take to arrive, counted from the end of the headers. Twilio gives
+/// up on a webhook after 15 s; a real client sends a few KiB in milliseconds.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Whether `error` is the deadline of [`body_deadline`] running out (extractor error handlers
+/// answer 408 for it).
+pub fn is_body_timeout(error: &PayloadError) -> bool {
+    matches!(error, PayloadError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// Middleware (`actix_web::middleware::from_fn`): the body of every request that has one must
+/// arrive within [`BODY_DEADLINE`]; after that its stream fails with a timed-out I/O error, which
+/// the extractors turn into `408 Request Timeout`.
+///
+/// # Errors
+/// Passes on an error of the inner service.
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    if has_body {
+        let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+        let payload = req.take_payload();
+        let timed = futures_util::stream::unfold(Some(payload), move |state| async move {
+            let mut payload = state?;
+            match tokio::time::timeout_at(deadline, payload.next()).await {
+                Ok(Some(chunk)) => Some((chunk, Some(payload))),
+                Ok(None) => None,
+                Err(_) => {
+                    let late =
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body did not arrive in time");
+                    Some((Err(PayloadError::Io(late)), None))
+                }
+            }
+        });
+        let timed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(timed);
+        req.set_payload(Payload::Stream { payload: timed });
+    }
+    next.call(req).await
+}
