@@ -394,3 +394,65 @@ async fn tenants_and_pages_are_enforced() {
         404
     );
 }
+
+/// Random schedules (proptest-generated, reproducible): a new appointment is refused with 409
+/// exactly when it overlaps a scheduled one under half-open interval arithmetic (touching is
+/// fine), and a cancelled one never blocks.
+#[actix_rt::test]
+async fn overlap_follows_interval_arithmetic_for_random_schedules() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(&dir).await;
+    let app = atest::init_service(host.app()).await;
+    let t = login(&app, "agent@a.example").await;
+    // Per day: up to 12 requests, start and length in quarter hours, some cancelled right after.
+    let schedule = proptest::collection::vec((0u32..40, 1u32..9, proptest::bool::weighted(0.25)), 1..12);
+    let mut runner = TestRunner::deterministic();
+    let (mut created, mut refused) = (0, 0);
+    for day in 1..=28u32 {
+        let requests = schedule.new_tree(&mut runner).unwrap().current();
+        let mut scheduled: Vec<(u32, u32, i64)> = Vec::new();
+        for (start, length, cancel) in requests {
+            let (from, to) = (start * 15, (start + length) * 15);
+            let at = |minutes: u32| format!("2027-02-{day:02}T{:02}:{:02}:00Z", minutes / 60, minutes % 60);
+            let conflicts: Vec<i64> = scheduled
+                .iter()
+                .filter(|(s, e, _)| from < *e && *s < to)
+                .map(|c| c.2)
+                .collect();
+            let (status, body, _) = send(
+                &app,
+                with(&t, TestRequest::post().uri(PATH).set_json(slot(&at(from), &at(to)))),
+            )
+            .await;
+            if conflicts.is_empty() {
+                assert_eq!(status, 201, "day {day} {from}-{to} overlaps nothing scheduled: {body}");
+                let id = body["id"].as_i64().unwrap();
+                created += 1;
+                if cancel {
+                    let req = TestRequest::patch()
+                        .uri(&format!("{PATH}/{id}"))
+                        .set_json(json!({ "status": "cancelled" }));
+                    let (status, body, _) = send(&app, with(&t, req)).await;
+                    assert_eq!(status, 200, "{body}");
+                } else {
+                    scheduled.push((from, to, id));
+                }
+            } else {
+                assert_eq!(status, 409, "day {day} {from}-{to}: {body}");
+                let named = body["error"]["conflicting_id"].as_i64();
+                assert!(
+                    named.is_some_and(|id| conflicts.contains(&id)),
+                    "{body} names one of {conflicts:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        created > 50 && refused > 20,
+        "the schedules exercised both outcomes: {created} created, {refused} refused"
+    );
+}
