@@ -498,3 +498,36 @@ fn no_log_line_is_dropped_under_load() {
         "every request's line reached the log file"
     );
 }
+
+#[test]
+fn a_failing_log_file_is_counted_and_the_service_keeps_answering() {
+    let sandbox = Sandbox::new();
+    // The disk is full: today's log file is /dev/full (writes fail with ENOSPC). The directory
+    // itself is writable, so the boot check passes, as it would on a disk that fills up later.
+    let today = std::process::Command::new("date").args(["-u", "+%F"]).output().unwrap();
+    let today = String::from_utf8(today.stdout).unwrap();
+    std::fs::create_dir_all(sandbox.log_dir()).unwrap();
+    let file = sandbox.log_dir().join(format!("callplane.{}.log", today.trim()));
+    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    let server = serve_ok(&sandbox, &[]);
+    for i in 0..50 {
+        assert_eq!(server.get(&format!("/disk-full/{i}")).status, 404);
+    }
+    assert_eq!(server.get("/readyz").status, 200);
+    let metrics = server.get("/metrics").body;
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("callplane_log_write_errors_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(errors > 0.0, "{metrics}");
+    server.signal("TERM");
+    let (status, output) = server.wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("[LOG] writing the log file failed"), "{output}");
+    assert!(
+        output.contains("path=/disk-full/49"),
+        "the console still has every line:\n{output}"
+    );
+}

@@ -1,6 +1,9 @@
 //! The tracing subscriber: console plus daily rolling files, text or JSON, never lossy.
 
 use std::fmt::{self, Write as _};
+use std::io::Write as _;
+
+use prometheus_client::metrics::counter::Counter;
 use std::path::PathBuf;
 
 use tracing::field::{Field, Visit};
@@ -161,7 +164,7 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
                     dir: dir.display().to_string(),
                     message: e.to_string(),
                 })?;
-            Some(writer(appender))
+            Some(writer(CountedWrites(appender)))
         }
         None => None,
     };
@@ -184,6 +187,42 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
     Ok(LogGuard { _guards: guards })
+}
+
+/// Failed writes to the log file (disk full, file system gone read-only), for
+/// `callplane_log_write_errors_total`. The service keeps answering when its log file fails; this
+/// counter and one line on standard error say so.
+pub fn write_errors() -> &'static Counter {
+    static ERRORS: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
+    &ERRORS
+}
+
+/// The log file writer, counting its failures.
+struct CountedWrites<W>(W);
+
+impl<W: std::io::Write> CountedWrites<W> {
+    fn count<T>(result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(error) = &result
+            && write_errors().inc() == 0
+        {
+            // Not through tracing: that would write to the failing file again.
+            let _ = writeln!(
+                std::io::stderr(),
+                "[LOG] writing the log file failed: {error}; lines go to the console only until it recovers (callplane_log_write_errors_total)"
+            );
+        }
+        result
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for CountedWrites<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::count(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::count(self.0.flush())
+    }
 }
 
 /// A non-blocking, lossless writer: when its buffer is full the logging thread waits (a line is

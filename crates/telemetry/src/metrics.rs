@@ -49,6 +49,11 @@ impl HttpMetrics {
             panics: Family::default(),
         };
         registry.register(
+            "log_write_errors",
+            "Failed writes to the log file (the console still gets every line)",
+            crate::logging::write_errors().clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests by route pattern, method and status",
             metrics.requests.clone(),
