@@ -385,6 +385,24 @@ impl Server {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// The process id (for `/proc/<pid>/…`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in KiB (`VmRSS` of `/proc/<pid>/status`).
+    ///
+    /// # Panics
+    /// When the process is gone.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         self.lines.lock().expect("output lock").join("\n")
