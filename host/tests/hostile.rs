@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use callplane_e2e::harness::{Sandbox, Server};
-use callplane_plugin_api::storage::{Db, sqlx};
+use common::{form, sign, sqlite_rows};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_callplane");
 const PUBLIC: &str = "https://voice.example.com";
@@ -24,17 +26,6 @@ fn env() -> Vec<(&'static str, &'static str)> {
         ("TWILIO_AUTH_TOKEN", TOKEN),
         ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
     ]
-}
-
-fn sign(url: &str, params: &[(&str, &str)]) -> String {
-    let params: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    callplane_plugin_twilio::signature::compute(TOKEN, url, &params)
-}
-
-fn form(params: &[(&str, &str)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish()
 }
 
 /// Sends raw bytes (whatever a hostile client wants) and returns the status code.
@@ -71,20 +62,6 @@ fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn rows(sandbox: &Sandbox, table: &str) -> i64 {
-    let url = format!("sqlite://{}/callplane.db", sandbox.path().display());
-    let sql = format!("SELECT COUNT(*) FROM {table}");
-    actix_web::rt::System::new().block_on(async move {
-        let db = Db::connect_lazy(&url).unwrap();
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
-        db.close().await;
-        n
-    })
-}
-
 fn serve() -> (Sandbox, Server) {
     let sandbox = Sandbox::new();
     sandbox.bootstrap(
@@ -108,7 +85,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
         ("CallStatus", "ringing"),
     ];
     let body = form(&params);
-    let good = sign(&incoming, &params);
+    let good = sign(TOKEN, &incoming, &params);
     let forged = "AAAAAAAAAAAAAAAAAAAAAAAAAAA=";
     let form_type = ("Content-Type", "application/x-www-form-urlencoded");
     let outbound_query = "/webhook/outbound_call?lead_id=42&business_id=1";
@@ -183,7 +160,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
                     form_type,
                     (
                         "X-Twilio-Signature",
-                        &sign(&format!("{PUBLIC}/webhook/outbound_call"), &params),
+                        &sign(TOKEN, &format!("{PUBLIC}/webhook/outbound_call"), &params),
                     ),
                 ],
                 body.as_bytes(),
@@ -198,7 +175,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
                     form_type,
                     (
                         "X-Twilio-Signature",
-                        &sign("http://voice.example.com/webhook/incoming_call", &params),
+                        &sign(TOKEN, "http://voice.example.com/webhook/incoming_call", &params),
                     ),
                 ],
                 body.as_bytes(),
@@ -216,7 +193,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
                     ("X-Forwarded-Proto", "http"),
                     (
                         "X-Twilio-Signature",
-                        &sign("https://evil example/webhook/incoming_call", &params),
+                        &sign(TOKEN, "https://evil example/webhook/incoming_call", &params),
                     ),
                 ],
                 body.as_bytes(),
@@ -229,7 +206,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
                 "/webhook/incoming_call",
                 &[
                     ("Content-Type", "application/json"),
-                    ("X-Twilio-Signature", &sign(&incoming, &[])),
+                    ("X-Twilio-Signature", &sign(TOKEN, &incoming, &[])),
                 ],
                 br#"{"CallSid":"CA0123456789abcdef0123456789abcdef"}"#,
             ),
@@ -249,8 +226,8 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
     for (what, request, expected) in cases {
         let status = raw(server.addr, &request);
         assert_eq!(status, expected, "{what}");
-        assert_eq!(rows(&sandbox, "calls"), 0, "{what}: nothing written");
-        assert_eq!(rows(&sandbox, "call_events"), 0, "{what}: nothing written");
+        assert_eq!(sqlite_rows(&sandbox, "calls"), 0, "{what}: nothing written");
+        assert_eq!(sqlite_rows(&sandbox, "call_events"), 0, "{what}: nothing written");
     }
 
     // The same webhook, signed properly, is accepted: the cases above failed for their reason.
@@ -263,7 +240,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
         ),
     );
     assert_eq!(status, 200);
-    assert_eq!(rows(&sandbox, "calls"), 1);
+    assert_eq!(sqlite_rows(&sandbox, "calls"), 1);
 
     server.signal("TERM");
     let (_, output) = server.wait();
@@ -280,7 +257,7 @@ fn slow_bodies_time_out_with_408_instead_of_holding_a_worker() {
     let incoming = format!("{PUBLIC}/webhook/incoming_call");
     let params = [("CallSid", SID), ("From", "+972541112222"), ("To", NUMBER)];
     let body = form(&params);
-    let signature = sign(&incoming, &params);
+    let signature = sign(TOKEN, &incoming, &params);
     // Headers, then a few bytes of the body, then nothing: a slow-loris client.
     let slow = |path: &str, headers: &[(&str, &str)]| {
         let addr = server.addr;
@@ -326,5 +303,5 @@ fn slow_bodies_time_out_with_408_instead_of_holding_a_worker() {
             "{what}: {waited:?}"
         );
     }
-    assert_eq!(rows(&sandbox, "calls"), 0);
+    assert_eq!(sqlite_rows(&sandbox, "calls"), 0);
 }

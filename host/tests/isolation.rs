@@ -13,6 +13,8 @@ use std::path::Path;
 use callplane_e2e::harness::{PgDatabase, Reply, Sandbox, Server};
 use serde_json::{Value, json};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_callplane");
 const PUBLIC: &str = "https://voice.example.com";
 const TOKEN: &str = "isolation-auth-token-2b8d";
@@ -107,23 +109,14 @@ fn tenants(sandbox: &Sandbox, env: &[(&str, &str)]) -> Tenants {
     assert_eq!(staff.status, 201, "{}", staff.body);
     let b_user = staff.json()["id"].as_i64().unwrap();
 
-    let params: Vec<(String, String)> = [("CallSid", B_SID), ("From", "+972541112222"), ("To", B_PHONE)]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .to_vec();
-    let signature =
-        callplane_plugin_twilio::signature::compute(TOKEN, &format!("{PUBLIC}/webhook/incoming_call"), &params);
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(&params)
-        .finish();
-    let hook = server.request(
-        "POST",
+    let hook = common::post_signed(
+        &server,
+        PUBLIC,
+        TOKEN,
         "/webhook/incoming_call",
-        &[
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("x-twilio-signature", &signature),
-        ],
-        Some(&body),
-    );
+        &[("CallSid", B_SID), ("From", "+972541112222"), ("To", B_PHONE)],
+    )
+    .unwrap();
     assert_eq!(hook.status, 200, "{}", hook.body);
     Tenants {
         server,

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use callplane_e2e::harness::{PgDatabase, Reply, Sandbox, Server};
-use callplane_plugin_twilio::signature;
+use callplane_e2e::harness::{PgDatabase, Reply, Sandbox, Server, send};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_callplane");
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
@@ -131,22 +132,8 @@ impl Cluster {
 
     /// A request through nginx; transport errors are returned.
     fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Result<Reply, String> {
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.nginx.url));
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let request = builder.body(body.to_owned()).map_err(|e| e.to_string())?;
-        let mut response = self.nginx.agent.run(request).map_err(|e| e.to_string())?;
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
-            .collect();
-        let status = response.status().as_u16();
-        let body = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
-        Ok(Reply { status, headers, body })
+        let url = format!("{}{path}", self.nginx.url);
+        send(&self.nginx.agent, method, &url, headers, Some(body)).map_err(|e| e.to_string())
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
@@ -154,9 +141,10 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{method} {path} through nginx: {e}"))
     }
 
-    /// An inbound-call webhook for `call_sid`, signed over the public URL as Twilio would sign it.
+    /// An inbound-call webhook for `call_sid`, signed over the public URL as Twilio would sign it:
+    /// (signature, body).
     fn webhook(&self, call_sid: &str) -> (String, String) {
-        let params: Vec<(String, String)> = [
+        let params = [
             ("AccountSid", ACCOUNT),
             ("ApiVersion", "2010-04-01"),
             ("CallSid", call_sid),
@@ -166,15 +154,9 @@ impl Cluster {
             ("Direction", "inbound"),
             ("From", "+972541112222"),
             ("To", NUMBER),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .to_vec();
+        ];
         let url = format!("{}/webhook/incoming_call", self.nginx.url);
-        let signature = signature::compute(TOKEN, &url, &params);
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&params)
-            .finish();
-        (signature, body)
+        (common::sign(TOKEN, &url, &params), common::form(&params))
     }
 
     fn send_webhook(&self, call_sid: &str) -> Result<Reply, String> {
@@ -273,13 +255,11 @@ fn signed_webhooks_over_https_reach_both_instances_and_are_recorded_once() {
 
     // A signature over a URL other than the public one is refused, whatever Host nginx passes on.
     let params_body = cluster.webhook(&call_sid(99)).1;
-    let forged = signature::compute(
-        TOKEN,
-        "https://evil.example/webhook/incoming_call",
-        &url::form_urlencoded::parse(params_body.as_bytes())
-            .into_owned()
-            .collect::<Vec<_>>(),
-    );
+    let parsed: Vec<(String, String)> = url::form_urlencoded::parse(params_body.as_bytes())
+        .into_owned()
+        .collect();
+    let parsed: Vec<(&str, &str)> = parsed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let forged = common::sign(TOKEN, "https://evil.example/webhook/incoming_call", &parsed);
     let reply = cluster.request(
         "POST",
         "/webhook/incoming_call",

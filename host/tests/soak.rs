@@ -11,9 +11,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use callplane_e2e::harness::{Sandbox, Server};
-use callplane_plugin_api::storage::{Db, sqlx};
+use callplane_e2e::harness::Sandbox;
+use common::{post_signed, sqlite_rows};
 use serde_json::json;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_callplane");
 const PUBLIC: &str = "https://voice.example.com";
@@ -22,40 +24,6 @@ const NUMBER: &str = "+972501234567";
 /// How much resident memory may grow between the end of warm-up and the end of the soak.
 const RSS_GROWTH_BOUND_MIB: u64 = 16;
 const WARMUP: Duration = Duration::from_secs(5);
-
-fn signed(server: &Server, path: &str, params: &[(&str, &str)]) -> Result<u16, String> {
-    let params: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    let signature = callplane_plugin_twilio::signature::compute(TOKEN, &format!("{PUBLIC}{path}"), &params);
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(&params)
-        .finish();
-    server
-        .try_request(
-            "POST",
-            path,
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("x-twilio-signature", &signature),
-            ],
-            Some(&body),
-        )
-        .map(|r| r.status)
-        .map_err(|e| e.to_string())
-}
-
-fn rows(sandbox: &Sandbox, table: &str) -> i64 {
-    let url = format!("sqlite://{}/callplane.db", sandbox.path().display());
-    let sql = format!("SELECT COUNT(*) FROM {table}");
-    actix_web::rt::System::new().block_on(async move {
-        let db = Db::connect_lazy(&url).unwrap();
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
-        db.close().await;
-        n
-    })
-}
 
 #[test]
 fn soak_mixed_traffic_loses_nothing_and_does_not_grow() {
@@ -101,7 +69,7 @@ fn soak_mixed_traffic_loses_nothing_and_does_not_grow() {
                         if let Some(seq) = sequence {
                             params.push(("SequenceNumber", seq));
                         }
-                        match signed(&server, path, &params) {
+                        match post_signed(&server, PUBLIC, TOKEN, path, &params).map(|r| r.status) {
                             Ok(200) => {
                                 webhooks.fetch_add(1, Ordering::Relaxed);
                             }
@@ -175,14 +143,14 @@ fn soak_mixed_traffic_loses_nothing_and_does_not_grow() {
     let (status, output) = server.wait();
     assert!(status.success(), "{output}");
     assert!(!output.contains("panicked"));
-    assert_eq!(rows(&sandbox, "calls"), calls as i64, "every call recorded once");
+    assert_eq!(sqlite_rows(&sandbox, "calls"), calls as i64, "every call recorded once");
     assert_eq!(
-        rows(&sandbox, "call_events"),
+        sqlite_rows(&sandbox, "call_events"),
         webhooks as i64,
         "every accepted webhook is an event"
     );
     assert_eq!(
-        rows(&sandbox, "appointments"),
+        sqlite_rows(&sandbox, "appointments"),
         0,
         "every appointment created was deleted"
     );

@@ -14,6 +14,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use callplane_e2e::harness::{PgDatabase, Sandbox, Server};
 use serde_json::json;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_callplane");
 const PUBLIC: &str = "https://voice.example.com";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
@@ -235,26 +237,6 @@ fn postgres_stopped_mid_stream_loses_no_call() {
     assert!(output.contains("[TWILIO] spool replayed into the database"), "{output}");
 }
 
-/// Sends one webhook signed over the public URL, straight over HTTP.
-fn signed(server: &Server, path: &str, params: &[(&str, &str)]) -> u16 {
-    let params: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    let signature = callplane_plugin_twilio::signature::compute(TOKEN, &format!("{PUBLIC}{path}"), &params);
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(&params)
-        .finish();
-    server
-        .request(
-            "POST",
-            path,
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("x-twilio-signature", &signature),
-            ],
-            Some(&body),
-        )
-        .status
-}
-
 /// Many webhooks at once are committed in shared transactions (group commit). Retries of the same
 /// webhook and out-of-order status callbacks for one call land in the same batch; each call must
 /// still end with one row, its newest status and each event once.
@@ -283,7 +265,12 @@ fn concurrent_webhooks_are_grouped_and_applied_once(database: Option<&str>) {
                     .collect();
                 // The first webhook and a retry of it, then statuses out of order, each sent twice.
                 for _ in 0..2 {
-                    assert_eq!(signed(server, "/webhook/incoming_call", &inbound), 200);
+                    assert_eq!(
+                        common::post_signed(server, PUBLIC, TOKEN, "/webhook/incoming_call", &inbound)
+                            .unwrap()
+                            .status,
+                        200
+                    );
                 }
                 for (sequence, status) in [("2", "completed"), ("0", "ringing"), ("1", "in-progress")] {
                     let status: Vec<_> = base
@@ -296,7 +283,12 @@ fn concurrent_webhooks_are_grouped_and_applied_once(database: Option<&str>) {
                         ])
                         .collect();
                     for _ in 0..2 {
-                        assert_eq!(signed(server, "/webhook/call_status", &status), 200);
+                        assert_eq!(
+                            common::post_signed(server, PUBLIC, TOKEN, "/webhook/call_status", &status)
+                                .unwrap()
+                                .status,
+                            200
+                        );
                     }
                 }
             });

@@ -274,6 +274,33 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Sends one request with `agent` (which may be configured for TLS) and reads the whole answer.
+///
+/// # Errors
+/// A refused connection, a timeout, a protocol or TLS error.
+pub fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Reply, ureq::Error> {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(body.unwrap_or("").to_owned()).map_err(ureq::Error::from)?;
+    let mut response = agent.run(request)?;
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string()?;
+    Ok(Reply { status, headers, body })
+}
+
 /// An HTTP answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -336,20 +363,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> Result<Reply, ureq::Error> {
-        let mut builder = ureq::http::Request::builder().method(method).uri(self.url(path));
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let request = builder.body(body.unwrap_or("").to_owned()).map_err(ureq::Error::from)?;
-        let mut response = self.agent.run(request)?;
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
-            .collect();
-        let status = response.status().as_u16();
-        let body = response.body_mut().read_to_string()?;
-        Ok(Reply { status, headers, body })
+        send(&self.agent, method, &self.url(path), headers, body)
     }
 
     /// Signs in over `POST /api/auth/login` and returns the bearer token.
