@@ -378,6 +378,7 @@ fn rolling_restart_under_steady_load_fails_no_request() {
     let sent = AtomicUsize::new(0);
     let accepted_webhooks = AtomicUsize::new(0);
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let stopped: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let restarts = std::thread::scope(|scope| {
         // However this scope ends (a failed assertion included), the clients stop.
         let _stop = StopOnDrop(&stop);
@@ -421,6 +422,7 @@ fn rolling_restart_under_steady_load_fails_no_request() {
             let started = Instant::now();
             old.signal("TERM");
             let (status, output) = old.wait();
+            stopped.lock().unwrap().push(output.clone());
             assert!(status.success(), "{output}");
             assert!(output.contains("[SHUTDOWN] draining"), "{output}");
             let new = cluster.serve(instance);
@@ -441,12 +443,22 @@ fn rolling_restart_under_steady_load_fails_no_request() {
         accepted_webhooks.load(Ordering::Relaxed),
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} failed: {:#?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    if !failures.is_empty() {
+        // What the instances said about it: every warning and error of every process.
+        let mut outputs = stopped.into_inner().unwrap();
+        outputs.extend(servers.iter().flatten().map(Server::output));
+        let said: Vec<&str> = outputs
+            .iter()
+            .flat_map(|o| o.lines())
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        panic!(
+            "{} of {sent} failed: {:#?}\ninstances said:\n{}",
+            failures.len(),
+            &failures[..failures.len().min(10)],
+            said.join("\n")
+        );
+    }
     assert!(sent >= 200, "steady load: only {sent} requests");
     // Every accepted webhook is a call in the shared database (the spool stayed empty: the
     // database never went away).

@@ -392,8 +392,10 @@ pub fn mount(
     }
     // Actix serves a request from the first resource whose pattern matches, so a literal segment
     // must come before a parameter in the same position (`/api/calls/outbound` before
-    // `/api/calls/{call_sid}`), whatever order the plugins declared them in.
-    by_path.sort_by(|(a, _), (b, _)| specificity(a).cmp(&specificity(b)));
+    // `/api/calls/{call_sid}`), whatever order the plugins declared them in. Paths without any
+    // parameter go first of all: they are matched by comparing strings, so the busiest routes
+    // (the webhooks) never wait behind the pattern matching of the API's parameterised routes.
+    by_path.sort_by(|(a, _), (b, _)| (a.contains('{'), specificity(a)).cmp(&(b.contains('{'), specificity(b))));
     for (path, group) in by_path {
         let allow = group.iter().map(|r| r.method.as_str()).collect::<Vec<_>>().join(", ");
         let mut resource = web::resource(path).default_service(web::to(move || {

@@ -153,6 +153,17 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
     })
 }
 
+/// Whether `error` broke the connection rather than the statement (I/O, protocol, a crashed
+/// SQLite worker): the same read on another connection may well succeed. Each actix worker runs
+/// its own Tokio runtime and pooled connections belong to the runtime that opened them, so a
+/// connection can die with a worker during a graceful stop while another worker still holds it.
+pub fn is_connection_error(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
+    )
+}
+
 /// Replaces the password of a URL with `***` so it can be logged or shown in a finding.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
@@ -168,6 +179,19 @@ pub fn redact_url(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_broken_connections_count_as_connection_errors() {
+        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(is_connection_error(&io));
+        assert!(is_connection_error(&sqlx::Error::Protocol("unexpected message".into())));
+        assert!(!is_connection_error(&sqlx::Error::RowNotFound));
+        assert!(
+            !is_connection_error(&sqlx::Error::PoolTimedOut),
+            "waiting again would not help"
+        );
+    }
+
     use super::*;
 
     #[test]

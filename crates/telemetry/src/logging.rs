@@ -228,11 +228,15 @@ impl<W: std::io::Write> std::io::Write for CountedWrites<W> {
 /// A non-blocking, lossless writer: when its buffer is full the logging thread waits (a line is
 /// never dropped). 16,384 buffered lines absorb bursts; the buffer is allocated up front, so it is
 /// kept well below the library's default of 128,000 (4 MB per writer).
+///
+/// The writer thread takes every line queued, then flushes: behind a buffer, a burst of lines
+/// costs one `write(2)` instead of one per line, and nothing waits in the buffer once the queue
+/// is empty.
 fn writer<W: std::io::Write + Send + 'static>(out: W) -> (NonBlocking, WorkerGuard) {
     NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(16_384)
-        .finish(out)
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, out))
 }
 
 fn layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>

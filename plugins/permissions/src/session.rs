@@ -6,12 +6,14 @@ use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpMessage, HttpResponse, ResponseError as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use callplane_plugin_api::storage::is_connection_error;
 use callplane_plugin_api::{Access, AccessProvider, ApiError};
 use futures_util::future::LocalBoxFuture;
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::Store;
+use crate::store::StoreError;
 
 /// The session cookie.
 pub const COOKIE: &str = "callplane_session";
@@ -134,7 +136,15 @@ impl AccessProvider for SessionProvider {
                 }
             }
             let hash = token_hash(&token);
-            let principal = match self.store.session_principal(&hash, now()).await {
+            let mut lookup = self.store.session_principal(&hash, now()).await;
+            if let Err(StoreError::Database(error)) = &lookup
+                && is_connection_error(error)
+            {
+                // A read: safe to repeat, and the pool hands out another connection.
+                tracing::warn!(error = %error, "[AUTH] session lookup lost its connection; retrying once");
+                lookup = self.store.session_principal(&hash, now()).await;
+            }
+            let principal = match lookup {
                 Ok(Some(principal)) => principal,
                 Ok(None) => {
                     return Err(deny(
