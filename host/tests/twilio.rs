@@ -248,50 +248,40 @@ fn concurrent_webhooks_are_grouped_and_applied_once(database: Option<&str>) {
     let server = sandbox.serve(Path::new(BIN), &env);
     const CALLS: usize = 12;
     let sid = |i: usize| format!("CA{:032x}", 0xB000 + i);
+    // Every webhook from its own thread at once: a call's first webhook and its retry, and its
+    // statuses out of order (each twice), race each other into the same batches.
+    let post = |path: &'static str, params: Vec<(&'static str, String)>| {
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = common::post_signed(&server, PUBLIC, TOKEN, path, &params).unwrap();
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    };
     std::thread::scope(|scope| {
         for i in 0..CALLS {
-            let (server, sid) = (&server, sid(i));
-            scope.spawn(move || {
-                let base = [
-                    ("AccountSid", ACCOUNT),
-                    ("CallSid", sid.as_str()),
-                    ("From", "+972541112222"),
-                    ("To", NUMBER),
-                ];
-                let inbound: Vec<_> = base
-                    .iter()
-                    .copied()
-                    .chain([("CallStatus", "ringing"), ("Direction", "inbound")])
-                    .collect();
-                // The first webhook and a retry of it, then statuses out of order, each sent twice.
-                for _ in 0..2 {
-                    assert_eq!(
-                        common::post_signed(server, PUBLIC, TOKEN, "/webhook/incoming_call", &inbound)
-                            .unwrap()
-                            .status,
-                        200
-                    );
-                }
+            let base = [
+                ("AccountSid", ACCOUNT.to_owned()),
+                ("CallSid", sid(i)),
+                ("From", "+972541112222".to_owned()),
+                ("To", NUMBER.to_owned()),
+                ("Direction", "inbound".to_owned()),
+            ];
+            let mut webhooks = Vec::new();
+            for _ in 0..2 {
+                let mut inbound = base.to_vec();
+                inbound.push(("CallStatus", "ringing".to_owned()));
+                webhooks.push(("/webhook/incoming_call", inbound));
                 for (sequence, status) in [("2", "completed"), ("0", "ringing"), ("1", "in-progress")] {
-                    let status: Vec<_> = base
-                        .iter()
-                        .copied()
-                        .chain([
-                            ("CallStatus", status),
-                            ("SequenceNumber", sequence),
-                            ("Direction", "inbound"),
-                        ])
-                        .collect();
-                    for _ in 0..2 {
-                        assert_eq!(
-                            common::post_signed(server, PUBLIC, TOKEN, "/webhook/call_status", &status)
-                                .unwrap()
-                                .status,
-                            200
-                        );
-                    }
+                    let mut callback = base.to_vec();
+                    callback.extend([
+                        ("CallStatus", status.to_owned()),
+                        ("SequenceNumber", sequence.to_owned()),
+                    ]);
+                    webhooks.push(("/webhook/call_status", callback));
                 }
-            });
+            }
+            for (path, params) in webhooks {
+                let post = &post;
+                scope.spawn(move || post(path, params));
+            }
         }
     });
     let auth = format!("Bearer {}", agent_token(&server));
@@ -310,10 +300,13 @@ fn concurrent_webhooks_are_grouped_and_applied_once(database: Option<&str>) {
         assert_eq!(call["events"].as_array().unwrap().len(), 4, "each event once: {call}");
     }
     let metrics = server.get("/metrics").body;
-    let batches = metrics
+    let batches: usize = metrics
         .lines()
         .find_map(|l| l.strip_prefix("callplane_twilio_record_batch_size_count "))
+        .unwrap()
+        .parse()
         .unwrap();
+    assert!(batches < CALLS * 8, "concurrent webhooks share transactions: {batches}");
     let _ = writeln!(
         std::io::stderr(),
         "group commit: {} webhooks in {batches} transactions",

@@ -13,7 +13,7 @@ use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt as _};
 
-/// How long a request body may take to arrive, counted from the end of the headers. Twilio gives
+/// How long a request body may take to arrive, counted from the handler's first read of it. Twilio gives
 /// up on a webhook after 15 s; a real client sends a few KiB in milliseconds.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -40,12 +40,14 @@ pub async fn body_deadline(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0");
     if has_body {
-        let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
         let payload = req.take_payload();
-        let timed = futures_util::stream::unfold(Some(payload), move |state| async move {
-            let mut payload = state?;
+        // The clock starts when the handler first reads the body, not while the access check
+        // (a session lookup, say) runs before it.
+        let timed = futures_util::stream::unfold(Some((payload, None)), |state| async move {
+            let (mut payload, deadline) = state?;
+            let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + BODY_DEADLINE);
             match tokio::time::timeout_at(deadline, payload.next()).await {
-                Ok(Some(chunk)) => Some((chunk, Some(payload))),
+                Ok(Some(chunk)) => Some((chunk, Some((payload, Some(deadline))))),
                 Ok(None) => None,
                 Err(_) => {
                     let late =

@@ -208,7 +208,7 @@ impl<W: std::io::Write> CountedWrites<W> {
             // Not through tracing: that would write to the failing file again.
             let _ = writeln!(
                 std::io::stderr(),
-                "[LOG] writing the log file failed: {error}; lines go to the console only until it recovers (callplane_log_write_errors_total)"
+                "[LOG] writing the log file failed: {error}; lines are missing from the file while it fails (counted in callplane_log_write_errors_total; the console, if on, still has them)"
             );
         }
         result

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use callplane_plugin_api::storage::sqlx::{self, Row};
-use callplane_plugin_api::storage::{Db, DbKind, Spool};
+use callplane_plugin_api::storage::{Db, DbKind, Spool, is_connection_error};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -139,7 +139,10 @@ pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Er
         }
     }
     upsert_calls(&mut tx, db.kind(), events).await?;
-    for event in events.iter().filter(|e| e.kind == EventKind::Status) {
+    // Status updates in CallSid order, like the rows above (see `commit`).
+    let mut statuses: Vec<&&CallEvent> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
+    statuses.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
+    for event in statuses {
         sqlx::query("UPDATE calls SET status = $1, last_sequence = $2, updated_at = $3 WHERE call_sid = $4 AND last_sequence < $2")
             .bind(&event.status)
             .bind(event.sequence.unwrap_or(-1).max(0))
@@ -289,7 +292,8 @@ const QUEUE: usize = 4096;
 /// so far (up to [`MAX_BATCH`]) in one transaction and tells every owner. There is no timer: a
 /// batch is what arrived while the previous commit ran, so one event alone commits at once, and
 /// under load an event waits for at most the commit in progress plus its own. The writer has its
-/// own thread so that its database round trips never queue behind HTTP work on a worker.
+/// own thread so that its work never queues behind HTTP requests on a worker (on PostgreSQL a
+/// pooled connection is still driven by the runtime that opened it, which may be a worker's).
 #[derive(Debug, Clone)]
 struct GroupCommit {
     db: Db,
@@ -356,11 +360,21 @@ async fn write_batches(db: Db, mut queue: mpsc::Receiver<Pending>, batch_sizes: 
     }
 }
 
-/// Commits `batch` in one transaction. When a statement fails (not the connection), each event is
-/// retried alone so that one bad event cannot sink the others.
-async fn commit(db: &Db, batch: Vec<Pending>) {
+/// Commits `batch` in one transaction. A batch that lost its connection is tried once more (the
+/// pool hands out another one); when a statement fails, each event is retried alone so that one
+/// bad event cannot sink the others.
+async fn commit(db: &Db, mut batch: Vec<Pending>) {
+    // The same order in every instance's transactions: two batches sharing CallSids lock their
+    // rows in the same order and cannot deadlock each other.
+    batch.sort_by(|a, b| a.event.call_sid.cmp(&b.event.call_sid));
     let events: Vec<&CallEvent> = batch.iter().map(|p| &p.event).collect();
-    let attempt = tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(db, &events)).await;
+    let mut attempt = tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(db, &events)).await;
+    if let Ok(Err(error)) = &attempt
+        && is_connection_error(error)
+    {
+        tracing::warn!(error = %error, events = batch.len(), "[TWILIO] batch lost its connection; retrying once");
+        attempt = tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(db, &events)).await;
+    }
     drop(events);
     match attempt {
         Ok(Ok(())) => {
