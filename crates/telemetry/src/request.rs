@@ -107,9 +107,12 @@ pub async fn request_context(
 
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let client = origin.map(|o| o.ip.to_string()).unwrap_or_default();
-    let scheme = origin.map_or("", |o| o.scheme.as_str());
-    let span = tracing::info_span!("request", request_id = %request_id, client = %client, scheme = %scheme);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        client = origin.map(|o| tracing::field::display(o.ip)),
+        scheme = origin.map(|o| tracing::field::display(o.scheme.as_str())),
+    );
     let mut response = CURRENT
         .scope(request_id.clone(), next.call(req).instrument(span.clone()))
         .await?;

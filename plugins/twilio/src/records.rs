@@ -299,7 +299,7 @@ struct GroupCommit {
     db: Db,
     batch_sizes: Histogram,
     /// Started on first use: commands that never record a call start no thread.
-    writer: Arc<std::sync::OnceLock<std::sync::Mutex<Option<mpsc::Sender<Pending>>>>>,
+    writer: Arc<std::sync::Mutex<Option<mpsc::Sender<Pending>>>>,
 }
 
 #[derive(Debug)]
@@ -325,8 +325,7 @@ impl GroupCommit {
     }
 
     fn writer(&self) -> Option<mpsc::Sender<Pending>> {
-        let slot = self.writer.get_or_init(|| std::sync::Mutex::new(None));
-        let mut slot = slot.lock().ok()?;
+        let mut slot = self.writer.lock().ok()?;
         if slot.as_ref().is_none_or(mpsc::Sender::is_closed) {
             let (tx, rx) = mpsc::channel(QUEUE);
             let (db, sizes) = (self.db.clone(), self.batch_sizes.clone());

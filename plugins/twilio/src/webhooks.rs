@@ -21,11 +21,13 @@ fn xml(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status).content_type("text/xml").body(body)
 }
 
+/// The webhook the signature check parsed, taken (not copied) from the request.
 fn webhook(req: &HttpRequest) -> Webhook {
-    req.extensions().get::<Webhook>().cloned().unwrap_or_default()
+    req.extensions_mut().remove::<Webhook>().unwrap_or_default()
 }
 
-fn event(kind: EventKind, hook: &Webhook, call_sid: &str, direction: &str, business_id: Option<i64>) -> CallEvent {
+/// The event to record; it keeps the webhook's parameters.
+fn event(kind: EventKind, hook: Webhook, call_sid: &str, direction: &str, business_id: Option<i64>) -> CallEvent {
     CallEvent {
         kind,
         call_sid: call_sid.to_owned(),
@@ -48,7 +50,7 @@ fn event(kind: EventKind, hook: &Webhook, call_sid: &str, direction: &str, busin
             .filter(|r| r.len() == 8 && r.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(str::to_owned),
         request_id: current_request_id().map(|id| id.to_string()),
-        params: hook.params.clone(),
+        params: hook.params,
         received_at: now(),
     }
 }
@@ -96,7 +98,7 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
     };
     let recorded = state
         .recorder
-        .record(&event(EventKind::Incoming, &hook, &call_sid, "inbound", business_id))
+        .record(&event(EventKind::Incoming, hook, &call_sid, "inbound", business_id))
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
@@ -126,7 +128,7 @@ pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookStat
         .recorder
         .record(&event(
             EventKind::OutboundAnswered,
-            &hook,
+            hook,
             &call_sid,
             "outbound",
             Some(business_id),
@@ -156,7 +158,7 @@ pub(crate) async fn call_status(req: HttpRequest, state: web::Data<WebhookState>
     };
     let recorded = state
         .recorder
-        .record(&event(EventKind::Status, &hook, &call_sid, direction, business_id))
+        .record(&event(EventKind::Status, hook, &call_sid, direction, business_id))
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
