@@ -1,6 +1,6 @@
 //! The connection pool.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct Db {
     pool: AnyPool,
     kind: DbKind,
     redacted_url: String,
+    /// The database file of a file-backed SQLite URL.
+    sqlite_file: Option<PathBuf>,
 }
 
 /// SQLite settings applied to every new connection: WAL so readers never block the writer,
@@ -55,6 +57,14 @@ pub struct Db {
 /// immediate `SQLITE_BUSY`, and enforced foreign keys.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
      PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
+/// The SQLite file a `sqlite:` URL names, unless the database lives in memory.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
+    (!in_memory).then(|| PathBuf::from(path))
+}
 
 impl Db {
     /// Builds a pool without connecting: the first query connects. For SQLite the database file
@@ -91,6 +101,7 @@ impl Db {
             pool,
             kind,
             redacted_url: redact_url(url),
+            sqlite_file: (kind == DbKind::Sqlite).then(|| sqlite_file(url)).flatten(),
         })
     }
 
@@ -107,6 +118,20 @@ impl Db {
     /// The URL with any password replaced by `***`, safe to log.
     pub fn redacted_url(&self) -> &str {
         &self.redacted_url
+    }
+
+    /// A connection of its own to a file-backed SQLite database, with the pool's settings, for a
+    /// dedicated writer thread: its statements run on the calling thread instead of being handed
+    /// to `sqlx`'s connection thread one by one. `None` for PostgreSQL and in-memory SQLite.
+    ///
+    /// # Errors
+    /// The file cannot be opened or configured.
+    pub fn open_sqlite_writer(&self) -> Option<Result<rusqlite::Connection, rusqlite::Error>> {
+        let path = self.sqlite_file.as_deref()?;
+        Some(rusqlite::Connection::open(path).and_then(|conn| {
+            conn.execute_batch(SQLITE_PRAGMAS)?;
+            Ok(conn)
+        }))
     }
 
     /// Checks that the database answers `SELECT 1` within `timeout`.
@@ -193,6 +218,44 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn only_file_backed_sqlite_urls_name_a_file() {
+        assert_eq!(sqlite_file("sqlite://data/x.db"), Some(PathBuf::from("data/x.db")));
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/x.db?mode=rwc"),
+            Some(PathBuf::from("/var/lib/x.db"))
+        );
+        assert_eq!(sqlite_file("sqlite:x.db"), Some(PathBuf::from("x.db")));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://x.db?mode=memory"), None);
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
+    }
+
+    #[tokio::test]
+    async fn the_writer_connection_sees_what_the_pool_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect_lazy(&format!("sqlite://{}/w.db", dir.path().display())).unwrap();
+        sqlx::query("CREATE TABLE t (v TEXT)").execute(db.pool()).await.unwrap();
+        let conn = db.open_sqlite_writer().unwrap().unwrap();
+        conn.execute("INSERT INTO t VALUES ('from the writer')", []).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let (v,): (String,) = sqlx::query_as("SELECT v FROM t").fetch_one(db.pool()).await.unwrap();
+        assert_eq!(v, "from the writer");
+        assert!(
+            Db::connect_lazy("sqlite::memory:")
+                .unwrap()
+                .open_sqlite_writer()
+                .is_none()
+        );
+        assert!(
+            Db::connect_lazy("postgres://u@h/db")
+                .unwrap()
+                .open_sqlite_writer()
+                .is_none()
+        );
+    }
 
     #[test]
     fn kind_follows_the_scheme() {

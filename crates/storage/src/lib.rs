@@ -7,6 +7,9 @@
 //! * [`Migration`] and [`migrate`] apply each plugin's versioned migrations, recording them in the
 //!   `callplane_schema_versions` table. Two instances booting at once migrate exactly once.
 //!
+//! * [`Db::open_sqlite_writer`] gives a dedicated writer thread its own SQLite connection
+//!   (`rusqlite`, the same SQLite library `sqlx` links), for statements executed without a hop
+//!   through `sqlx`'s connection thread (the call-record group commit).
 //! * [`Spool`] is the durable local spool: records that cannot reach the database wait there,
 //!   `fsync`ed, until they are replayed.
 //!
@@ -20,5 +23,6 @@ mod spool;
 pub use db::{Db, DbKind, is_connection_error, redact_url};
 pub use error::StorageError;
 pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
+pub use rusqlite;
 pub use spool::Spool;
 pub use sqlx;

@@ -1,18 +1,18 @@
 //! The tracing subscriber: console plus daily rolling files, text or JSON, never lossy.
 
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
+use std::io::{BufWriter, Write as _};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use std::path::PathBuf;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::writer::MakeWriterExt as _;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -145,10 +145,9 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
             },
         )?);
     }
-    let mut guards = Vec::new();
-    let console = match settings.console {
-        Console::Stdout => Some(writer(std::io::stdout())),
-        Console::Stderr => Some(writer(std::io::stderr())),
+    let console: Option<Box<dyn std::io::Write + Send>> = match settings.console {
+        Console::Stdout => Some(Box::new(std::io::stdout())),
+        Console::Stderr => Some(Box::new(std::io::stderr())),
         Console::Off => None,
     };
     let file = match &settings.dir {
@@ -164,22 +163,19 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
                     dir: dir.display().to_string(),
                     message: e.to_string(),
                 })?;
-            Some(writer(CountedWrites(appender)))
+            Some(CountedWrites(appender))
         }
         None => None,
     };
-    // Console and file carry the same lines: format each event once and write it to both.
-    let layers: Option<Box<dyn Layer<Registry> + Send + Sync>> = match (console, file) {
-        (Some((console, c)), Some((file, f))) => {
-            guards.extend([c, f]);
-            Some(layer(settings.format, console.and(file)))
-        }
-        (Some((only, guard)), None) | (None, Some((only, guard))) => {
-            guards.push(guard);
-            Some(layer(settings.format, only))
-        }
-        (None, None) => None,
-    };
+    let mut guards = Vec::new();
+    let layers = (console.is_some() || file.is_some()).then(|| {
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(false)
+            .buffered_lines_limit(QUEUED_LINES)
+            .finish(Sinks::new(console, file));
+        guards.push(guard);
+        layer(settings.format, writer)
+    });
 
     tracing_subscriber::registry()
         .with(layers)
@@ -225,18 +221,67 @@ impl<W: std::io::Write> std::io::Write for CountedWrites<W> {
     }
 }
 
-/// A non-blocking, lossless writer: when its buffer is full the logging thread waits (a line is
-/// never dropped). 16,384 buffered lines absorb bursts; the buffer is allocated up front, so it is
-/// kept well below the library's default of 128,000 (4 MB per writer).
+/// Lines waiting for the log writer thread. When the queue is full the logging thread waits (a
+/// line is never dropped); 16,384 lines absorb bursts. The queue is allocated up front, so it is
+/// kept well below the library's default of 128,000.
+const QUEUED_LINES: usize = 16_384;
+
+/// Under load, the least time between two flushes of the log writer thread (see [`Sinks`]).
+const PACE: Duration = Duration::from_millis(1);
+
+/// What the one log writer thread writes every line to: the console and the file, each formatted
+/// once by the logging thread and handed over once.
 ///
-/// The writer thread takes every line queued, then flushes: behind a buffer, a burst of lines
-/// costs one `write(2)` instead of one per line, and nothing waits in the buffer once the queue
-/// is empty.
-fn writer<W: std::io::Write + Send + 'static>(out: W) -> (NonBlocking, WorkerGuard) {
-    NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(16_384)
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, out))
+/// - Each sink is buffered: the writer thread takes every line queued, then flushes, so a burst
+///   costs one `write(2)` per sink instead of one per line, and nothing waits in a buffer once
+///   the queue is empty.
+/// - A failing sink never stops the other: file errors are counted ([`write_errors`]), console
+///   errors (a closed terminal) are dropped.
+/// - Under load the thread paces itself: when it flushed less than [`PACE`] ago, it sleeps for
+///   [`PACE`] after this flush. Lines then queue up meanwhile and the request threads hand them
+///   over without waking it for each one (a wake-up is a system call and a context switch per
+///   line). A quiet service still writes each line at once.
+struct Sinks {
+    console: Option<BufWriter<Box<dyn std::io::Write + Send>>>,
+    file: Option<BufWriter<CountedWrites<RollingFileAppender>>>,
+    last_flush: Instant,
+}
+
+impl Sinks {
+    fn new(console: Option<Box<dyn std::io::Write + Send>>, file: Option<CountedWrites<RollingFileAppender>>) -> Self {
+        const BUFFER: usize = 64 * 1024;
+        Self {
+            console: console.map(|c| BufWriter::with_capacity(BUFFER, c)),
+            file: file.map(|f| BufWriter::with_capacity(BUFFER, f)),
+            last_flush: Instant::now(),
+        }
+    }
+}
+
+impl std::io::Write for Sinks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(console) = &mut self.console {
+            let _ = console.write_all(buf);
+        }
+        if let Some(file) = &mut self.file {
+            let _ = file.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(console) = &mut self.console {
+            let _ = console.flush();
+        }
+        if let Some(file) = &mut self.file {
+            let _ = file.flush();
+        }
+        if self.last_flush.elapsed() < PACE {
+            std::thread::sleep(PACE);
+        }
+        self.last_flush = Instant::now();
+        Ok(())
+    }
 }
 
 fn layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>

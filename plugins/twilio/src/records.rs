@@ -3,11 +3,11 @@
 //! ordered by SequenceNumber, so retries, replays and late callbacks are all safe to apply again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use callplane_plugin_api::storage::sqlx::{self, Row};
-use callplane_plugin_api::storage::{Db, DbKind, Spool, is_connection_error};
+use callplane_plugin_api::storage::{Db, DbKind, Spool, is_connection_error, rusqlite};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -104,38 +104,96 @@ impl Recorded {
     }
 }
 
-/// Writes one event in one transaction (see [`write_events`]).
-///
-/// # Errors
-/// A database error; nothing is committed then.
-pub async fn write_event(db: &Db, event: &CallEvent) -> Result<(), sqlx::Error> {
-    write_events(db, &[event]).await
+/// A statement inserting any number of rows: `head`, then `row` once per row, then `tail`.
+/// Written with `?` placeholders; [`MultiRow::sql`] numbers them for PostgreSQL.
+struct MultiRow {
+    head: &'static str,
+    row: &'static str,
+    tail: &'static str,
 }
 
-/// Writes `events` in one transaction: the call rows (once per CallSid), each status when its
-/// sequence is newer, and the events (once per CallSid, kind and sequence). Applying an event
-/// twice changes nothing, so a batch may hold retries of each other. Calls and events go in one
-/// multi-row statement each, so a batch of a hundred webhooks costs a handful of statements.
+impl MultiRow {
+    fn sql(&self, kind: DbKind, rows: usize) -> String {
+        format!("{} VALUES {} {}", self.head, values(kind, self.row, rows), self.tail)
+    }
+}
+
+/// An outbound call whose CallSid never reached its record: the webhook that brings it (its URL
+/// carries the record's `req_id`) attaches it.
+const ATTACH_CALL_SID: &str = "UPDATE calls SET call_sid = ? WHERE req_id = ? AND call_sid IS NULL
+   AND NOT EXISTS (SELECT 1 FROM calls WHERE call_sid = ?)";
+
+/// One row per CallSid: created by its first event, and given its tenant and lead by any event
+/// that knows them. The tenant, when the webhook did not know it, is looked up by the business's
+/// number (the called number of an inbound call, the caller of an outbound one), so a call spooled
+/// while the database was down still lands in its business.
+const UPSERT_CALLS: MultiRow = MultiRow {
+    head: "INSERT INTO calls (call_sid, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)",
+    row: "(?, COALESCE(?, (SELECT id FROM businesses WHERE phone_number = ?)), ?, ?, ?, ?, ?, -1, ?, ?)",
+    tail: "ON CONFLICT (call_sid) DO UPDATE SET
+           business_id = COALESCE(calls.business_id, excluded.business_id),
+           lead_id = COALESCE(calls.lead_id, excluded.lead_id)
+         WHERE (calls.business_id IS NULL AND excluded.business_id IS NOT NULL)
+            OR (calls.lead_id IS NULL AND excluded.lead_id IS NOT NULL)",
+};
+
+/// A status callback moves its call forward, never back: only a newer SequenceNumber applies.
+const UPDATE_STATUS: &str =
+    "UPDATE calls SET status = ?, last_sequence = ?, updated_at = ? WHERE call_sid = ? AND last_sequence < ?";
+
+/// Every event once: a retry of the same (CallSid, kind, sequence) is skipped.
+const INSERT_EVENTS: MultiRow = MultiRow {
+    head: "INSERT INTO call_events (call_sid, kind, status, sequence, request_id, payload, received_at)",
+    row: "(?, ?, ?, ?, ?, ?, ?)",
+    tail: "ON CONFLICT (call_sid, kind, sequence) DO NOTHING",
+};
+
+impl CallEvent {
+    /// The business whose number this call is on: the called number of an inbound call, the
+    /// caller of an outbound one.
+    fn business_number(&self) -> &str {
+        if self.direction == "outbound" {
+            &self.from
+        } else {
+            &self.to
+        }
+    }
+
+    /// The sequence a status callback moves its call to.
+    fn status_sequence(&self) -> i64 {
+        self.sequence.unwrap_or(-1).max(0)
+    }
+
+    /// The stored parameters: a JSON array of `[name, value]` pairs.
+    fn payload(&self) -> String {
+        serde_json::to_string(&self.params).unwrap_or_else(|_| "[]".to_owned())
+    }
+}
+
+/// Writes `events` through the pool in one transaction: the call rows (once per CallSid), each
+/// status when its sequence is newer, and the events (once per CallSid, kind and sequence).
+/// Applying an event twice changes nothing, so a batch may hold retries of each other. Calls and
+/// events go in one multi-row statement each: on PostgreSQL a statement is a network round trip.
+/// (A SQLite file is written by the group-commit writer's own connection, [`write_sqlite`].)
 ///
 /// # Errors
 /// A database error; nothing is committed then.
 pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Error> {
+    static ATTACH: LazyLock<[String; 2]> = LazyLock::new(|| per_engine(ATTACH_CALL_SID));
+    static STATUS: LazyLock<[String; 2]> = LazyLock::new(|| per_engine(UPDATE_STATUS));
     if events.is_empty() {
         return Ok(());
     }
+    let engine = usize::from(db.kind() == DbKind::Postgres);
     let mut tx = db.pool().begin().await?;
     for event in events {
         if let Some(req_id) = &event.req_id {
-            // An outbound call whose CallSid never reached its record: this webhook brings it.
-            sqlx::query(
-                "UPDATE calls SET call_sid = $1 WHERE req_id = $2 AND call_sid IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM calls WHERE call_sid = $3)",
-            )
-            .bind(&event.call_sid)
-            .bind(req_id)
-            .bind(&event.call_sid)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(ATTACH[engine].as_str())
+                .bind(&event.call_sid)
+                .bind(req_id)
+                .bind(&event.call_sid)
+                .execute(&mut *tx)
+                .await?;
         }
     }
     upsert_calls(&mut tx, db.kind(), events).await?;
@@ -143,16 +201,22 @@ pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Er
     let mut statuses: Vec<&&CallEvent> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
     statuses.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
     for event in statuses {
-        sqlx::query("UPDATE calls SET status = $1, last_sequence = $2, updated_at = $3 WHERE call_sid = $4 AND last_sequence < $2")
+        sqlx::query(STATUS[engine].as_str())
             .bind(&event.status)
-            .bind(event.sequence.unwrap_or(-1).max(0))
+            .bind(event.status_sequence())
             .bind(event.received_at)
             .bind(&event.call_sid)
+            .bind(event.status_sequence())
             .execute(&mut *tx)
             .await?;
     }
     insert_events(&mut tx, db.kind(), events).await?;
     tx.commit().await
+}
+
+/// `sql` for SQLite and for PostgreSQL, in that order.
+fn per_engine(sql: &str) -> [String; 2] {
+    [values(DbKind::Sqlite, sql, 1), values(DbKind::Postgres, sql, 1)]
 }
 
 /// `rows` copies of `row` (a tuple whose `?` are parameters), separated by commas. PostgreSQL gets
@@ -178,10 +242,7 @@ fn values(kind: DbKind, row: &str, rows: usize) -> String {
     out
 }
 
-/// One row per CallSid: created by its first event, and given its tenant and lead by any event
-/// that knows them. The tenant, when the webhook did not know it, is looked up by the business's
-/// number (the called number of an inbound call, the caller of an outbound one), so a call spooled
-/// while the database was down still lands in its business.
+/// [`UPSERT_CALLS`] for every CallSid of `events`, in one statement.
 async fn upsert_calls(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     kind: DbKind,
@@ -203,31 +264,13 @@ async fn upsert_calls(
             }
         }
     }
-    let sql = format!(
-        "INSERT INTO calls (call_sid, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
-         VALUES {}
-         ON CONFLICT (call_sid) DO UPDATE SET
-           business_id = COALESCE(calls.business_id, excluded.business_id),
-           lead_id = COALESCE(calls.lead_id, excluded.lead_id)
-         WHERE (calls.business_id IS NULL AND excluded.business_id IS NOT NULL)
-            OR (calls.lead_id IS NULL AND excluded.lead_id IS NOT NULL)",
-        values(
-            kind,
-            "(?, COALESCE(?, (SELECT id FROM businesses WHERE phone_number = ?)), ?, ?, ?, ?, ?, -1, ?, ?)",
-            calls.len()
-        ),
-    );
+    let sql = UPSERT_CALLS.sql(kind, calls.len());
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
     for (event, business, lead) in calls {
-        let number = if event.direction == "outbound" {
-            &event.from
-        } else {
-            &event.to
-        };
         query = query
             .bind(&event.call_sid)
             .bind(business)
-            .bind(number)
+            .bind(event.business_number())
             .bind(&event.direction)
             .bind(&event.from)
             .bind(&event.to)
@@ -240,31 +283,86 @@ async fn upsert_calls(
     Ok(())
 }
 
-/// Every event once: a retry of the same (CallSid, kind, sequence) is skipped.
+/// [`INSERT_EVENTS`] for every event, in one statement.
 async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     kind: DbKind,
     events: &[&CallEvent],
 ) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO call_events (call_sid, kind, status, sequence, request_id, payload, received_at)
-         VALUES {} ON CONFLICT (call_sid, kind, sequence) DO NOTHING",
-        values(kind, "(?, ?, ?, ?, ?, ?, ?)", events.len()),
-    );
+    let sql = INSERT_EVENTS.sql(kind, events.len());
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
     for event in events {
-        let payload = serde_json::to_string(&event.params).unwrap_or_else(|_| "[]".to_owned());
         query = query
             .bind(&event.call_sid)
             .bind(event.kind.as_str())
             .bind(&event.status)
             .bind(event.sequence.unwrap_or(-1))
             .bind(&event.request_id)
-            .bind(payload)
+            .bind(event.payload())
             .bind(event.received_at);
     }
     query.execute(&mut **tx).await?;
     Ok(())
+}
+
+/// Writes `events` to a SQLite file in one transaction, with the same statements and the same
+/// effect as [`write_events`], one row at a time: on the writer's own connection a cached
+/// single-row statement costs no parsing and no hop to another thread, so rows are cheaper one by
+/// one than in a multi-row statement parsed for every batch. `BEGIN IMMEDIATE` takes the write
+/// lock up front (waiting for it within the busy timeout) instead of failing to upgrade a read.
+///
+/// # Errors
+/// A SQLite error; nothing is committed then.
+fn write_sqlite(conn: &mut rusqlite::Connection, events: &[&CallEvent]) -> rusqlite::Result<()> {
+    static UPSERT_ONE: LazyLock<String> = LazyLock::new(|| UPSERT_CALLS.sql(DbKind::Sqlite, 1));
+    static INSERT_ONE: LazyLock<String> = LazyLock::new(|| INSERT_EVENTS.sql(DbKind::Sqlite, 1));
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut attach = tx.prepare_cached(ATTACH_CALL_SID)?;
+        for event in events {
+            if let Some(req_id) = &event.req_id {
+                attach.execute(rusqlite::params![event.call_sid, req_id, event.call_sid])?;
+            }
+        }
+        let mut upsert = tx.prepare_cached(&UPSERT_ONE)?;
+        for event in events {
+            upsert.execute(rusqlite::params![
+                event.call_sid,
+                event.business_id,
+                event.business_number(),
+                event.direction,
+                event.from,
+                event.to,
+                event.status,
+                event.lead_id,
+                event.received_at,
+                event.received_at,
+            ])?;
+        }
+        let mut status = tx.prepare_cached(UPDATE_STATUS)?;
+        for event in events.iter().filter(|e| e.kind == EventKind::Status) {
+            status.execute(rusqlite::params![
+                event.status,
+                event.status_sequence(),
+                event.received_at,
+                event.call_sid,
+                event.status_sequence(),
+            ])?;
+        }
+        let mut insert = tx.prepare_cached(&INSERT_ONE)?;
+        for event in events {
+            insert.execute(rusqlite::params![
+                event.call_sid,
+                event.kind.as_str(),
+                event.status,
+                event.sequence.unwrap_or(-1),
+                event.request_id,
+                event.payload(),
+                event.received_at,
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -275,7 +373,6 @@ struct OutcomeLabels {
 /// Records events: the database first, the spool when the database fails or is slow.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    db: Db,
     spool: Arc<Spool>,
     recorded: Family<OutcomeLabels, Counter>,
     group: GroupCommit,
@@ -304,21 +401,84 @@ struct GroupCommit {
 
 #[derive(Debug)]
 struct Pending {
-    event: CallEvent,
+    /// Shared with the owner, who spools it if the commit does not answer in time.
+    event: Arc<CallEvent>,
     committed: oneshot::Sender<bool>,
+}
+
+/// Where the writer commits.
+enum Store {
+    /// A SQLite file, through the writer's own connection ([`write_sqlite`]).
+    Sqlite(rusqlite::Connection),
+    /// PostgreSQL (or an in-memory SQLite database), through the pool ([`write_events`]).
+    Pool(Db),
+}
+
+/// Why a batch was not committed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The connection broke: the same batch may well succeed on another one.
+    #[error("connection lost: {0}")]
+    Connection(String),
+    /// A statement failed: one event of the batch may be at fault.
+    #[error("{0}")]
+    Statement(String),
+    /// The database cannot take writes now (locked, disk full, pool exhausted, …).
+    #[error("{0}")]
+    Unavailable(String),
+    /// No answer within [`DB_WRITE_TIMEOUT`].
+    #[error("timed out after {DB_WRITE_TIMEOUT:?}")]
+    TimedOut,
+}
+
+impl Store {
+    /// The writer's store: its own connection to a SQLite file, else the pool.
+    fn open(db: &Db) -> Self {
+        match db.open_sqlite_writer() {
+            Some(Ok(conn)) => Self::Sqlite(conn),
+            Some(Err(error)) => {
+                tracing::warn!(error = %error, "[TWILIO] the call-record writer cannot open its SQLite connection; writing through the pool");
+                Self::Pool(db.clone())
+            }
+            None => Self::Pool(db.clone()),
+        }
+    }
+
+    async fn write(&mut self, events: &[&CallEvent]) -> Result<(), WriteError> {
+        match self {
+            Self::Sqlite(conn) => write_sqlite(conn, events).map_err(|error| {
+                use rusqlite::ErrorCode as Code;
+                match error.sqlite_error_code() {
+                    Some(
+                        Code::DatabaseBusy
+                        | Code::DatabaseLocked
+                        | Code::DiskFull
+                        | Code::SystemIoFailure
+                        | Code::CannotOpen
+                        | Code::ReadOnly
+                        | Code::OutOfMemory,
+                    ) => WriteError::Unavailable(error.to_string()),
+                    _ => WriteError::Statement(error.to_string()),
+                }
+            }),
+            Self::Pool(db) => match tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(db, events)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) if is_connection_error(&error) => Err(WriteError::Connection(error.to_string())),
+                Ok(Err(sqlx::Error::Database(error))) => Err(WriteError::Statement(error.to_string())),
+                Ok(Err(error)) => Err(WriteError::Unavailable(error.to_string())),
+                Err(_) => Err(WriteError::TimedOut),
+            },
+        }
+    }
 }
 
 impl GroupCommit {
     /// Whether `event` was committed. `false` (or never answering, for the caller's timeout) means
     /// it may or may not be in the database: spool it, applying it twice is harmless.
-    async fn write(&self, event: &CallEvent) -> bool {
+    async fn write(&self, event: Arc<CallEvent>) -> bool {
         let Some(writer) = self.writer() else { return false };
         let (committed, done) = oneshot::channel();
-        let pending = Pending {
-            event: event.clone(),
-            committed,
-        };
-        if writer.send(pending).await.is_err() {
+        if writer.send(Pending { event, committed }).await.is_err() {
             return false;
         }
         done.await.unwrap_or(false)
@@ -328,12 +488,18 @@ impl GroupCommit {
         let mut slot = self.writer.lock().ok()?;
         if slot.as_ref().is_none_or(mpsc::Sender::is_closed) {
             let (tx, rx) = mpsc::channel(QUEUE);
-            let (db, sizes) = (self.db.clone(), self.batch_sizes.clone());
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            let spawned = runtime.and_then(|runtime| {
+            let store = Store::open(&self.db);
+            let sizes = self.batch_sizes.clone();
+            let mut runtime = tokio::runtime::Builder::new_current_thread();
+            // A SQLite writer does no network I/O: its thread sleeps on a futex, not in epoll.
+            match store {
+                Store::Sqlite(_) => runtime.enable_time(),
+                Store::Pool(_) => runtime.enable_all(),
+            };
+            let spawned = runtime.build().and_then(|runtime| {
                 std::thread::Builder::new()
                     .name("call-recorder".to_owned())
-                    .spawn(move || runtime.block_on(write_batches(db, rx, sizes)))
+                    .spawn(move || runtime.block_on(write_batches(store, rx, sizes)))
             });
             if let Err(error) = spawned {
                 tracing::error!(error = %error, "[TWILIO] the call-record writer cannot start");
@@ -346,7 +512,7 @@ impl GroupCommit {
 }
 
 /// The writer: takes what is queued, commits it as one batch, answers, repeats.
-async fn write_batches(db: Db, mut queue: mpsc::Receiver<Pending>, batch_sizes: Histogram) {
+async fn write_batches(mut store: Store, mut queue: mpsc::Receiver<Pending>, batch_sizes: Histogram) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Owners that stopped waiting (their timeout ran out) have spooled their event already.
@@ -355,45 +521,39 @@ async fn write_batches(db: Db, mut queue: mpsc::Receiver<Pending>, batch_sizes: 
             continue;
         }
         batch_sizes.observe(batch.len() as f64);
-        commit(&db, std::mem::take(&mut batch)).await;
+        commit(&mut store, std::mem::take(&mut batch)).await;
     }
 }
 
 /// Commits `batch` in one transaction. A batch that lost its connection is tried once more (the
 /// pool hands out another one); when a statement fails, each event is retried alone so that one
 /// bad event cannot sink the others.
-async fn commit(db: &Db, mut batch: Vec<Pending>) {
+async fn commit(store: &mut Store, mut batch: Vec<Pending>) {
     // The same order in every instance's transactions: two batches sharing CallSids lock their
     // rows in the same order and cannot deadlock each other.
     batch.sort_by(|a, b| a.event.call_sid.cmp(&b.event.call_sid));
-    let events: Vec<&CallEvent> = batch.iter().map(|p| &p.event).collect();
-    let mut attempt = tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(db, &events)).await;
-    if let Ok(Err(error)) = &attempt
-        && is_connection_error(error)
-    {
+    let events: Vec<&CallEvent> = batch.iter().map(|p| &*p.event).collect();
+    let mut result = store.write(&events).await;
+    if let Err(WriteError::Connection(error)) = &result {
         tracing::warn!(error = %error, events = batch.len(), "[TWILIO] batch lost its connection; retrying once");
-        attempt = tokio::time::timeout(DB_WRITE_TIMEOUT, write_events(db, &events)).await;
+        result = store.write(&events).await;
     }
     drop(events);
-    match attempt {
-        Ok(Ok(())) => {
+    match result {
+        Ok(()) => {
             for pending in batch {
                 let _ = pending.committed.send(true);
             }
         }
-        Ok(Err(sqlx::Error::Database(error))) if batch.len() > 1 => {
+        Err(WriteError::Statement(error)) if batch.len() > 1 => {
             tracing::warn!(error = %error, events = batch.len(), "[TWILIO] batch failed; writing its events one by one");
-            let _ = tokio::time::timeout(DB_WRITE_TIMEOUT, async {
-                for pending in batch {
-                    let ok = write_event(db, &pending.event).await.is_ok();
-                    let _ = pending.committed.send(ok);
-                }
-            })
-            .await;
+            for pending in batch {
+                let ok = store.write(&[&pending.event]).await.is_ok();
+                let _ = pending.committed.send(ok);
+            }
         }
         // Every owner hears a dropped sender and spools its own event.
-        Ok(Err(error)) => tracing::warn!(error = %error, events = batch.len(), "[TWILIO] database write failed"),
-        Err(_) => tracing::warn!(events = batch.len(), "[TWILIO] database write timed out"),
+        Err(error) => tracing::warn!(error = %error, events = batch.len(), "[TWILIO] database write failed"),
     }
 }
 
@@ -415,12 +575,11 @@ impl Recorder {
             batch_sizes.clone(),
         );
         let group = GroupCommit {
-            db: db.clone(),
+            db,
             batch_sizes,
             writer: Arc::default(),
         };
         Self {
-            db,
             spool,
             recorded,
             group,
@@ -444,12 +603,13 @@ impl Recorder {
     /// Records `event` durably before returning: committed to the database (group commit, see
     /// [`GroupCommit`]) or, when the database fails or does not answer within
     /// [`DB_WRITE_TIMEOUT`], fsync'd to the spool.
-    pub async fn record(&self, event: &CallEvent) -> Recorded {
+    pub async fn record(&self, event: CallEvent) -> Recorded {
         if !self.enabled {
             self.count("disabled");
             return Recorded::Disabled;
         }
-        match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(event)).await {
+        let event = Arc::new(event);
+        match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(event.clone())).await {
             Ok(true) => {
                 self.count("database");
                 return Recorded::Database;
@@ -457,7 +617,7 @@ impl Recorder {
             Ok(false) => tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write failed; spooling"),
             Err(_) => tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write timed out; spooling"),
         }
-        let line = match serde_json::to_string(event) {
+        let line = match serde_json::to_string(&*event) {
             Ok(line) => line,
             Err(error) => {
                 tracing::error!(call_sid = %event.call_sid, error = %error, "[TWILIO] call event cannot be serialised: LOST");
@@ -478,24 +638,21 @@ impl Recorder {
         }
     }
 
-    /// Moves spooled events into the database; returns how many were applied.
+    /// Moves spooled events into the database, through the group commit like any webhook's;
+    /// returns how many were applied.
     ///
     /// # Errors
     /// An I/O error of the spool file.
     pub async fn replay(&self) -> std::io::Result<usize> {
-        let db = self.db.clone();
         self.spool
-            .replay(|line| {
-                let db = db.clone();
-                async move {
-                    let Ok(event) = serde_json::from_str::<CallEvent>(&line) else {
-                        tracing::error!(line = %line, "[TWILIO] unreadable spool line skipped");
-                        return Ok(());
-                    };
-                    tokio::time::timeout(DB_WRITE_TIMEOUT, write_event(&db, &event))
-                        .await
-                        .map_err(|_| ())
-                        .and_then(|r| r.map_err(|_| ()))
+            .replay(|line| async move {
+                let Ok(event) = serde_json::from_str::<CallEvent>(&line) else {
+                    tracing::error!(line = %line, "[TWILIO] unreadable spool line skipped");
+                    return Ok(());
+                };
+                match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(Arc::new(event))).await {
+                    Ok(true) => Ok(()),
+                    _ => Err(()),
                 }
             })
             .await

@@ -98,7 +98,7 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
     };
     let recorded = state
         .recorder
-        .record(&event(EventKind::Incoming, hook, &call_sid, "inbound", business_id))
+        .record(event(EventKind::Incoming, hook, &call_sid, "inbound", business_id))
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
@@ -126,7 +126,7 @@ pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookStat
     let business = state.directory.by_id(business_id).await;
     let recorded = state
         .recorder
-        .record(&event(
+        .record(event(
             EventKind::OutboundAnswered,
             hook,
             &call_sid,
@@ -158,7 +158,7 @@ pub(crate) async fn call_status(req: HttpRequest, state: web::Data<WebhookState>
     };
     let recorded = state
         .recorder
-        .record(&event(EventKind::Status, hook, &call_sid, direction, business_id))
+        .record(event(EventKind::Status, hook, &call_sid, direction, business_id))
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
