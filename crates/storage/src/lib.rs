@@ -20,7 +20,7 @@ mod error;
 mod migrate;
 mod spool;
 
-pub use db::{Db, DbKind, is_connection_error, redact_url};
+pub use db::{Db, DbKind, WRITER_CHECKPOINT_PAGES, is_connection_error, redact_url};
 pub use error::StorageError;
 pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
 pub use rusqlite;
