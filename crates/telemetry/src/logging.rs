@@ -2,6 +2,7 @@
 
 use std::fmt::{self, Write as _};
 use std::io::{BufWriter, Write as _};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -321,7 +322,7 @@ where
         let mut fields = FieldCollector::default();
         event.record(&mut fields);
         writer.write_str(&fields.message)?;
-        for (name, value) in &fields.pairs {
+        for (name, value) in fields.pairs() {
             if !shown_in(&fields.message, name, value) {
                 write!(writer, " {name}={value}")?;
             }
@@ -343,28 +344,41 @@ where
 /// Whether `message` already shows the field: `name=` at the start of a word, or `value` as a
 /// whole word (bounded by non-alphanumeric characters).
 fn shown_in(message: &str, name: &str, value: &str) -> bool {
-    let word_at = |needle: &str, whole: bool| {
-        message.match_indices(needle).any(|(at, _)| {
-            let before = message[..at].chars().next_back();
-            let after = message[at + needle.len()..].chars().next();
-            let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
-            boundary(before) && (!whole || boundary(after))
-        })
-    };
-    word_at(&format!("{name}="), false) || (value.len() > 1 && word_at(value, true))
+    let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
+    let key = message
+        .match_indices(name)
+        .any(|(at, _)| message[at + name.len()..].starts_with('=') && boundary(message[..at].chars().next_back()));
+    key || (value.len() > 1
+        && message.match_indices(value).any(|(at, _)| {
+            boundary(message[..at].chars().next_back()) && boundary(message[at + value.len()..].chars().next())
+        }))
 }
 
+/// An event's message and fields. The values share one buffer (bare, or quoted when empty or
+/// holding whitespace or quotes), so a line costs the same few allocations however many fields
+/// it has.
 #[derive(Default)]
 struct FieldCollector {
     message: String,
-    pairs: Vec<(&'static str, String)>,
+    values: String,
+    /// Each field's name and where its value is in `values`.
+    pairs: Vec<(&'static str, Range<usize>)>,
 }
 
-fn quote_if_needed(value: String) -> String {
-    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '"') {
-        format!("{value:?}")
-    } else {
-        value
+impl FieldCollector {
+    /// Ends the value written to `values` from `start` on, quoting it when needed.
+    fn close(&mut self, name: &'static str, start: usize) {
+        let bare = &self.values[start..];
+        if bare.is_empty() || bare.chars().any(|c| c.is_whitespace() || c == '"') {
+            let quoted = format!("{bare:?}");
+            self.values.truncate(start);
+            self.values.push_str(&quoted);
+        }
+        self.pairs.push((name, start..self.values.len()));
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.pairs.iter().map(|(name, at)| (*name, &self.values[at.clone()]))
     }
 }
 
@@ -373,7 +387,9 @@ impl Visit for FieldCollector {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            self.pairs.push((field.name(), quote_if_needed(value.to_owned())));
+            let start = self.values.len();
+            self.values.push_str(value);
+            self.close(field.name(), start);
         }
     }
 
@@ -381,7 +397,9 @@ impl Visit for FieldCollector {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            self.pairs.push((field.name(), quote_if_needed(format!("{value:?}"))));
+            let start = self.values.len();
+            let _ = write!(self.values, "{value:?}");
+            self.close(field.name(), start);
         }
     }
 }

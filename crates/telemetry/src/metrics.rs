@@ -13,7 +13,7 @@ pub struct RequestLabels {
     /// Route pattern such as `/api/calls/{call_sid}`, or `unmatched`.
     pub route: String,
     /// HTTP method.
-    pub method: String,
+    pub method: &'static str,
     /// Response status code.
     pub status: u16,
 }
@@ -81,18 +81,15 @@ impl HttpMetrics {
     }
 
     /// Records one finished request.
-    pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    pub fn observe(&self, route: String, method: &'static str, status: u16, seconds: f64) {
+        let route = RouteLabels { route };
+        self.duration.get_or_create(&route).observe(seconds);
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
+                route: route.route,
+                method,
                 status,
             })
             .inc();
-        self.duration
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .observe(seconds);
     }
 }

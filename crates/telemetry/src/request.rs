@@ -128,7 +128,7 @@ pub async fn request_context(
         .unwrap_or_else(|| "unmatched".to_owned());
     if let Some(t) = &telemetry {
         t.metrics
-            .observe(&route, metric_method(&method), status, elapsed.as_secs_f64());
+            .observe(route, metric_method(&method), status, elapsed.as_secs_f64());
     }
     span.in_scope(|| {
         let ms = format!("{:.3}", elapsed.as_secs_f64() * 1000.0);

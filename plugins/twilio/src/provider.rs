@@ -52,10 +52,20 @@ pub fn trace_prefix(path: &str) -> &'static str {
     }
 }
 
+/// The `route` label of a webhook path: borrowed for the plugin's own routes.
+fn route_label(path: &str) -> std::borrow::Cow<'static, str> {
+    match path {
+        "/webhook/incoming_call" => "/webhook/incoming_call".into(),
+        "/webhook/outbound_call" => "/webhook/outbound_call".into(),
+        "/webhook/call_status" => "/webhook/call_status".into(),
+        other => other.to_owned().into(),
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabels {
-    route: String,
-    signature: String,
+    route: std::borrow::Cow<'static, str>,
+    signature: &'static str,
 }
 
 /// Verifies Twilio's signature for every `Access::TwilioSignature` route.
@@ -175,7 +185,12 @@ impl AccessProvider for SignatureProvider {
                 params: if is_json {
                     Vec::new()
                 } else {
-                    url::form_urlencoded::parse(&body).into_owned().collect()
+                    {
+                        // Twilio sends about 25 parameters: one allocation for them all.
+                        let mut params = Vec::with_capacity(32);
+                        params.extend(url::form_urlencoded::parse(&body).into_owned());
+                        params
+                    }
                 },
                 query: url::form_urlencoded::parse(query_string.as_bytes())
                     .into_owned()
@@ -207,8 +222,8 @@ impl AccessProvider for SignatureProvider {
             };
             self.webhooks
                 .get_or_create(&WebhookLabels {
-                    route: path.clone(),
-                    signature: outcome.as_str().to_owned(),
+                    route: route_label(&path),
+                    signature: outcome.as_str(),
                 })
                 .inc();
             if outcome != Outcome::Valid {

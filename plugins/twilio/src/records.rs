@@ -367,7 +367,7 @@ fn write_sqlite(conn: &mut rusqlite::Connection, events: &[&CallEvent]) -> rusql
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    outcome: String,
+    outcome: &'static str,
 }
 
 /// Records events: the database first, the spool when the database fails or is slow.
@@ -592,12 +592,8 @@ impl Recorder {
         &self.spool
     }
 
-    fn count(&self, outcome: &str) {
-        self.recorded
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+    fn count(&self, outcome: &'static str) {
+        self.recorded.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Records `event` durably before returning: committed to the database (group commit, see
@@ -693,7 +689,7 @@ pub struct Business {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     /// The number belongs to this business.
-    Known(Business),
+    Known(Arc<Business>),
     /// No business has this number.
     Unknown,
     /// The database did not answer and nothing is cached.
@@ -701,7 +697,7 @@ pub enum Lookup {
 }
 
 /// A number's business (or its absence) and when that was read.
-type CacheEntry = (Option<Business>, Instant);
+type CacheEntry = (Option<Arc<Business>>, Instant);
 
 /// Businesses by phone number, cached so that a database outage does not silence known numbers.
 #[derive(Debug, Clone)]
@@ -733,11 +729,11 @@ impl Directory {
         match tokio::time::timeout(LOOKUP_TIMEOUT, query).await {
             Ok(Ok(row)) => {
                 let business = row.and_then(|r| {
-                    Some(Business {
+                    Some(Arc::new(Business {
                         id: r.try_get(0).ok()?,
                         greeting: r.try_get(1).ok()?,
                         media_stream_url: r.try_get(2).ok()?,
-                    })
+                    }))
                 });
                 if let Ok(mut cache) = self.cache.write() {
                     cache.insert(number.to_owned(), (business.clone(), Instant::now()));
