@@ -345,9 +345,12 @@ where
 /// whole word (bounded by non-alphanumeric characters).
 fn shown_in(message: &str, name: &str, value: &str) -> bool {
     let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
-    let key = message
-        .match_indices(name)
-        .any(|(at, _)| message[at + name.len()..].starts_with('=') && boundary(message[..at].chars().next_back()));
+    // Every `=` of the message, checked for `name` right before it: no substring search to set up.
+    let key = message.match_indices('=').any(|(at, _)| {
+        message[..at]
+            .strip_suffix(name)
+            .is_some_and(|before| boundary(before.chars().next_back()))
+    });
     key || (value.len() > 1
         && message.match_indices(value).any(|(at, _)| {
             boundary(message[..at].chars().next_back()) && boundary(message[at + value.len()..].chars().next())

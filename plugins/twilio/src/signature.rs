@@ -10,8 +10,6 @@
 //! JSON bodies are covered by a `bodySHA256` query parameter instead: the URL alone is signed and
 //! the body's SHA-256 must match.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::{digest, hmac};
@@ -40,16 +38,16 @@ impl Outcome {
 
 /// The string Twilio signs: `url` then each distinct `key + value`, sorted.
 pub fn signed_string(url: &str, params: &[(String, String)]) -> String {
-    let mut sorted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (key, value) in params {
-        sorted.entry(key).or_default().insert(value);
-    }
-    let mut out = String::from(url);
-    for (key, values) in sorted {
-        for value in values {
-            out.push_str(key);
-            out.push_str(value);
-        }
+    // Sorted by key, then by value; a pair sent twice counts once (the SDK sorts sets).
+    let mut pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let len = url.len() + pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let mut out = String::with_capacity(len);
+    out.push_str(url);
+    for (key, value) in pairs {
+        out.push_str(key);
+        out.push_str(value);
     }
     out
 }
