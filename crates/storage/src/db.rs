@@ -8,6 +8,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 use crate::StorageError;
+use crate::writer::SqliteWriter;
 
 /// Which database engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +58,6 @@ pub struct Db {
 /// immediate `SQLITE_BUSY`, and enforced foreign keys.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
      PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
-
-/// Write-ahead-log pages (4 KiB each) after which a [`Db::open_sqlite_writer`] connection
-/// checkpoints: the log reaches about 40 MiB at most.
-pub const WRITER_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// The SQLite file a `sqlite:` URL names, unless the database lives in memory.
 fn sqlite_file(url: &str) -> Option<PathBuf> {
@@ -126,21 +123,15 @@ impl Db {
 
     /// A connection of its own to a file-backed SQLite database, with the pool's settings, for a
     /// dedicated writer thread: its statements run on the calling thread instead of being handed
-    /// to `sqlx`'s connection thread one by one. `None` for PostgreSQL and in-memory SQLite.
-    ///
-    /// The connection checkpoints the write-ahead log every [`WRITER_CHECKPOINT_PAGES`] pages
-    /// instead of SQLite's 1,000: a page written many times between two checkpoints is copied
-    /// into the database once.
+    /// to `sqlx`'s connection thread one by one, and a thread of its own checkpoints the log so
+    /// that the writer's transactions never wait for a checkpoint ([`crate::writer`]). `None` for
+    /// PostgreSQL and in-memory SQLite.
     ///
     /// # Errors
-    /// The file cannot be opened or configured.
-    pub fn open_sqlite_writer(&self) -> Option<Result<rusqlite::Connection, rusqlite::Error>> {
+    /// The file cannot be opened or configured, or the checkpoint thread cannot start.
+    pub fn open_sqlite_writer(&self) -> Option<Result<SqliteWriter, StorageError>> {
         let path = self.sqlite_file.as_deref()?;
-        Some(rusqlite::Connection::open(path).and_then(|conn| {
-            conn.execute_batch(SQLITE_PRAGMAS)?;
-            conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
-            Ok(conn)
-        }))
+        Some(SqliteWriter::open(path, SQLITE_PRAGMAS))
     }
 
     /// Checks that the database answers `SELECT 1` within `timeout`.
@@ -251,7 +242,7 @@ mod tests {
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
         let pages: u32 = conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
-        assert_eq!(pages, WRITER_CHECKPOINT_PAGES);
+        assert_eq!(pages, crate::writer::WRITER_CHECKPOINT_PAGES);
         let (v,): (String,) = sqlx::query_as("SELECT v FROM t").fetch_one(db.pool()).await.unwrap();
         assert_eq!(v, "from the writer");
         assert!(

@@ -20,6 +20,17 @@ pub enum StorageError {
     /// A query or connection failed.
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// The writer's own SQLite connection could not be opened or configured.
+    #[error("SQLite writer connection: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A thread could not be started.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
     /// A migration that was already applied has different SQL now.
     #[error(
         "migration {plugin}/{version} ({description}) was changed after it was applied \

@@ -9,7 +9,8 @@
 //!
 //! * [`Db::open_sqlite_writer`] gives a dedicated writer thread its own SQLite connection
 //!   (`rusqlite`, the same SQLite library `sqlx` links), for statements executed without a hop
-//!   through `sqlx`'s connection thread (the call-record group commit).
+//!   through `sqlx`'s connection thread (the call-record group commit), and checkpoints its log on
+//!   a thread of its own ([`writer`]).
 //! * [`Spool`] is the durable local spool: records that cannot reach the database wait there,
 //!   `fsync`ed, until they are replayed.
 //!
@@ -19,10 +20,12 @@ mod db;
 mod error;
 mod migrate;
 mod spool;
+pub mod writer;
 
-pub use db::{Db, DbKind, WRITER_CHECKPOINT_PAGES, is_connection_error, redact_url};
+pub use db::{Db, DbKind, is_connection_error, redact_url};
 pub use error::StorageError;
 pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
 pub use rusqlite;
 pub use spool::Spool;
 pub use sqlx;
+pub use writer::SqliteWriter;

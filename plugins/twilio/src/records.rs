@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use callplane_plugin_api::storage::sqlx::{self, Row};
-use callplane_plugin_api::storage::{Db, DbKind, Spool, is_connection_error, rusqlite};
+use callplane_plugin_api::storage::{Db, DbKind, Spool, SqliteWriter, is_connection_error, rusqlite};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -409,7 +409,7 @@ struct Pending {
 /// Where the writer commits.
 enum Store {
     /// A SQLite file, through the writer's own connection ([`write_sqlite`]).
-    Sqlite(rusqlite::Connection),
+    Sqlite(SqliteWriter),
     /// PostgreSQL (or an in-memory SQLite database), through the pool ([`write_events`]).
     Pool(Db),
 }
