@@ -26,7 +26,8 @@ e2e:
     cargo test -p callplane --test binary
 
 # Webhook path against a minimal actix-web baseline, same run (docs/performance.md).
-# BENCH_SECS sets seconds per scenario; BENCH_ONLY=recorded@32 runs one scenario (for perf).
+# Three interleaved rounds per scenario, median reported. BENCH_SECS sets seconds per round;
+# BENCH_ONLY=recorded@32 runs one scenario once (for perf).
 bench:
     cargo build --release -p callplane -p callplane-bench
     ./target/release/callplane-bench
