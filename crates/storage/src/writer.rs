@@ -24,6 +24,8 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(10);
 pub const IDLE_EVERY: Duration = Duration::from_millis(250);
 /// Log pages (4 KiB each) after which the checkpoint thread restarts the log.
 pub const RESTART_PAGES: i64 = 4_000;
+/// How long a `RESTART` checkpoint waits for readers before it tries again later.
+pub const RESTART_WAIT: Duration = Duration::from_millis(100);
 /// Log pages after which the writer checkpoints by itself (the checkpoint thread fell behind).
 pub const WRITER_CHECKPOINT_PAGES: u32 = 50_000;
 
@@ -46,6 +48,9 @@ impl SqliteWriter {
         let conn = open()?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         let checkpoints = open()?;
+        // A `RESTART` holds new writes back while it waits for readers of older snapshots: it
+        // gives up soon and tries again at the next round rather than stall the writer.
+        checkpoints.busy_timeout(RESTART_WAIT)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         std::thread::Builder::new()
