@@ -141,6 +141,19 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{method} {path} through nginx: {e}"))
     }
 
+    /// `USER` logs in through nginx; the 200 answer (its cookie and token).
+    fn login(&self) -> Reply {
+        let body = serde_json::json!({ "email": USER.0, "password": USER.2 }).to_string();
+        let login = self.request(
+            "POST",
+            "/api/auth/login",
+            &[("content-type", "application/json")],
+            &body,
+        );
+        assert_eq!(login.status, 200, "{}", login.body);
+        login
+    }
+
     /// An inbound-call webhook for `call_sid`, signed over the public URL as Twilio would sign it:
     /// (signature, body).
     fn webhook(&self, call_sid: &str) -> (String, String) {
@@ -285,14 +298,7 @@ fn a_session_made_on_one_instance_works_on_the_other() {
         return;
     };
     let servers = cluster.start();
-    let body = serde_json::json!({ "email": USER.0, "password": USER.2 }).to_string();
-    let login = cluster.request(
-        "POST",
-        "/api/auth/login",
-        &[("content-type", "application/json")],
-        &body,
-    );
-    assert_eq!(login.status, 200, "{}", login.body);
+    let login = cluster.login();
     let cookie = login.header("set-cookie").unwrap();
     assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");
     let token = login.json()["token"].as_str().unwrap().to_owned();
@@ -359,17 +365,7 @@ fn rolling_restart_under_steady_load_fails_no_request() {
         return;
     };
     let mut servers: Vec<Option<Server>> = cluster.start().into_iter().map(Some).collect();
-    let token = {
-        let body = serde_json::json!({ "email": USER.0, "password": USER.2 }).to_string();
-        let login = cluster.request(
-            "POST",
-            "/api/auth/login",
-            &[("content-type", "application/json")],
-            &body,
-        );
-        assert_eq!(login.status, 200, "{}", login.body);
-        login.json()["token"].as_str().unwrap().to_owned()
-    };
+    let token = cluster.login().json()["token"].as_str().unwrap().to_owned();
     let bearer = format!("Bearer {token}");
 
     const CLIENTS: usize = 4;

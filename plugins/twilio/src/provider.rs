@@ -42,24 +42,26 @@ impl Webhook {
     }
 }
 
+/// The plugin's webhook paths and the literal trace prefix of each.
+static WEBHOOKS: [(&str, &str); 3] = [
+    ("/webhook/incoming_call", "[TWILIO][INBOUND]"),
+    ("/webhook/outbound_call", "[TWILIO][OUTBOUND]"),
+    ("/webhook/call_status", "[TWILIO][STATUS]"),
+];
+
+/// The entry of `path` in [`WEBHOOKS`].
+fn known(path: &str) -> Option<&'static (&'static str, &'static str)> {
+    WEBHOOKS.iter().find(|(known, _)| *known == path)
+}
+
 /// The literal trace prefix of a webhook path.
 pub fn trace_prefix(path: &str) -> &'static str {
-    match path {
-        "/webhook/incoming_call" => "[TWILIO][INBOUND]",
-        "/webhook/outbound_call" => "[TWILIO][OUTBOUND]",
-        "/webhook/call_status" => "[TWILIO][STATUS]",
-        _ => "[TWILIO][WEBHOOK]",
-    }
+    known(path).map_or("[TWILIO][WEBHOOK]", |(_, prefix)| prefix)
 }
 
 /// The `route` label of a webhook path: borrowed for the plugin's own routes.
 fn route_label(path: &str) -> std::borrow::Cow<'static, str> {
-    match path {
-        "/webhook/incoming_call" => "/webhook/incoming_call".into(),
-        "/webhook/outbound_call" => "/webhook/outbound_call".into(),
-        "/webhook/call_status" => "/webhook/call_status".into(),
-        other => other.to_owned().into(),
-    }
+    known(path).map_or_else(|| path.to_owned().into(), |(known, _)| (*known).into())
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -179,16 +179,13 @@ impl CallEvent {
 /// # Errors
 /// A database error; nothing is committed then.
 pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Error> {
-    static ATTACH: LazyLock<[String; 2]> = LazyLock::new(|| per_engine(ATTACH_CALL_SID));
-    static STATUS: LazyLock<[String; 2]> = LazyLock::new(|| per_engine(UPDATE_STATUS));
     if events.is_empty() {
         return Ok(());
     }
-    let engine = usize::from(db.kind() == DbKind::Postgres);
     let mut tx = db.pool().begin().await?;
     for event in events {
         if let Some(req_id) = &event.req_id {
-            sqlx::query(ATTACH[engine].as_str())
+            sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), ATTACH_CALL_SID, 1)))
                 .bind(&event.call_sid)
                 .bind(req_id)
                 .bind(&event.call_sid)
@@ -201,7 +198,7 @@ pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Er
     let mut statuses: Vec<&&CallEvent> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
     statuses.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
     for event in statuses {
-        sqlx::query(STATUS[engine].as_str())
+        sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), UPDATE_STATUS, 1)))
             .bind(&event.status)
             .bind(event.status_sequence())
             .bind(event.received_at)
@@ -212,11 +209,6 @@ pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Er
     }
     insert_events(&mut tx, db.kind(), events).await?;
     tx.commit().await
-}
-
-/// `sql` for SQLite and for PostgreSQL, in that order.
-fn per_engine(sql: &str) -> [String; 2] {
-    [values(DbKind::Sqlite, sql, 1), values(DbKind::Postgres, sql, 1)]
 }
 
 /// `rows` copies of `row` (a tuple whose `?` are parameters), separated by commas. PostgreSQL gets

@@ -160,6 +160,19 @@ fn spool_lines(f: &Fixture) -> usize {
         .count()
 }
 
+/// Runs the replay task the host would run until the spool is empty.
+async fn drain_spool(f: &Fixture) {
+    let task = f.host.task("spool-replay").unwrap();
+    actix_web::rt::spawn(task());
+    for _ in 0..100 {
+        if spool_lines(f) == 0 {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(spool_lines(f), 0, "the spool drained");
+}
+
 #[actix_rt::test]
 async fn a_signed_inbound_call_is_answered_and_recorded() {
     let f = fixture().await;
@@ -428,16 +441,7 @@ async fn with_the_database_gone_calls_are_spooled_and_replayed_without_loss() {
         .execute(f.db.pool())
         .await
         .unwrap();
-    // The replay task the host would run.
-    let task = f.host.task("spool-replay").unwrap();
-    actix_web::rt::spawn(task());
-    for _ in 0..100 {
-        if spool_lines(&f) == 0 {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(spool_lines(&f), 0, "the spool drained");
+    drain_spool(&f).await;
     assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 21, "zero calls lost");
     assert_eq!(
         count(&f.db, "SELECT COUNT(*) FROM call_events").await,
@@ -448,6 +452,36 @@ async fn with_the_database_gone_calls_are_spooled_and_replayed_without_loss() {
         count(&f.db, "SELECT COUNT(*) FROM calls WHERE status = 'completed'").await,
         20
     );
+}
+
+#[actix_rt::test]
+async fn a_write_lock_held_too_long_spools_the_call_and_it_is_recorded_once() {
+    let f = fixture().await;
+    let app = app!(f);
+    // Another connection holds SQLite's write lock longer than a webhook waits for its record.
+    let mut holder = f.db.pool().acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *holder).await.unwrap();
+    let started = std::time::Instant::now();
+    let (status, _, body) = text(
+        app.call(signed("/webhook/incoming_call", &inbound(SID, BUSINESS_NUMBER)).to_request())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the caller is still answered");
+    assert!(body.contains("Welcome to Dental"), "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "it waited for the database first"
+    );
+    assert_eq!(spool_lines(&f), 1, "the record went to the spool");
+    sqlx::raw_sql("ROLLBACK").execute(&mut *holder).await.unwrap();
+    drop(holder);
+    // The writer commits the batch it was holding once the lock is free, and the replay applies
+    // the spooled copy again: one call, one event.
+    drain_spool(&f).await;
+    assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 1);
+    assert_eq!(count(&f.db, "SELECT COUNT(*) FROM call_events").await, 1);
 }
 
 fn status_for(sid: &str) -> Vec<(String, String)> {
