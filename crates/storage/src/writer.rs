@@ -14,7 +14,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::StorageError;
 
@@ -47,6 +47,7 @@ impl SqliteWriter {
         };
         let conn = open()?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        conn.busy_handler(Some(retry_soon))?;
         let checkpoints = open()?;
         // A `RESTART` holds new writes back while it waits for readers of older snapshots: it
         // gives up soon and tries again at the next round rather than stall the writer.
@@ -84,6 +85,32 @@ impl Drop for SqliteWriter {
     }
 }
 
+/// How often the writer looks again while another connection holds the write lock.
+pub const BUSY_POLL: Duration = Duration::from_micros(100);
+/// How long the writer waits for the write lock in all, like the pool's `busy_timeout`.
+pub const BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// The writer's busy handler. SQLite's own sleeps 1, 2, 5, 10, … ms between tries: a writer that
+/// meets a `RESTART` checkpoint holding the lock for 3 ms would sleep 8 ms, and every webhook
+/// waiting for its batch with it. This one looks again every [`BUSY_POLL`] for up to [`BUSY_WAIT`].
+fn retry_soon(tries: i32) -> bool {
+    thread_local! {
+        /// When the current wait began (SQLite counts the tries, not the time).
+        static SINCE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let since = SINCE.with(|since| {
+        if tries == 0 || since.get().is_none() {
+            since.set(Some(Instant::now()));
+        }
+        since.get().unwrap_or_else(Instant::now)
+    });
+    if since.elapsed() >= BUSY_WAIT {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
+
 /// `PASSIVE` checkpoints, and a `RESTART` one when the log has grown long (see the module docs).
 fn checkpoint_loop(conn: &rusqlite::Connection, stop: &AtomicBool) {
     let checkpoint = |mode: &str| -> Result<i64, rusqlite::Error> {
@@ -119,6 +146,30 @@ mod tests {
 
     fn size(path: &Path) -> u64 {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn the_writer_waits_for_a_write_lock_held_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let mut writer = SqliteWriter::open(&path, "PRAGMA journal_mode = WAL;").unwrap();
+        writer.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        let tx = writer
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .expect("the writer waits for the lock instead of failing with SQLITE_BUSY");
+        tx.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        tx.commit().unwrap();
+        holder.join().unwrap();
+        let rows: i64 = writer.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 2);
     }
 
     #[test]

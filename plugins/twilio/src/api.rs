@@ -110,7 +110,8 @@ pub(crate) async fn get_call(
         .ok_or_else(|| ApiError::not_found("no such call"))?;
     let mut call = call_json(&row).map_err(db_error)?;
     let events = sqlx::query(
-        "SELECT kind, status, sequence, request_id, payload, received_at FROM call_events WHERE call_sid = $1 ORDER BY received_at, id",
+        "SELECT kind, status, sequence, request_id, payload, received_at FROM call_events
+         WHERE call_id = (SELECT id FROM calls WHERE call_sid = $1) ORDER BY received_at, id",
     )
     .bind(&call_sid)
     .fetch_all(db.pool())

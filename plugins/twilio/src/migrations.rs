@@ -1,16 +1,18 @@
 //! Call records: `calls` (one row per CallSid) and `call_events` (every webhook, once).
 //!
-//! `call_events` is unique on `(call_sid, kind, sequence)` (sequence `-1` for the call's first
-//! webhook), so a webhook Twilio retries is stored once. `calls.last_sequence` only ever grows:
-//! a late, out-of-order status callback is kept as an event but never moves the call backwards.
+//! `call_events` belongs to its call by the call's row id and is unique on
+//! `(call_id, kind, sequence)` (sequence `-1` for the call's first webhook), so a webhook Twilio
+//! retries is stored once. `calls.last_sequence` only ever grows: a late, out-of-order status
+//! callback is kept as an event but never moves the call backwards.
 
 use callplane_plugin_api::Migration;
 
 /// The plugin's migrations. Never edit a shipped one: add a version.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "calls and call events",
-    "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "calls and call events",
+        "
     CREATE TABLE calls (
         id {id},
         call_sid TEXT UNIQUE,
@@ -39,4 +41,230 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration::portable(
         UNIQUE (call_sid, kind, sequence)
     );
 ",
-)];
+    ),
+    // Events keyed by CallSid put every event's index entry at a random place (CallSids are
+    // random), so every event dirtied a page of its own in that index; keyed by the call's row id
+    // (assigned in order) the events of a batch share the index's last page. Every event has its
+    // call: both are written in one transaction. An event without one fails the migration, and
+    // the boot with it, rather than be dropped.
+    Migration {
+        version: 2,
+        description: "call events keyed by their call's row id",
+        // SQLite cannot drop a table's UNIQUE constraint: the table is rebuilt, ids kept. Its id
+        // is a plain INTEGER PRIMARY KEY (no AUTOINCREMENT bookkeeping per insert): events are
+        // never deleted, so ids still only grow.
+        sqlite: "
+    CREATE TABLE call_events_by_call (
+        id INTEGER PRIMARY KEY,
+        call_id BIGINT NOT NULL REFERENCES calls (id),
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        request_id TEXT,
+        payload TEXT NOT NULL,
+        received_at BIGINT NOT NULL,
+        UNIQUE (call_id, kind, sequence)
+    );
+    INSERT INTO call_events_by_call (id, call_id, kind, status, sequence, request_id, payload, received_at)
+        SELECT e.id, c.id, e.kind, e.status, e.sequence, e.request_id, e.payload, e.received_at
+        FROM call_events e LEFT JOIN calls c ON c.call_sid = e.call_sid
+        ORDER BY e.id;
+    DROP TABLE call_events;
+    ALTER TABLE call_events_by_call RENAME TO call_events;
+",
+        // Dropping `call_sid` drops the unique constraint it was part of.
+        postgres: "
+    ALTER TABLE call_events ADD COLUMN call_id BIGINT REFERENCES calls (id);
+    UPDATE call_events SET call_id = calls.id FROM calls WHERE calls.call_sid = call_events.call_sid;
+    ALTER TABLE call_events ALTER COLUMN call_id SET NOT NULL;
+    ALTER TABLE call_events DROP COLUMN call_sid;
+    ALTER TABLE call_events ADD CONSTRAINT call_events_call_kind_sequence UNIQUE (call_id, kind, sequence);
+",
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use callplane_plugin_api::storage::{Db, PluginMigrations, migrate, sqlx};
+    use futures_util::FutureExt as _;
+
+    use super::MIGRATIONS;
+
+    async fn upgrade(db: &Db, to: usize) -> Result<usize, callplane_plugin_api::storage::StorageError> {
+        let set = PluginMigrations {
+            plugin: "twilio",
+            migrations: &MIGRATIONS[..to],
+        };
+        migrate(db, &[set]).await.map(|applied| applied.len())
+    }
+
+    async fn exec(db: &Db, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(db.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Version 1 data: two calls, three events (the second call's in reverse id order).
+    const V1_DATA: &str = "
+        INSERT INTO calls (call_sid, direction, from_number, to_number, status, created_at, updated_at)
+            VALUES ('CA01', 'inbound', '+1', '+2', 'ringing', 1, 1), ('CA02', 'inbound', '+3', '+4', 'completed', 2, 3);
+        INSERT INTO call_events (call_sid, kind, status, sequence, request_id, payload, received_at)
+            VALUES ('CA02', 'status', 'completed', 3, 'r3', '[[\"a\",\"b\"]]', 3),
+                   ('CA01', 'incoming', 'ringing', -1, NULL, '[]', 1),
+                   ('CA02', 'incoming', 'ringing', -1, 'r2', '[]', 2);";
+
+    /// id, CallSid, kind, status, sequence, request id, payload, received at.
+    type EventRow = (i64, String, String, String, i64, Option<String>, String, i64);
+
+    /// Upgrading keeps every event, its id and its fields, now attached to its call by row id, and
+    /// the new key still refuses a duplicate.
+    async fn upgrade_keeps_every_event(db: &Db) {
+        assert_eq!(upgrade(db, 1).await.unwrap(), 1);
+        exec(db, V1_DATA).await;
+        assert_eq!(upgrade(db, MIGRATIONS.len()).await.unwrap(), 1, "version 2 applied");
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT e.id, c.call_sid, e.kind, e.status, e.sequence, e.request_id, e.payload, e.received_at
+             FROM call_events e JOIN calls c ON c.id = e.call_id ORDER BY e.id",
+        )
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        let pairs = r#"[["a","b"]]"#.to_owned();
+        let expected = vec![
+            (
+                1,
+                "CA02".into(),
+                "status".into(),
+                "completed".into(),
+                3,
+                Some("r3".into()),
+                pairs,
+                3,
+            ),
+            (
+                2,
+                "CA01".into(),
+                "incoming".into(),
+                "ringing".into(),
+                -1,
+                None,
+                "[]".into(),
+                1,
+            ),
+            (
+                3,
+                "CA02".into(),
+                "incoming".into(),
+                "ringing".into(),
+                -1,
+                Some("r2".into()),
+                "[]".into(),
+                2,
+            ),
+        ];
+        assert_eq!(rows, expected);
+        exec(
+            db,
+            "INSERT INTO call_events (call_id, kind, status, sequence, payload, received_at)
+             VALUES ((SELECT id FROM calls WHERE call_sid = 'CA02'), 'status', 'completed', 3, '[]', 9)
+             ON CONFLICT (call_id, kind, sequence) DO NOTHING;
+             INSERT INTO call_events (call_id, kind, status, sequence, payload, received_at)
+             VALUES ((SELECT id FROM calls WHERE call_sid = 'CA02'), 'status', 'completed', 4, '[]', 9)
+             ON CONFLICT (call_id, kind, sequence) DO NOTHING;",
+        )
+        .await;
+        let ids: Vec<(i64, i64)> = sqlx::query_as("SELECT id, sequence FROM call_events ORDER BY id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        // (PostgreSQL's sequence spends a number on the skipped duplicate: ids may have gaps.)
+        assert_eq!(ids.len(), 4, "the duplicate was skipped: {ids:?}");
+        assert!(
+            ids[3].0 > 3 && ids[3].1 == 4,
+            "the new event comes after the kept ones: {ids:?}"
+        );
+    }
+
+    /// An event whose call row is missing (only possible by hand: both are written in one
+    /// transaction) fails the upgrade, and nothing of it is committed.
+    async fn an_orphan_event_fails_the_upgrade_and_keeps_version_1(db: &Db) {
+        assert_eq!(upgrade(db, 1).await.unwrap(), 1);
+        exec(db, V1_DATA).await;
+        exec(
+            db,
+            "INSERT INTO call_events (call_sid, kind, status, sequence, payload, received_at)
+             VALUES ('CA99', 'incoming', 'ringing', -1, '[]', 5)",
+        )
+        .await;
+        assert!(
+            upgrade(db, MIGRATIONS.len()).await.is_err(),
+            "the orphan refuses the upgrade"
+        );
+        let (events,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM call_events WHERE call_sid LIKE 'CA%'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(events, 4, "version 1's table is untouched");
+    }
+
+    fn sqlite() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect_lazy(&format!("sqlite://{}/m.db", dir.path().display())).unwrap();
+        (dir, db)
+    }
+
+    #[actix_rt::test]
+    async fn sqlite_upgrade_keeps_every_event() {
+        let (_dir, db) = sqlite();
+        upgrade_keeps_every_event(&db).await;
+    }
+
+    #[actix_rt::test]
+    async fn sqlite_orphan_event_fails_the_upgrade() {
+        let (_dir, db) = sqlite();
+        an_orphan_event_fails_the_upgrade_and_keeps_version_1(&db).await;
+    }
+
+    /// Runs `check` on a fresh database of the server named by `TEST_POSTGRES_URL` (`.ci/run` sets
+    /// it), dropped afterwards; says so and passes without it.
+    async fn on_postgres<F: AsyncFnOnce(&Db)>(test: &str, check: F) {
+        let Ok(base) = std::env::var("TEST_POSTGRES_URL") else {
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("SKIPPED {test}: TEST_POSTGRES_URL is not set (PostgreSQL tests run in .ci/run)\n").as_bytes(),
+            );
+            return;
+        };
+        let admin = Db::connect_lazy(&base).unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("cp_twilio_{}_{nanos}", std::process::id());
+        exec(&admin, &format!("CREATE DATABASE {name}")).await;
+        let mut url = url::Url::parse(&base).unwrap();
+        url.set_path(&name);
+        let db = Db::connect_lazy(url.as_str()).unwrap();
+        let outcome = std::panic::AssertUnwindSafe(check(&db)).catch_unwind().await;
+        db.close().await;
+        exec(&admin, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn postgres_upgrade_keeps_every_event() {
+        on_postgres("postgres_upgrade_keeps_every_event", upgrade_keeps_every_event).await;
+    }
+
+    #[actix_rt::test]
+    async fn postgres_orphan_event_fails_the_upgrade() {
+        on_postgres(
+            "postgres_orphan_event_fails_the_upgrade",
+            an_orphan_event_fails_the_upgrade_and_keeps_version_1,
+        )
+        .await;
+    }
+}

@@ -141,11 +141,12 @@ const UPSERT_CALLS: MultiRow = MultiRow {
 const UPDATE_STATUS: &str =
     "UPDATE calls SET status = ?, last_sequence = ?, updated_at = ? WHERE call_sid = ? AND last_sequence < ?";
 
-/// Every event once: a retry of the same (CallSid, kind, sequence) is skipped.
+/// Every event once, under its call's row id (the call row is upserted first, in the same
+/// transaction): a retry of the same (call, kind, sequence) is skipped.
 const INSERT_EVENTS: MultiRow = MultiRow {
-    head: "INSERT INTO call_events (call_sid, kind, status, sequence, request_id, payload, received_at)",
-    row: "(?, ?, ?, ?, ?, ?, ?)",
-    tail: "ON CONFLICT (call_sid, kind, sequence) DO NOTHING",
+    head: "INSERT INTO call_events (call_id, kind, status, sequence, request_id, payload, received_at)",
+    row: "((SELECT id FROM calls WHERE call_sid = ?), ?, ?, ?, ?, ?, ?)",
+    tail: "ON CONFLICT (call_id, kind, sequence) DO NOTHING",
 };
 
 impl CallEvent {
@@ -178,7 +179,7 @@ impl CallEvent {
 ///
 /// # Errors
 /// A database error; nothing is committed then.
-pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Error> {
+async fn write_events(db: &Db, events: &[&Pending]) -> Result<(), sqlx::Error> {
     if events.is_empty() {
         return Ok(());
     }
@@ -195,7 +196,7 @@ pub async fn write_events(db: &Db, events: &[&CallEvent]) -> Result<(), sqlx::Er
     }
     upsert_calls(&mut tx, db.kind(), events).await?;
     // Status updates in CallSid order, like the rows above (see `commit`).
-    let mut statuses: Vec<&&CallEvent> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
+    let mut statuses: Vec<&&Pending> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
     statuses.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
     for event in statuses {
         sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), UPDATE_STATUS, 1)))
@@ -238,10 +239,10 @@ fn values(kind: DbKind, row: &str, rows: usize) -> String {
 async fn upsert_calls(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     kind: DbKind,
-    events: &[&CallEvent],
+    events: &[&Pending],
 ) -> Result<(), sqlx::Error> {
     // PostgreSQL refuses to upsert one row twice in a statement: one entry per CallSid.
-    let mut calls: Vec<(&CallEvent, Option<i64>, Option<&String>)> = Vec::with_capacity(events.len());
+    let mut calls: Vec<(&Pending, Option<i64>, Option<&String>)> = Vec::with_capacity(events.len());
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(events.len());
     for event in events {
         match index.get(event.call_sid.as_str()) {
@@ -279,7 +280,7 @@ async fn upsert_calls(
 async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     kind: DbKind,
-    events: &[&CallEvent],
+    events: &[&Pending],
 ) -> Result<(), sqlx::Error> {
     let sql = INSERT_EVENTS.sql(kind, events.len());
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -290,7 +291,7 @@ async fn insert_events(
             .bind(&event.status)
             .bind(event.sequence.unwrap_or(-1))
             .bind(&event.request_id)
-            .bind(event.payload())
+            .bind(&event.params_json)
             .bind(event.received_at);
     }
     query.execute(&mut **tx).await?;
@@ -305,7 +306,7 @@ async fn insert_events(
 ///
 /// # Errors
 /// A SQLite error; nothing is committed then.
-fn write_sqlite(conn: &mut rusqlite::Connection, events: &[&CallEvent]) -> rusqlite::Result<()> {
+fn write_sqlite(conn: &mut rusqlite::Connection, events: &[&Pending]) -> rusqlite::Result<()> {
     static UPSERT_ONE: LazyLock<String> = LazyLock::new(|| UPSERT_CALLS.sql(DbKind::Sqlite, 1));
     static INSERT_ONE: LazyLock<String> = LazyLock::new(|| INSERT_EVENTS.sql(DbKind::Sqlite, 1));
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -349,7 +350,7 @@ fn write_sqlite(conn: &mut rusqlite::Connection, events: &[&CallEvent]) -> rusql
                 event.status,
                 event.sequence.unwrap_or(-1),
                 event.request_id,
-                event.payload(),
+                event.params_json,
                 event.received_at,
             ])?;
         }
@@ -391,11 +392,23 @@ struct GroupCommit {
     writer: Arc<std::sync::Mutex<Option<mpsc::Sender<Pending>>>>,
 }
 
+/// An event waiting for the writer.
 #[derive(Debug)]
 struct Pending {
     /// Shared with the owner, who spools it if the commit does not answer in time.
     event: Arc<CallEvent>,
+    /// Its stored parameters ([`CallEvent::payload`]), serialised by the owner: the HTTP workers
+    /// run in parallel, the one writer is what every webhook waits for.
+    params_json: String,
     committed: oneshot::Sender<bool>,
+}
+
+impl std::ops::Deref for Pending {
+    type Target = CallEvent;
+
+    fn deref(&self) -> &CallEvent {
+        &self.event
+    }
 }
 
 /// Where the writer commits.
@@ -436,7 +449,7 @@ impl Store {
         }
     }
 
-    async fn write(&mut self, events: &[&CallEvent]) -> Result<(), WriteError> {
+    async fn write(&mut self, events: &[&Pending]) -> Result<(), WriteError> {
         match self {
             Self::Sqlite(conn) => write_sqlite(conn, events).map_err(|error| {
                 use rusqlite::ErrorCode as Code;
@@ -470,7 +483,13 @@ impl GroupCommit {
     async fn write(&self, event: Arc<CallEvent>) -> bool {
         let Some(writer) = self.writer() else { return false };
         let (committed, done) = oneshot::channel();
-        if writer.send(Pending { event, committed }).await.is_err() {
+        let params_json = event.payload();
+        let pending = Pending {
+            event,
+            params_json,
+            committed,
+        };
+        if writer.send(pending).await.is_err() {
             return false;
         }
         done.await.unwrap_or(false)
@@ -523,8 +542,8 @@ async fn write_batches(mut store: Store, mut queue: mpsc::Receiver<Pending>, bat
 async fn commit(store: &mut Store, mut batch: Vec<Pending>) {
     // The same order in every instance's transactions: two batches sharing CallSids lock their
     // rows in the same order and cannot deadlock each other.
-    batch.sort_by(|a, b| a.event.call_sid.cmp(&b.event.call_sid));
-    let events: Vec<&CallEvent> = batch.iter().map(|p| &*p.event).collect();
+    batch.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
+    let events: Vec<&Pending> = batch.iter().collect();
     let mut result = store.write(&events).await;
     if let Err(WriteError::Connection(error)) = &result {
         tracing::warn!(error = %error, events = batch.len(), "[TWILIO] batch lost its connection; retrying once");
@@ -533,14 +552,17 @@ async fn commit(store: &mut Store, mut batch: Vec<Pending>) {
     drop(events);
     match result {
         Ok(()) => {
-            for pending in batch {
-                let _ = pending.committed.send(true);
+            for Pending { event, committed, .. } in batch {
+                // The owner frees the event, on its own thread: not this one, which every
+                // webhook waits for.
+                drop(event);
+                let _ = committed.send(true);
             }
         }
         Err(WriteError::Statement(error)) if batch.len() > 1 => {
             tracing::warn!(error = %error, events = batch.len(), "[TWILIO] batch failed; writing its events one by one");
             for pending in batch {
-                let ok = store.write(&[&pending.event]).await.is_ok();
+                let ok = store.write(&[&pending]).await.is_ok();
                 let _ = pending.committed.send(ok);
             }
         }

@@ -168,7 +168,7 @@ async fn the_webhook_route_accepts_exactly_the_reference_signatures() {
             refused += 1;
         }
     }
-    let (calls,): (i64,) = sqlx::query_as("SELECT COUNT(DISTINCT call_sid) FROM call_events")
+    let (calls,): (i64,) = sqlx::query_as("SELECT COUNT(DISTINCT call_id) FROM call_events")
         .fetch_one(db.pool())
         .await
         .unwrap();
