@@ -28,7 +28,8 @@ pub struct RequestId(Arc<str>);
 impl RequestId {
     /// A fresh random (v4) UUID.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::new_v4().to_string().into())
+        let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+        Self(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text).into())
     }
 
     /// Accepts an incoming id only if it is 1–128 characters of `[A-Za-z0-9._:-]`, so it can go into
@@ -106,7 +107,6 @@ pub async fn request_context(
     req.extensions_mut().insert(request_id.clone());
 
     let method = req.method().clone();
-    let path = req.path().to_owned();
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -130,8 +130,9 @@ pub async fn request_context(
         t.metrics
             .observe(route, metric_method(&method), status, elapsed.as_secs_f64());
     }
+    let path = response.request().path();
+    let ms = Millis(elapsed);
     span.in_scope(|| {
-        let ms = format!("{:.3}", elapsed.as_secs_f64() * 1000.0);
         if status >= 500 && status != 503 {
             tracing::error!(method = %method, path = %path, status, ms = %ms, "[HTTP] request failed");
         } else if status >= 400 {
@@ -142,6 +143,16 @@ pub async fn request_context(
         }
     });
     Ok(response)
+}
+
+/// A duration as the request line shows it: milliseconds, three decimals (formatted only when the
+/// line is written: the per-request line is `debug`).
+struct Millis(std::time::Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3}", self.0.as_secs_f64() * 1000.0)
+    }
 }
 
 /// The method as a metrics label: the standard ones, everything else `other` (a client must not be
