@@ -99,10 +99,9 @@ fn retry_soon(tries: i32) -> bool {
         static SINCE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
     }
     let since = SINCE.with(|since| {
-        if tries == 0 || since.get().is_none() {
-            since.set(Some(Instant::now()));
-        }
-        since.get().unwrap_or_else(Instant::now)
+        let start = since.get().filter(|_| tries > 0).unwrap_or_else(Instant::now);
+        since.set(Some(start));
+        start
     });
     if since.elapsed() >= BUSY_WAIT {
         return false;
