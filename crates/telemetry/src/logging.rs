@@ -9,11 +9,11 @@ use prometheus_client::metrics::counter::Counter;
 use std::path::PathBuf;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -289,7 +289,10 @@ fn layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sy
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let base = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
+    let base = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_timer(LineTime)
+        .with_writer(writer);
     match format {
         LogFormat::Text => base.event_format(TextFormat).boxed(),
         LogFormat::Json => base
@@ -317,14 +320,23 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        SystemTime.format_time(&mut writer)?;
-        write!(writer, " {:>5} ", event.metadata().level())?;
+        LineTime.format_time(&mut writer)?;
+        writer.write_str(match *event.metadata().level() {
+            Level::ERROR => " ERROR ",
+            Level::WARN => "  WARN ",
+            Level::INFO => "  INFO ",
+            Level::DEBUG => " DEBUG ",
+            Level::TRACE => " TRACE ",
+        })?;
         let mut fields = FieldCollector::default();
         event.record(&mut fields);
         writer.write_str(&fields.message)?;
         for (name, value) in fields.pairs() {
             if !shown_in(&fields.message, name, value) {
-                write!(writer, " {name}={value}")?;
+                writer.write_char(' ')?;
+                writer.write_str(name)?;
+                writer.write_char('=')?;
+                writer.write_str(value)?;
             }
         }
         if let Some(scope) = ctx.event_scope() {
@@ -333,12 +345,65 @@ where
                 if let Some(formatted) = extensions.get::<FormattedFields<N>>()
                     && !formatted.is_empty()
                 {
-                    write!(writer, " {formatted}")?;
+                    writer.write_char(' ')?;
+                    writer.write_str(&formatted.fields)?;
                 }
             }
         }
         writeln!(writer)
     }
+}
+
+/// Each line's timestamp, as `tracing_subscriber`'s `SystemTime` writes it
+/// (`2026-11-26T01:01:39.004142Z`), with the date and time of day formatted once per second and
+/// thread rather than for every line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineTime;
+
+impl FormatTime for LineTime {
+    fn format_time(&self, writer: &mut Writer<'_>) -> fmt::Result {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        write_timestamp(since, writer)
+    }
+}
+
+/// Writes the instant `since` the Unix epoch as [`LineTime`] does.
+fn write_timestamp(since: Duration, writer: &mut impl fmt::Write) -> fmt::Result {
+    thread_local! {
+        /// The second last formatted, and its text up to the seconds.
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = since.as_secs();
+    SECOND.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let t = i64::try_from(secs)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            text.clear();
+            write!(
+                text,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )?;
+            *at = secs;
+        }
+        writer.write_str(text)
+    })?;
+    let mut fraction = *b".000000Z";
+    let mut micros = since.subsec_micros();
+    for digit in fraction[1..7].iter_mut().rev() {
+        *digit = b'0' + u8::try_from(micros % 10).unwrap_or(0);
+        micros /= 10;
+    }
+    writer.write_str(std::str::from_utf8(&fraction).map_err(|_| fmt::Error)?)
 }
 
 /// Whether `message` already shows the field: `name=` at the start of a word, or `value` as a
@@ -372,7 +437,13 @@ impl FieldCollector {
     /// Ends the value written to `values` from `start` on, quoting it when needed.
     fn close(&mut self, name: &'static str, start: usize) {
         let bare = &self.values[start..];
-        if bare.is_empty() || bare.chars().any(|c| c.is_whitespace() || c == '"') {
+        let needs_quotes = if bare.is_ascii() {
+            bare.bytes()
+                .any(|b| b.is_ascii_whitespace() || b == b'"' || b == b'\x0b')
+        } else {
+            bare.chars().any(|c| c.is_whitespace() || c == '"')
+        };
+        if bare.is_empty() || needs_quotes {
             let quoted = format!("{bare:?}");
             self.values.truncate(start);
             self.values.push_str(&quoted);
@@ -412,6 +483,46 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    fn timestamp(secs: u64, micros: u32) -> String {
+        let mut out = String::new();
+        write_timestamp(Duration::new(secs, micros * 1000), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        assert_eq!(timestamp(1_709_251_199, 1), "2024-02-29T23:59:59.000001Z");
+        assert_eq!(
+            timestamp(1_709_251_199, 999_999),
+            "2024-02-29T23:59:59.999999Z",
+            "same second, cached date"
+        );
+        assert_eq!(
+            timestamp(1_709_251_200, 0),
+            "2024-03-01T00:00:00.000000Z",
+            "the next second"
+        );
+        assert_eq!(timestamp(0, 123_456), "1970-01-01T00:00:00.123456Z");
+        assert_eq!(timestamp(1_764_118_899, 4_142), "2025-11-26T01:01:39.004142Z");
+    }
+
+    #[test]
+    fn line_time_writes_what_tracing_subscribers_system_time_writes() {
+        use tracing_subscriber::fmt::time::SystemTime;
+        for _ in 0..100 {
+            let (mut ours, mut theirs) = (String::new(), String::new());
+            LineTime.format_time(&mut Writer::new(&mut ours)).unwrap();
+            SystemTime.format_time(&mut Writer::new(&mut theirs)).unwrap();
+            // Taken a moment apart: retry when a second boundary fell between them.
+            if ours[..19] == theirs[..19] {
+                assert_eq!(ours.len(), theirs.len(), "{ours} against {theirs}");
+                assert_eq!((&ours[19..20], &ours[26..]), (".", "Z"), "{ours}");
+                return;
+            }
+        }
+        panic!("the two clocks never agreed on the second");
+    }
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);
