@@ -11,7 +11,7 @@ use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
-use futures_util::{Stream, StreamExt as _};
+use futures_util::{FutureExt as _, Stream, StreamExt as _};
 
 /// How long a request body may take to arrive, counted from the handler's first read of it. Twilio gives
 /// up on a webhook after 15 s; a real client sends a few KiB in milliseconds.
@@ -46,7 +46,12 @@ pub async fn body_deadline(
         let timed = futures_util::stream::unfold(Some((payload, None)), |state| async move {
             let (mut payload, deadline) = state?;
             let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + BODY_DEADLINE);
-            match tokio::time::timeout_at(deadline, payload.next()).await {
+            // A chunk already received needs no timer (most bodies arrive with their headers).
+            let next = match payload.next().now_or_never() {
+                Some(ready) => Ok(ready),
+                None => tokio::time::timeout_at(deadline, payload.next()).await,
+            };
+            match next {
                 Ok(Some(chunk)) => Some((chunk, Some((payload, Some(deadline))))),
                 Ok(None) => None,
                 Err(_) => {
