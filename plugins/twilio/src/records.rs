@@ -545,9 +545,9 @@ const GATHER_YIELDS: usize = 3;
 
 /// Lets a small batch grow before it is committed, without a timer: the writer yields its CPU (at
 /// most [`GATHER_YIELDS`] times), so that HTTP workers ready to run hand over their events first,
-/// and takes what they queued meanwhile. A commit costs about the same for one event as for
-/// several (its pages are written to the log once per commit), so this saves the writer a
-/// quarter of its CPU per event under load. When nothing else is waiting for a CPU a yield
+/// and takes what they queued meanwhile. Much of a commit's cost is the same for one event as for
+/// many (the write lock, and the pages every commit rewrites, written to the log once per commit),
+/// so this saved the writer 15–25 % of its CPU per event under load (docs/performance.md). When nothing else is waiting for a CPU a yield
 /// returns at once: a lone event is not held up. At worst a yield costs one scheduler time
 /// slice of whatever runs instead (a few milliseconds, far inside [`DB_WRITE_TIMEOUT`]).
 fn gather(queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
