@@ -59,10 +59,18 @@ pub struct Db {
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
      PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
 
+/// The path and the query of a `sqlite:` URL (both empty for any other URL).
+fn sqlite_parts(url: &str) -> (&str, &str) {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or_default();
+    rest.split_once('?').unwrap_or((rest, ""))
+}
+
 /// The SQLite file a `sqlite:` URL names, unless the database lives in memory.
 fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (path, query) = sqlite_parts(url);
     let in_memory = path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
     (!in_memory).then(|| PathBuf::from(path))
 }
@@ -102,7 +110,7 @@ impl Db {
             pool,
             kind,
             redacted_url: redact_url(url),
-            sqlite_file: (kind == DbKind::Sqlite).then(|| sqlite_file(url)).flatten(),
+            sqlite_file: sqlite_file(url),
         })
     }
 
@@ -154,17 +162,16 @@ impl Db {
 /// Creates the directory of a file-backed SQLite URL and adds `mode=rwc` (create if missing) when
 /// the URL does not choose a mode itself.
 fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or_default();
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (path, query) = sqlite_parts(url);
     if path.is_empty() {
         return Err(StorageError::UnsupportedUrl { url: url.to_owned() });
     }
-    let in_memory = path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
-    let parent = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = parent.filter(|_| !in_memory) {
+    let file = sqlite_file(url);
+    if let Some(dir) = file
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
             path: dir.display().to_string(),
             source,

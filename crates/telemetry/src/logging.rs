@@ -437,13 +437,7 @@ impl FieldCollector {
     /// Ends the value written to `values` from `start` on, quoting it when needed.
     fn close(&mut self, name: &'static str, start: usize) {
         let bare = &self.values[start..];
-        let needs_quotes = if bare.is_ascii() {
-            bare.bytes()
-                .any(|b| b.is_ascii_whitespace() || b == b'"' || b == b'\x0b')
-        } else {
-            bare.chars().any(|c| c.is_whitespace() || c == '"')
-        };
-        if bare.is_empty() || needs_quotes {
+        if bare.is_empty() || bare.chars().any(|c| c.is_whitespace() || c == '"') {
             let quoted = format!("{bare:?}");
             self.values.truncate(start);
             self.values.push_str(&quoted);
