@@ -28,7 +28,7 @@ async fn incoming_call(
         param("To")
     );
     let header = req.headers().get("x-twilio-signature").and_then(|v| v.to_str().ok());
-    match signature::validate(&config.token, &config.url, &form, None, header) {
+    match signature::validate(&config.token, &config.url, form.iter(), None, header) {
         Outcome::Valid => HttpResponse::Ok().content_type("text/xml; charset=utf-8").body(TWIML),
         _ => HttpResponse::Forbidden().finish(),
     }

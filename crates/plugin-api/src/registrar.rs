@@ -383,20 +383,7 @@ pub fn mount(
     routes: &[RouteSpec],
     providers: &BTreeMap<Capability, Arc<dyn AccessProvider>>,
 ) {
-    let mut by_path: Vec<(&str, Vec<&RouteSpec>)> = Vec::new();
-    for route in routes {
-        match by_path.iter_mut().find(|(path, _)| *path == route.path) {
-            Some((_, group)) => group.push(route),
-            None => by_path.push((&route.path, vec![route])),
-        }
-    }
-    // Actix serves a request from the first resource whose pattern matches, so a literal segment
-    // must come before a parameter in the same position (`/api/calls/outbound` before
-    // `/api/calls/{call_sid}`), whatever order the plugins declared them in. Paths without any
-    // parameter go first of all: they are matched by comparing strings, so the busiest routes
-    // (the webhooks) never wait behind the pattern matching of the API's parameterised routes.
-    by_path.sort_by(|(a, _), (b, _)| (a.contains('{'), specificity(a)).cmp(&(b.contains('{'), specificity(b))));
-    for (path, group) in by_path {
+    for (path, group) in mount_order(routes) {
         let allow = group.iter().map(|r| r.method.as_str()).collect::<Vec<_>>().join(", ");
         let mut resource = web::resource(path).default_service(web::to(move || {
             let allow = allow.clone();
@@ -425,6 +412,30 @@ pub fn mount(
         }
         cfg.service(resource);
     }
+}
+
+/// The routes grouped by path, in the order actix is to try them.
+///
+/// Actix serves a request from the first resource whose pattern matches, trying them in turn, so
+/// a literal segment must come before a parameter in the same position (`/api/calls/outbound`
+/// before `/api/calls/{call_sid}`), whatever order the plugins declared them in. Paths without
+/// any parameter go first of all, and among them Twilio's webhooks: the busiest routes, whose
+/// caller waits on the answer, are matched first. (Two literal paths never match the same
+/// request, so their order changes nothing else.)
+fn mount_order(routes: &[RouteSpec]) -> Vec<(&str, Vec<&RouteSpec>)> {
+    let mut by_path: Vec<(&str, Vec<&RouteSpec>)> = Vec::new();
+    for route in routes {
+        match by_path.iter_mut().find(|(path, _)| *path == route.path) {
+            Some((_, group)) => group.push(route),
+            None => by_path.push((&route.path, vec![route])),
+        }
+    }
+    fn key<'a>((path, group): &(&'a str, Vec<&RouteSpec>)) -> (bool, bool, Vec<(bool, &'a str)>) {
+        let webhook = group.iter().any(|r| r.access == Access::TwilioSignature);
+        (path.contains('{'), !webhook, specificity(path))
+    }
+    by_path.sort_by(|a, b| key(a).cmp(&key(b)));
+    by_path
 }
 
 /// Sort key of a path pattern: per segment, literals (`false`) before parameters (`true`).
@@ -534,6 +545,35 @@ mod tests {
         assert_eq!(post, "dialling");
         let get = atest::call_and_read_body(&app, atest::TestRequest::get().uri("/api/calls/CA1").to_request()).await;
         assert_eq!(get, "call CA1");
+    }
+
+    #[actix_rt::test]
+    async fn webhooks_are_tried_first_and_parameters_last() {
+        let settings = Settings::default();
+        let db = Db::connect_lazy("sqlite::memory:").unwrap();
+        let mut metrics = Registry::default();
+        let mut reg = Registrar::new("calls", &settings, &db, &mut metrics);
+        reg.get("/api/calls/{sid}", Access::Public, || async { "" })
+            .get("/livez", Access::Public, || async { "" })
+            .post("/webhook/b", Access::TwilioSignature, || async { "" })
+            .get("/api/calls/recent", Access::Public, || async { "" })
+            .post("/webhook/a", Access::TwilioSignature, || async { "" })
+            .post("/api/calls/recent", Access::Public, || async { "" });
+        let routes = reg.finish().routes;
+        let order: Vec<(&str, usize)> = mount_order(&routes)
+            .into_iter()
+            .map(|(path, group)| (path, group.len()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("/webhook/a", 1),
+                ("/webhook/b", 1),
+                ("/api/calls/recent", 2),
+                ("/livez", 1),
+                ("/api/calls/{sid}", 1)
+            ]
+        );
     }
 
     #[test]

@@ -294,7 +294,7 @@ where
         .with_timer(LineTime)
         .with_writer(writer);
     match format {
-        LogFormat::Text => base.event_format(TextFormat).boxed(),
+        LogFormat::Text => base.fmt_fields(SpanFields).event_format(TextFormat).boxed(),
         LogFormat::Json => base
             .json()
             .flatten_event(true)
@@ -422,15 +422,55 @@ fn shown_in(message: &str, name: &str, value: &str) -> bool {
         }))
 }
 
+/// The fields of a span as the text line shows them: `name=value` pairs, values bare or quoted
+/// as an event's are. (The library's default writes every value through its styling and `Debug`
+/// machinery, and a `&str` value quoted; every request opens a span, so this is on the hot path.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanFields;
+
+impl<'w> FormatFields<'w> for SpanFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut collected = FieldCollector::default();
+        fields.record(&mut collected);
+        let mut separator = "";
+        if !collected.message.is_empty() {
+            writer.write_str(&collected.message)?;
+            separator = " ";
+        }
+        for (name, value) in collected.pairs() {
+            writer.write_str(separator)?;
+            writer.write_str(name)?;
+            writer.write_char('=')?;
+            writer.write_str(value)?;
+            separator = " ";
+        }
+        Ok(())
+    }
+}
+
 /// An event's message and fields. The values share one buffer (bare, or quoted when empty or
 /// holding whitespace or quotes), so a line costs the same few allocations however many fields
 /// it has.
-#[derive(Default)]
 struct FieldCollector {
     message: String,
     values: String,
     /// Each field's name and where its value is in `values`.
     pairs: Vec<(&'static str, Range<usize>)>,
+}
+
+impl Default for FieldCollector {
+    /// Room for a typical line up front, so it is not grown a few bytes at a time.
+    fn default() -> Self {
+        Self {
+            message: String::with_capacity(256),
+            values: String::with_capacity(128),
+            pairs: Vec::with_capacity(8),
+        }
+    }
 }
 
 impl FieldCollector {
@@ -550,6 +590,30 @@ mod tests {
         });
         assert!(
             out.contains(" INFO [TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA123 signature_present=true request_id=r-1\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn span_fields_print_as_event_fields_do() {
+        let out = capture(LogFormat::Text, || {
+            let ip: std::net::IpAddr = [10, 0, 0, 7].into();
+            let span = tracing::info_span!(
+                "request",
+                request_id = "r-2",
+                client = tracing::field::display(ip),
+                scheme = None::<&str>,
+                note = "two words",
+                empty = "",
+            );
+            let _entered = span.enter();
+            tracing::info!("[HTTP] request");
+        });
+        assert!(
+            out.contains(
+                r#" INFO [HTTP] request request_id=r-2 client=10.0.0.7 note="two words" empty=""
+"#
+            ),
             "{out}"
         );
     }

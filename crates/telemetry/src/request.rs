@@ -109,9 +109,9 @@ pub async fn request_context(
     let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
-        request_id = %request_id,
+        request_id = request_id.as_str(),
         client = origin.map(|o| tracing::field::display(o.ip)),
-        scheme = origin.map(|o| tracing::field::display(o.scheme.as_str())),
+        scheme = origin.map(|o| o.scheme.as_str()),
     );
     let mut response = CURRENT
         .scope(request_id.clone(), next.call(req).instrument(span.clone()))

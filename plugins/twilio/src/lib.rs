@@ -12,6 +12,7 @@
 mod api;
 mod migrations;
 mod outbound;
+pub mod params;
 pub mod provider;
 pub mod records;
 pub mod signature;

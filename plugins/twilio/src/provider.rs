@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::params::Params;
 use crate::signature::{self, Outcome};
 use crate::twiml;
 
@@ -25,20 +26,20 @@ pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
 #[derive(Debug, Clone, Default)]
 pub struct Webhook {
     /// The decoded form fields, in arrival order.
-    pub params: Vec<(String, String)>,
+    pub params: Params,
     /// The decoded query parameters.
-    pub query: Vec<(String, String)>,
+    pub query: Params,
 }
 
 impl Webhook {
     /// The first form value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params.get(name)
     }
 
     /// The first query value of `name`.
     pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query.get(name)
     }
 }
 
@@ -183,17 +184,13 @@ impl AccessProvider for SignatureProvider {
                     return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE));
                 }
             };
-            let mut params = Vec::new();
-            if !is_json {
-                // Twilio sends about 25 parameters: one allocation for them all.
-                params.reserve(32);
-                params.extend(url::form_urlencoded::parse(&body).into_owned());
-            }
             let hook = Webhook {
-                params,
-                query: url::form_urlencoded::parse(query_string.as_bytes())
-                    .into_owned()
-                    .collect(),
+                params: if is_json {
+                    Params::default()
+                } else {
+                    Params::parse(&body)
+                },
+                query: Params::parse(query_string.as_bytes()),
             };
             log_hit(&path, &hook, signature_present);
 
@@ -213,7 +210,7 @@ impl AccessProvider for SignatureProvider {
                     signature::validate(
                         self.auth_token.expose(),
                         &url,
-                        &hook.params,
+                        hook.params.iter(),
                         json_body,
                         signature.as_deref(),
                     )

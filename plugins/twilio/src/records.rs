@@ -16,6 +16,8 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::params::Params;
+
 /// How long a webhook waits for the database before it spools instead: Twilio gives up after 15 s.
 pub const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a business lookup waits before falling back to the cache.
@@ -74,7 +76,7 @@ pub struct CallEvent {
     #[serde(default)]
     pub req_id: Option<String>,
     /// Every form parameter Twilio sent.
-    pub params: Vec<(String, String)>,
+    pub params: Params,
     /// When it arrived (Unix seconds).
     pub received_at: i64,
 }
@@ -822,7 +824,7 @@ mod tests {
             lead_id: None,
             request_id: None,
             req_id: None,
-            params: Vec::new(),
+            params: Params::default(),
             received_at: 0,
         };
         Pending {

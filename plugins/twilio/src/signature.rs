@@ -36,24 +36,53 @@ impl Outcome {
     }
 }
 
-/// The string Twilio signs: `url` then each distinct `key + value`, sorted.
-pub fn signed_string(url: &str, params: &[(String, String)]) -> String {
-    // Sorted by key, then by value; a pair sent twice counts once (the SDK sorts sets).
-    let mut pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+/// A form parameter as the signature functions take it: a `(name, value)` pair of string slices,
+/// or a reference to a pair of (owned or borrowed) strings.
+pub trait Param<'a> {
+    /// The name and the value.
+    fn pair(self) -> (&'a str, &'a str);
+}
+
+impl<'a> Param<'a> for (&'a str, &'a str) {
+    fn pair(self) -> (&'a str, &'a str) {
+        self
+    }
+}
+
+impl<'a, N: AsRef<str>, V: AsRef<str>> Param<'a> for &'a (N, V) {
+    fn pair(self) -> (&'a str, &'a str) {
+        (self.0.as_ref(), self.1.as_ref())
+    }
+}
+
+/// The parameters in signing order: sorted by name, then by value; a pair sent twice counts once
+/// (the SDK sorts sets).
+fn sorted<'a, P: Param<'a>>(params: impl IntoIterator<Item = P>) -> Vec<(&'a str, &'a str)> {
+    let mut pairs: Vec<(&str, &str)> = params.into_iter().map(Param::pair).collect();
     pairs.sort_unstable();
     pairs.dedup();
-    let len = url.len() + pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    pairs
+}
+
+/// `url` then each of the sorted pairs as `name + value`.
+fn concatenated(url: &str, sorted: &[(&str, &str)]) -> String {
+    let len = url.len() + sorted.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     let mut out = String::with_capacity(len);
     out.push_str(url);
-    for (key, value) in pairs {
+    for (key, value) in sorted {
         out.push_str(key);
         out.push_str(value);
     }
     out
 }
 
+/// The string Twilio signs: `url` then each distinct `key + value`, sorted.
+pub fn signed_string<'a, P: Param<'a>>(url: &str, params: impl IntoIterator<Item = P>) -> String {
+    concatenated(url, &sorted(params))
+}
+
 /// The signature Twilio would send for `url` and `params` (standard base64, padded, 28 chars).
-pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+pub fn compute<'a, P: Param<'a>>(auth_token: &str, url: &str, params: impl IntoIterator<Item = P>) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth_token.as_bytes());
     B64.encode(hmac::sign(&key, signed_string(url, params).as_bytes()).as_ref())
 }
@@ -82,10 +111,10 @@ pub fn url_candidates(url: &str) -> [String; 2] {
 /// Checks a request. `params` are the decoded form fields (empty for JSON bodies); `json_body` is
 /// the raw body when it is JSON. A JSON request is valid only when the URL carries `bodySHA256`
 /// matching the body (lower-case hex) and the URL alone is signed.
-pub fn validate(
+pub fn validate<'a, P: Param<'a>>(
     auth_token: &str,
     url: &str,
-    params: &[(String, String)],
+    params: impl IntoIterator<Item = P>,
     json_body: Option<&str>,
     signature: Option<&str>,
 ) -> Outcome {
@@ -98,20 +127,20 @@ pub fn validate(
         return Outcome::Invalid;
     };
     let body_hash = query_value(url, "bodySHA256");
-    let params: &[(String, String)] = match (json_body, body_hash) {
+    let params = match (json_body, body_hash) {
         (Some(body), Some(expected)) => {
             if hex_sha256(body) != expected {
                 return Outcome::Invalid;
             }
-            &[]
+            Vec::new()
         }
         (Some(_), None) => return Outcome::Invalid,
-        (None, _) => params,
+        (None, _) => sorted(params),
     };
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth_token.as_bytes());
     let valid = url_candidates(url)
         .iter()
-        .any(|candidate| hmac::verify(&key, signed_string(candidate, params).as_bytes(), &tag).is_ok());
+        .any(|candidate| hmac::verify(&key, concatenated(candidate, &params).as_bytes(), &tag).is_ok());
     if valid { Outcome::Valid } else { Outcome::Invalid }
 }
 

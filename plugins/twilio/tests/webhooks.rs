@@ -391,7 +391,7 @@ async fn malformed_webhooks_are_4xx_never_5xx() {
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((
             "x-twilio-signature",
-            signature::compute(TOKEN, &format!("{BASE}/webhook/incoming_call"), &[]),
+            signature::compute(TOKEN, &format!("{BASE}/webhook/incoming_call"), &[] as &[(&str, &str)]),
         ))
         .set_payload(r#"{"CallSid":"CA1"}"#)
         .to_request();
