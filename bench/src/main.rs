@@ -13,7 +13,10 @@
 //! reported: a slow spell of the shared machine then hits every scenario alike.
 //! `BENCH_SECS` (default 5) sets the measured seconds per round (after 2 s of warm-up).
 //! `BENCH_ONLY=recorded@32` (or `baseline@128`, `unrecorded@32`, …) runs one scenario alone and
-//! checks no targets: for profiling it (docs/performance.md).
+//! checks no targets: for profiling it (docs/performance.md). With it, `BENCH_WRAP` is a command
+//! the server under test is started through, such as
+//! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out` (instructions per request are then
+//! the total divided by `sent`, which counts the warm-up too).
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -400,13 +403,40 @@ impl<'p> Sandbox<'p> {
     /// Starts `callplane serve`; returns it and the time to its first 200 from `/readyz`.
     async fn start(&self) -> anyhow::Result<(Child, Duration)> {
         let started = Instant::now();
-        let child = self.callplane(&["serve"]).spawn()?;
+        let child = wrapped(self.callplane(&["serve"])).spawn()?;
         wait_ready(self.port, started).await.map(|d| (child, d))
     }
 
     fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// `command`, started through `BENCH_WRAP` when that is set (profiling one scenario).
+fn wrapped(command: Command) -> Command {
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let Some(program) = words.next() else {
+        return command;
+    };
+    let mut outer = Command::new(program);
+    outer
+        .args(words)
+        .arg(command.get_program())
+        .args(command.get_args())
+        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, value) in command.get_envs() {
+        if value.is_none() {
+            outer.env_remove(key);
+        }
+    }
+    if let Some(dir) = command.get_current_dir() {
+        outer.current_dir(dir);
+    }
+    outer
 }
 
 async fn wait_ready(port: u16, started: Instant) -> anyhow::Result<Duration> {
@@ -438,7 +468,7 @@ async fn scenario(
         Server::Baseline => {
             std::fs::create_dir_all(sandbox.log_dir())?;
             let started = Instant::now();
-            let child = Command::new(&paths.baseline)
+            let child = wrapped(Command::new(&paths.baseline))
                 .args([
                     &format!("127.0.0.1:{}", sandbox.port),
                     PUBLIC,
