@@ -423,33 +423,64 @@ fn shown_in(message: &str, name: &str, value: &str) -> bool {
 }
 
 /// The fields of a span as the text line shows them: `name=value` pairs, values bare or quoted
-/// as an event's are. (The library's default writes every value through its styling and `Debug`
-/// machinery, and a `&str` value quoted; every request opens a span, so this is on the hot path.)
+/// as an event's are, written straight into the span's text. (The library's default writes every
+/// value through its styling and `Debug` machinery, and a `&str` value quoted; every request opens
+/// a span, so this is on the hot path.)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SpanFields;
 
 impl<'w> FormatFields<'w> for SpanFields {
-    fn format_fields<R: tracing_subscriber::field::RecordFields>(
-        &self,
-        mut writer: Writer<'w>,
-        fields: R,
-    ) -> fmt::Result {
-        let mut collected = FieldCollector::default();
-        fields.record(&mut collected);
-        let mut separator = "";
-        if !collected.message.is_empty() {
-            writer.write_str(&collected.message)?;
-            separator = " ";
-        }
-        for (name, value) in collected.pairs() {
-            writer.write_str(separator)?;
-            writer.write_str(name)?;
-            writer.write_char('=')?;
-            writer.write_str(value)?;
-            separator = " ";
-        }
-        Ok(())
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut pairs = PairWriter {
+            writer,
+            separator: "",
+            result: Ok(()),
+        };
+        fields.record(&mut pairs);
+        pairs.result
     }
+}
+
+/// Writes each field it visits as ` name=value` (the message, should a span have one, bare).
+struct PairWriter<'w> {
+    writer: Writer<'w>,
+    separator: &'static str,
+    result: fmt::Result,
+}
+
+impl PairWriter<'_> {
+    fn pair(&mut self, name: &str, value: &str) {
+        let writer = &mut self.writer;
+        self.result = self.result.and_then(|()| {
+            writer.write_str(self.separator)?;
+            if name != "message" {
+                writer.write_str(name)?;
+                writer.write_char('=')?;
+            }
+            if needs_quotes(value) {
+                write!(writer, "{value:?}")
+            } else {
+                writer.write_str(value)
+            }
+        });
+        self.separator = " ";
+    }
+}
+
+impl Visit for PairWriter<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.pair(field.name(), value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.pair(field.name(), &format!("{value:?}"));
+    }
+}
+
+/// Whether a value must be quoted to stay one word of a line: it is empty, or it holds whitespace
+/// or a double quote.
+fn needs_quotes(value: &str) -> bool {
+    value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '"')
 }
 
 /// An event's message and fields. The values share one buffer (bare, or quoted when empty or
@@ -477,7 +508,7 @@ impl FieldCollector {
     /// Ends the value written to `values` from `start` on, quoting it when needed.
     fn close(&mut self, name: &'static str, start: usize) {
         let bare = &self.values[start..];
-        if bare.is_empty() || bare.chars().any(|c| c.is_whitespace() || c == '"') {
+        if needs_quotes(bare) {
             let quoted = format!("{bare:?}");
             self.values.truncate(start);
             self.values.push_str(&quoted);
