@@ -26,7 +26,7 @@ e2e:
     cargo test -p callplane --test binary
 
 # Webhook path against a minimal actix-web baseline, same run (docs/performance.md).
-# Three interleaved rounds per scenario, median reported. BENCH_SECS sets seconds per round;
+# Five interleaved rounds per scenario, median reported. BENCH_SECS sets seconds per round;
 # BENCH_ONLY=recorded@32 runs one scenario once (for perf).
 bench:
     cargo build --release -p callplane -p callplane-bench

@@ -9,7 +9,7 @@
 //! from `/proc/<pid>/stat`, memory from `/proc/<pid>/status`.
 //!
 //! Run from the repository root after `cargo build --release -p callplane -p callplane-bench`.
-//! Every scenario runs in three rounds, interleaved with the others, and its median round is
+//! Every scenario runs in five rounds, interleaved with the others, and its median round is
 //! reported: a slow spell of the shared machine then hits every scenario alike.
 //! `BENCH_SECS` (default 5) sets the measured seconds per round (after 2 s of warm-up).
 //! `BENCH_ONLY=recorded@32` (or `baseline@128`, `unrecorded@32`, …) runs one scenario alone and
@@ -36,7 +36,7 @@ const WARMUP: Duration = Duration::from_secs(2);
 /// Boots and `check` runs measured; the median is reported.
 const REPEATS: usize = 7;
 /// Interleaved rounds of every scenario; the median round is reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {

@@ -478,9 +478,11 @@ impl Visit for PairWriter<'_> {
 }
 
 /// Whether a value must be quoted to stay one word of a line: it is empty, or it holds whitespace
-/// or a double quote.
+/// or a double quote. (The bytes are looked at first: a value of ASCII letters, digits and
+/// punctuation, the usual one, is not decoded character by character.)
 fn needs_quotes(value: &str) -> bool {
-    value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '"')
+    let suspect = |b: u8| !b.is_ascii() || b == b'"' || char::from(b).is_whitespace();
+    value.is_empty() || (value.bytes().any(suspect) && value.chars().any(|c| c.is_whitespace() || c == '"'))
 }
 
 /// An event's message and fields. The values share one buffer (bare, or quoted when empty or
@@ -647,6 +649,16 @@ mod tests {
             ),
             "{out}"
         );
+    }
+
+    #[test]
+    fn values_with_any_whitespace_or_a_quote_need_quotes() {
+        for bare in ["r-1", "+15550001111", "Jürgen", "a=b", "日本"] {
+            assert!(!needs_quotes(bare), "{bare:?}");
+        }
+        for quoted in ["", "a b", "a\tb", "a\x0bb", "\"", "next\u{85}line", "wide\u{3000}space"] {
+            assert!(needs_quotes(quoted), "{quoted:?}");
+        }
     }
 
     #[test]

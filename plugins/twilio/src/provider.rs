@@ -106,9 +106,13 @@ fn refuse(status: StatusCode) -> HttpResponse {
 /// A value as the trace line shows it: `-` when absent, quoted when it has spaces, quotes or
 /// control characters (a `+` sent unencoded arrives as a space), bare otherwise.
 pub(crate) fn shown(value: Option<&str>) -> std::borrow::Cow<'_, str> {
+    // Bytes first: only a value with a space, a quote, a control or a byte outside ASCII is
+    // decoded character by character.
+    let suspect = |b: u8| !b.is_ascii() || b == b' ' || b == b'"' || b.is_ascii_control();
+    let quoted = |v: &str| v.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"');
     match value.filter(|v| !v.is_empty()) {
         None => "-".into(),
-        Some(v) if v.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"') => format!("{v:?}").into(),
+        Some(v) if v.bytes().any(suspect) && quoted(v) => format!("{v:?}").into(),
         Some(v) => v.into(),
     }
 }
@@ -236,5 +240,29 @@ impl AccessProvider for SignatureProvider {
             req.extensions_mut().insert(hook);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_values_are_bare_unless_they_would_break_the_line() {
+        assert_eq!(shown(None), "-");
+        assert_eq!(shown(Some("")), "-");
+        for bare in ["+15550001111", "CA0123456789abcdef", "Jürgen", "a=b&c", "日本"] {
+            assert_eq!(shown(Some(bare)), bare);
+        }
+        for (value, quoted) in [
+            (" 1555", r#"" 1555""#),
+            ("a\tb", r#""a\tb""#),
+            ("say \"hi\"", r#""say \"hi\"""#),
+            ("del\u{7f}", r#""del\u{7f}""#),
+            ("next\u{85}line", r#""next\u{85}line""#),
+            ("wide\u{3000}space", r#""wide\u{3000}space""#),
+        ] {
+            assert_eq!(shown(Some(value)), quoted, "{value:?}");
+        }
     }
 }
