@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use callplane_plugin_api::{
-    AccessProvider, ApiError, Capability, RouteSpec, StateInstaller, body_deadline, extractor_configs, mount,
+    AccessProvider, ApiError, Capability, RouteSpec, StateInstaller, edge, extractor_configs, mount,
 };
-use callplane_telemetry::{BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, request_context};
+use callplane_telemetry::{BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -168,8 +168,7 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
                 mount(cfg, &parts.routes, &parts.providers);
             })
             .default_service(web::to(not_found))
-            .wrap(from_fn(body_deadline))
-            .wrap(from_fn(request_context))
+            .wrap(from_fn(edge))
     })
     .disable_signals()
     .shutdown_timeout(GRACEFUL_TIMEOUT_SECS)

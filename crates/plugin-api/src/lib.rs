@@ -76,7 +76,7 @@ pub mod testing;
 pub mod timestamps;
 
 pub use access::{Access, AccessProvider, Capability, Principal};
-pub use deadline::{BODY_DEADLINE, body_deadline, is_body_timeout};
+pub use deadline::{BODY_DEADLINE, edge, is_body_timeout, time_body};
 pub use error::{ApiError, RegisterError, extractor_configs, paging};
 pub use registrar::{
     BackgroundTask, CommandContext, CommandHandler, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar,

@@ -400,15 +400,12 @@ pub fn mount(
             }
         }));
         for spec in group {
-            let route = (spec.handler)().wrap(from_fn(contain_panics));
-            resource = resource.route(match spec.access.capability() {
-                None => route,
-                Some(capability) => {
-                    let provider = providers.get(&capability).cloned();
-                    let access = spec.access;
-                    route.wrap(from_fn(move |req, next| enforce(provider.clone(), access, req, next)))
-                }
-            });
+            let access = spec.access;
+            let policy = access
+                .capability()
+                .map(|capability| providers.get(&capability).cloned());
+            resource = resource
+                .route((spec.handler)().wrap(from_fn(move |req, next| guard(policy.clone(), access, req, next))));
         }
         cfg.service(resource);
     }
@@ -445,18 +442,43 @@ fn specificity(path: &str) -> Vec<(bool, &str)> {
         .collect()
 }
 
-/// A panicking handler answers 500 (JSON, with the request id) for its own request only: the
-/// panic is caught, logged and counted (`callplane_http_handler_panics_total`), and the worker
-/// keeps serving.
-async fn contain_panics(
-    req: ServiceRequest,
+/// Every route's own middleware: its access policy, then its handler, and a panic in either
+/// answers 500 (JSON, with the request id) for this request only: the panic is caught, logged
+/// and counted (`callplane_http_handler_panics_total`), and the worker keeps serving.
+///
+/// `policy` is `None` for a public route, `Some(None)` for a policy whose provider is missing
+/// (refused at boot; should such a route ever be mounted, it fails closed with 500).
+async fn guard(
+    policy: Option<Option<Arc<dyn AccessProvider>>>,
+    access: Access,
+    mut req: ServiceRequest,
     next: Next<actix_web::body::BoxBody>,
 ) -> Result<ServiceResponse<EitherBody<actix_web::body::BoxBody>>, actix_web::Error> {
     use futures_util::FutureExt as _;
     // Routing is done by now, so holding a second handle on the request is harmless.
     let request = req.request().clone();
-    match std::panic::AssertUnwindSafe(next.call(req)).catch_unwind().await {
-        Ok(result) => Ok(result?.map_into_left_body()),
+    let served = std::panic::AssertUnwindSafe(async move {
+        match policy {
+            None => {}
+            Some(None) => {
+                tracing::error!(access = %access, path = %req.path(), "[HTTP] no provider for access policy; refusing");
+                let res = ApiError::response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "access policy cannot be enforced",
+                );
+                return Ok(req.into_response(res).map_into_right_body());
+            }
+            Some(Some(provider)) => {
+                if let Err(denied) = provider.authorize(&mut req, access).await {
+                    return Ok(req.into_response(denied).map_into_right_body());
+                }
+            }
+        }
+        Ok(next.call(req).await?.map_into_left_body())
+    });
+    match served.catch_unwind().await {
+        Ok(result) => result,
         Err(panic) => {
             let route = request.match_pattern().unwrap_or_else(|| request.path().to_owned());
             let message = panic
@@ -475,27 +497,6 @@ async fn contain_panics(
             );
             Ok(ServiceResponse::new(request, res).map_into_right_body())
         }
-    }
-}
-
-async fn enforce(
-    provider: Option<Arc<dyn AccessProvider>>,
-    access: Access,
-    mut req: ServiceRequest,
-    next: Next<actix_web::body::BoxBody>,
-) -> Result<ServiceResponse<EitherBody<actix_web::body::BoxBody>>, actix_web::Error> {
-    let Some(provider) = provider else {
-        tracing::error!(access = %access, path = %req.path(), "[HTTP] no provider for access policy; refusing");
-        let res = ApiError::response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "access policy cannot be enforced",
-        );
-        return Ok(req.into_response(res).map_into_right_body());
-    };
-    match provider.authorize(&mut req, access).await {
-        Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
-        Err(denied) => Ok(req.into_response(denied).map_into_right_body()),
     }
 }
 
@@ -686,5 +687,51 @@ mod tests {
         )
         .await;
         assert_eq!(body, "7");
+    }
+
+    /// Panics when asked for `PageAccess("boom")`.
+    struct PanickyProvider;
+
+    fn explode() -> &'static str {
+        panic!("handler fixture")
+    }
+
+    impl AccessProvider for PanickyProvider {
+        fn authorize<'a>(
+            &'a self,
+            _: &'a mut ServiceRequest,
+            access: Access,
+        ) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
+            Box::pin(async move {
+                assert_ne!(access, Access::PageAccess("boom"), "provider fixture: boom");
+                Ok(())
+            })
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_a_provider_or_a_guarded_handler_answers_500_for_that_request_only() {
+        let settings = Settings::default();
+        let db = Db::connect_lazy("sqlite::memory:").unwrap();
+        let mut metrics = Registry::default();
+        let mut reg = Registrar::new("demo", &settings, &db, &mut metrics);
+        reg.get("/provider-panics", Access::PageAccess("boom"), || async { "never" })
+            .get("/handler-panics", Access::PageAccess("calls"), || async { explode() })
+            .get("/fine", Access::PageAccess("calls"), || async { "fine" });
+        let routes = reg.finish().routes;
+        let mut providers: BTreeMap<Capability, Arc<dyn AccessProvider>> = BTreeMap::new();
+        providers.insert(Capability::Sessions, Arc::new(PanickyProvider));
+        let app = atest::init_service(App::new().configure(|cfg| mount(cfg, &routes, &providers))).await;
+        for path in ["/provider-panics", "/handler-panics"] {
+            let res = app
+                .call(atest::TestRequest::get().uri(path).to_request())
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 500, "{path}");
+            let body: serde_json::Value = serde_json::from_slice(&atest::read_body(res).await).unwrap();
+            assert_eq!(body["error"]["code"], "internal", "{path}");
+        }
+        let fine = atest::call_and_read_body(&app, atest::TestRequest::get().uri("/fine").to_request()).await;
+        assert_eq!(fine, "fine", "the worker keeps serving");
     }
 }

@@ -14,12 +14,12 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{App, Error, web};
 use callplane_storage::{Db, PluginMigrations, migrate};
-use callplane_telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies, request_context};
+use callplane_telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies};
 use prometheus_client::registry::Registry;
 
 use crate::{
-    AccessProvider, BackgroundTask, Capability, RegisterError, Registrar, RouteSpec, Settings, StateInstaller,
-    body_deadline, extractor_configs, mount,
+    AccessProvider, BackgroundTask, Capability, RegisterError, Registrar, RouteSpec, Settings, StateInstaller, edge,
+    extractor_configs, mount,
 };
 
 /// A plugin's registration function.
@@ -125,7 +125,6 @@ impl TestHost {
                 }
                 mount(cfg, &routes, &providers);
             })
-            .wrap(from_fn(body_deadline))
-            .wrap(from_fn(request_context))
+            .wrap(from_fn(edge))
     }
 }
