@@ -188,6 +188,52 @@ fn inbound_and_outbound_end_to_end_with_the_trace_lines_in_order() {
     assert!(!text.contains(TOKEN), "the auth token never reaches the log");
 }
 
+/// Values Twilio relays from callers (caller names, numbers) reach the trace lines escaped and
+/// quoted: a line break or a terminal escape in them cannot forge a log line or reach a terminal.
+#[test]
+fn webhook_values_cannot_forge_log_lines() {
+    let api = fake_twilio();
+    let sandbox = Sandbox::new();
+    let env = env(&api, None);
+    bootstrap(&sandbox, &env);
+    let server = sandbox.serve(Path::new(BIN), &env);
+    let forged_to = "+1555\n2026-01-01T00:00:00.000000Z  INFO [TWILIO][INBOUND] FORGED";
+    let out = sandbox.run(
+        Path::new(BIN),
+        &[
+            "simulate",
+            "--target",
+            &server.url(""),
+            "inbound",
+            "--to",
+            forged_to,
+            "--from",
+            "\u{1b}[2Jcaller",
+        ],
+        &env,
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("-> 200"), "{}", out.stdout);
+    server.signal("TERM");
+    assert!(server.wait().0.success());
+    let text = sandbox.log_text();
+    let log: Vec<&str> = text.lines().collect();
+    line_after(
+        &log,
+        0,
+        &[
+            r#"[TWILIO][INBOUND] hit path=/webhook/incoming_call"#,
+            r#"from="\u{1b}[2Jcaller" to="+1555\n2026-01-01T00:00:00.000000Z  INFO [TWILIO][INBOUND] FORGED""#,
+        ],
+    );
+    line_after(&log, 0, &[r#"[TWILIO][INBOUND] unknown called number to="+1555\n2026"#]);
+    assert!(
+        log.iter().all(|line| !line.starts_with("2026-01-01")),
+        "a forged line:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "a raw terminal escape reached the log");
+}
+
 #[test]
 fn postgres_stopped_mid_stream_loses_no_call() {
     let Some(pg) = PgDatabase::create("postgres_stopped_mid_stream_loses_no_call") else {

@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod request;
 
-pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError};
+pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError, needs_quotes};
 pub use metrics::HttpMetrics;
 pub use proxy::{ClientOrigin, Scheme, TrustedProxies};
 pub use request::{HttpTelemetry, RequestId, current_request_id, request_context};

@@ -306,7 +306,7 @@ where
 
 /// The text line: `2026-11-25T17:00:00.123456Z  INFO message key=value… span_key=value…`.
 ///
-/// Values print bare unless they are empty or contain whitespace or quotes, then quoted, so the
+/// Values print bare unless [`needs_quotes`] says otherwise (then quoted and escaped), so the
 /// contract's literal lines (`[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA…`)
 /// come out exactly and still grep. A field the message already shows is not repeated — `key=`
 /// starts a word of the message, or the value itself is a word of it — so boot lines can spell
@@ -477,17 +477,19 @@ impl Visit for PairWriter<'_> {
     }
 }
 
-/// Whether a value must be quoted to stay one word of a line: it is empty, or it holds whitespace
-/// or a double quote. (The bytes are looked at first: a value of ASCII letters, digits and
-/// punctuation, the usual one, is not decoded character by character.)
-fn needs_quotes(value: &str) -> bool {
-    let suspect = |b: u8| !b.is_ascii() || b == b'"' || char::from(b).is_whitespace();
-    value.is_empty() || (value.bytes().any(suspect) && value.chars().any(|c| c.is_whitespace() || c == '"'))
+/// Whether a value must be quoted (and escaped, as `{:?}` does) to stay one word of one line: it
+/// is empty, or it holds whitespace, a control character (a line break or a terminal escape
+/// someone sent) or a double quote. The log lines and the call trace lines share this rule.
+/// (The bytes are looked at first: a value of ASCII letters, digits and punctuation, the usual
+/// one, is not decoded character by character.)
+pub fn needs_quotes(value: &str) -> bool {
+    let suspect = |b: u8| !b.is_ascii() || b == b' ' || b == b'"' || b.is_ascii_control();
+    value.is_empty()
+        || (value.bytes().any(suspect) && value.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"'))
 }
 
-/// An event's message and fields. The values share one buffer (bare, or quoted when empty or
-/// holding whitespace or quotes), so a line costs the same few allocations however many fields
-/// it has.
+/// An event's message and fields. The values share one buffer (bare, or quoted where
+/// [`needs_quotes`]), so a line costs the same few allocations however many fields it has.
 struct FieldCollector {
     message: String,
     values: String,
@@ -652,11 +654,22 @@ mod tests {
     }
 
     #[test]
-    fn values_with_any_whitespace_or_a_quote_need_quotes() {
+    fn values_with_whitespace_controls_or_quotes_need_quotes() {
         for bare in ["r-1", "+15550001111", "Jürgen", "a=b", "日本"] {
             assert!(!needs_quotes(bare), "{bare:?}");
         }
-        for quoted in ["", "a b", "a\tb", "a\x0bb", "\"", "next\u{85}line", "wide\u{3000}space"] {
+        for quoted in [
+            "",
+            "a b",
+            "a\tb",
+            "a\x0bb",
+            "\"",
+            "next\u{85}line",
+            "wide\u{3000}space",
+            "esc\x1b[31m",
+            "del\x7f",
+            "nul\0",
+        ] {
             assert!(needs_quotes(quoted), "{quoted:?}");
         }
     }

@@ -7,7 +7,7 @@ use actix_web::error::PayloadError;
 use actix_web::http::{StatusCode, header};
 use actix_web::web::Bytes;
 use actix_web::{FromRequest, HttpMessage, HttpResponse};
-use callplane_plugin_api::telemetry::TRACE_TARGET;
+use callplane_plugin_api::telemetry::{TRACE_TARGET, needs_quotes};
 use callplane_plugin_api::{Access, AccessProvider, Secret, is_body_timeout};
 use futures_util::future::LocalBoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -104,15 +104,12 @@ fn refuse(status: StatusCode) -> HttpResponse {
 }
 
 /// A value as the trace line shows it: `-` when absent, quoted when it has spaces, quotes or
-/// control characters (a `+` sent unencoded arrives as a space), bare otherwise.
+/// control characters (a `+` sent unencoded arrives as a space), bare otherwise: the log lines'
+/// rule ([`needs_quotes`]).
 pub(crate) fn shown(value: Option<&str>) -> std::borrow::Cow<'_, str> {
-    // Bytes first: only a value with a space, a quote, a control or a byte outside ASCII is
-    // decoded character by character.
-    let suspect = |b: u8| !b.is_ascii() || b == b' ' || b == b'"' || b.is_ascii_control();
-    let quoted = |v: &str| v.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"');
     match value.filter(|v| !v.is_empty()) {
         None => "-".into(),
-        Some(v) if v.bytes().any(suspect) && quoted(v) => format!("{v:?}").into(),
+        Some(v) if needs_quotes(v) => format!("{v:?}").into(),
         Some(v) => v.into(),
     }
 }

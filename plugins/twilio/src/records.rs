@@ -549,9 +549,10 @@ const GATHER_YIELDS: usize = 3;
 /// most [`GATHER_YIELDS`] times), so that HTTP workers ready to run hand over their events first,
 /// and takes what they queued meanwhile. Much of a commit's cost is the same for one event as for
 /// many (the write lock, and the pages every commit rewrites, written to the log once per commit),
-/// so this saved the writer 15–25 % of its CPU per event under load (docs/performance.md). When nothing else is waiting for a CPU a yield
-/// returns at once: a lone event is not held up. At worst a yield costs one scheduler time
-/// slice of whatever runs instead (a few milliseconds, far inside [`DB_WRITE_TIMEOUT`]).
+/// so this saved the writer 15–25 % of its CPU per event under load (docs/performance.md). When
+/// nothing else is waiting for a CPU a yield returns at once: a lone event is not held up. At
+/// worst a yield costs one scheduler time slice of whatever runs instead (a few milliseconds, far
+/// inside [`DB_WRITE_TIMEOUT`]).
 fn gather(queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
     for _ in 0..GATHER_YIELDS {
         if batch.len() >= GATHER_BELOW {

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use callplane_plugin_api::telemetry::{TRACE_TARGET, current_request_id};
 
-use crate::provider::{Webhook, trace_prefix};
+use crate::provider::{Webhook, shown, trace_prefix};
 use crate::records::{CallEvent, Directory, EventKind, Lookup, Recorded, Recorder, now};
 use crate::twiml;
 
@@ -105,7 +105,8 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
     let body = match lookup {
         Lookup::Known(business) => answer(&business, &call_sid),
         Lookup::Unknown => {
-            tracing::warn!(target: TRACE_TARGET, call_sid = %call_sid, to = %to, "[TWILIO][INBOUND] unknown called number to={to}: no business has it; answered and hung up");
+            let shown_to = &*shown(Some(&to));
+            tracing::warn!(target: TRACE_TARGET, call_sid = %call_sid, to = %to, "[TWILIO][INBOUND] unknown called number to={shown_to}: no business has it; answered and hung up");
             twiml::say(twiml::UNKNOWN_NUMBER, true)
         }
         Lookup::Unavailable => twiml::say(twiml::FALLBACK_GREETING, true),
