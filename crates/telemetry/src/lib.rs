@@ -5,9 +5,10 @@
 //!   logging thread wait; a line is never dropped). The returned [`LogGuard`] flushes on drop and
 //!   must live as long as the process.
 //! * [`request`]: the per-request middleware — a request id (a fresh UUID, or the incoming
-//!   `X-Request-Id` when the peer is a trusted proxy) echoed in the response and carried by a span
-//!   into every log line of that request together with the client's address and scheme under the
-//!   trusted-proxy rules (`X-Forwarded-For`/`-Proto` or `Forwarded`), and the request metrics.
+//!   `X-Request-Id` when the peer is a trusted proxy) echoed in the response and carried by the
+//!   request's [`RequestScope`] into every log line of that request together with the client's
+//!   address and scheme under the trusted-proxy rules (`X-Forwarded-For`/`-Proto` or
+//!   `Forwarded`), and the request metrics.
 //! * [`proxy`]: [`TrustedProxies`], the CIDRs whose forwarding headers are believed.
 //! * [`metrics`]: HTTP metrics registered in a Prometheus registry.
 //!
@@ -21,4 +22,4 @@ pub mod request;
 pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError, needs_quotes};
 pub use metrics::HttpMetrics;
 pub use proxy::{ClientOrigin, Scheme, TrustedProxies};
-pub use request::{HttpTelemetry, RequestId, current_request_id, request_context};
+pub use request::{HttpTelemetry, RequestId, RequestScope, current_request_id, request_context};

@@ -14,11 +14,13 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::request::RequestScope;
 
 /// Target of the `[BOOT]`/`[SHUTDOWN]` lines. Always logged at `info`, whatever the filter says:
 /// a refused boot must never be silent.
@@ -289,28 +291,21 @@ fn layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sy
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let base = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .with_timer(LineTime)
-        .with_writer(writer);
+    let base = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
     match format {
-        LogFormat::Text => base.fmt_fields(SpanFields).event_format(TextFormat).boxed(),
-        LogFormat::Json => base
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .boxed(),
+        LogFormat::Text => base.event_format(TextFormat).boxed(),
+        LogFormat::Json => base.event_format(JsonFormat).boxed(),
     }
 }
 
-/// The text line: `2026-11-25T17:00:00.123456Z  INFO message key=value… span_key=value…`.
+/// The text line: `2026-11-25T17:00:00.123456Z  INFO message key=value… request_id=… client=… scheme=…`.
 ///
 /// Values print bare unless [`needs_quotes`] says otherwise (then quoted and escaped), so the
 /// contract's literal lines (`[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA…`)
 /// come out exactly and still grep. A field the message already shows is not repeated — `key=`
 /// starts a word of the message, or the value itself is a word of it — so boot lines can spell
 /// out their fields in the contract's wording while the JSON format still gets them as keys.
+/// The line ends with its request's fields ([`RequestScope`]), if it was logged by a request.
 #[derive(Debug, Clone, Copy)]
 pub struct TextFormat;
 
@@ -319,7 +314,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(&self, _: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         LineTime.format_time(&mut writer)?;
         writer.write_str(match *event.metadata().level() {
             Level::ERROR => " ERROR ",
@@ -332,24 +327,48 @@ where
         event.record(&mut fields);
         writer.write_str(&fields.message)?;
         for (name, value) in fields.pairs() {
-            if !shown_in(&fields.message, name, value) {
-                writer.write_char(' ')?;
-                writer.write_str(name)?;
-                writer.write_char('=')?;
-                writer.write_str(value)?;
-            }
+            writer.write_char(' ')?;
+            writer.write_str(name)?;
+            writer.write_char('=')?;
+            writer.write_str(value)?;
         }
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                let extensions = span.extensions();
-                if let Some(formatted) = extensions.get::<FormattedFields<N>>()
-                    && !formatted.is_empty()
-                {
-                    writer.write_char(' ')?;
-                    writer.write_str(&formatted.fields)?;
-                }
-            }
-        }
+        RequestScope::with_current(|scope| writer.write_str(scope.text())).unwrap_or(Ok(()))?;
+        writeln!(writer)
+    }
+}
+
+/// The JSON line: one object with `timestamp`, `level`, the message and fields as keys (as
+/// `tracing_subscriber`'s flattened JSON writes them), `target`, and the request's fields
+/// ([`RequestScope`]) under `span`, if it was logged by a request.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonFormat;
+
+impl<S, N> FormatEvent<S, N> for JsonFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        use serde::ser::{SerializeMap as _, Serializer as _};
+
+        let mut timestamp = String::with_capacity(32);
+        LineTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let meta = event.metadata();
+        let mut line = Vec::with_capacity(512);
+        let mut serializer = serde_json::Serializer::new(&mut line);
+        let result = (|| {
+            let mut map = serializer.serialize_map(None)?;
+            map.serialize_entry("timestamp", &timestamp)?;
+            map.serialize_entry("level", meta.level().as_str())?;
+            let mut fields = tracing_serde::SerdeMapVisitor::new(map);
+            event.record(&mut fields);
+            let mut map = fields.take_serializer()?;
+            map.serialize_entry("target", meta.target())?;
+            RequestScope::with_current(|scope| map.serialize_entry("span", scope)).unwrap_or(Ok(()))?;
+            map.end()
+        })();
+        result.map_err(|_| fmt::Error)?;
+        writer.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)?;
         writeln!(writer)
     }
 }
@@ -406,12 +425,12 @@ fn write_timestamp(since: Duration, writer: &mut impl fmt::Write) -> fmt::Result
     writer.write_str(std::str::from_utf8(&fraction).map_err(|_| fmt::Error)?)
 }
 
-/// Whether `message` already shows the field: `name=` at the start of a word, or `value` as a
-/// whole word (bounded by non-alphanumeric characters).
-fn shown_in(message: &str, name: &str, value: &str) -> bool {
+/// Whether `message` already shows the field: `name=` at the start of a word (`equals` holds
+/// where the message's `=` signs are), or `value` as a whole word (bounded by non-alphanumeric
+/// characters).
+fn shown_in(message: &str, equals: &[usize], name: &str, value: &str) -> bool {
     let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
-    // Every `=` of the message, checked for `name` right before it: no substring search to set up.
-    let key = message.match_indices('=').any(|(at, _)| {
+    let key = equals.iter().any(|&at| {
         message[..at]
             .strip_suffix(name)
             .is_some_and(|before| boundary(before.chars().next_back()))
@@ -420,61 +439,6 @@ fn shown_in(message: &str, name: &str, value: &str) -> bool {
         && message.match_indices(value).any(|(at, _)| {
             boundary(message[..at].chars().next_back()) && boundary(message[at + value.len()..].chars().next())
         }))
-}
-
-/// The fields of a span as the text line shows them: `name=value` pairs, values bare or quoted
-/// as an event's are, written straight into the span's text. (The library's default writes every
-/// value through its styling and `Debug` machinery, and a `&str` value quoted; every request opens
-/// a span, so this is on the hot path.)
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SpanFields;
-
-impl<'w> FormatFields<'w> for SpanFields {
-    fn format_fields<R: tracing_subscriber::field::RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut pairs = PairWriter {
-            writer,
-            separator: "",
-            result: Ok(()),
-        };
-        fields.record(&mut pairs);
-        pairs.result
-    }
-}
-
-/// Writes each field it visits as ` name=value` (the message, should a span have one, bare).
-struct PairWriter<'w> {
-    writer: Writer<'w>,
-    separator: &'static str,
-    result: fmt::Result,
-}
-
-impl PairWriter<'_> {
-    fn pair(&mut self, name: &str, value: &str) {
-        let writer = &mut self.writer;
-        self.result = self.result.and_then(|()| {
-            writer.write_str(self.separator)?;
-            if name != "message" {
-                writer.write_str(name)?;
-                writer.write_char('=')?;
-            }
-            if needs_quotes(value) {
-                write!(writer, "{value:?}")
-            } else {
-                writer.write_str(value)
-            }
-        });
-        self.separator = " ";
-    }
-}
-
-impl Visit for PairWriter<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.pair(field.name(), value);
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.pair(field.name(), &format!("{value:?}"));
-    }
 }
 
 /// Whether a value must be quoted (and escaped, as `{:?}` does) to stay one word of one line: it
@@ -488,10 +452,17 @@ pub fn needs_quotes(value: &str) -> bool {
         || (value.bytes().any(suspect) && value.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"'))
 }
 
-/// An event's message and fields. The values share one buffer (bare, or quoted where
-/// [`needs_quotes`]), so a line costs the same few allocations however many fields it has.
+/// An event's message and the fields it does not already show ([`shown_in`]). The values share one
+/// buffer (bare, or quoted where [`needs_quotes`]), so a line costs the same few allocations
+/// however many fields it has.
+///
+/// The `tracing` macros record the message first, so each later field is checked against it as
+/// it arrives, and one the message shows is not even copied. (A field recorded before the message
+/// is kept: printed twice rather than lost.)
 struct FieldCollector {
     message: String,
+    /// Where the message's `=` signs are: found once, then checked for every field.
+    equals: Vec<usize>,
     values: String,
     /// Each field's name and where its value is in `values`.
     pairs: Vec<(&'static str, Range<usize>)>,
@@ -502,6 +473,7 @@ impl Default for FieldCollector {
     fn default() -> Self {
         Self {
             message: String::with_capacity(256),
+            equals: Vec::with_capacity(8),
             values: String::with_capacity(128),
             pairs: Vec::with_capacity(8),
         }
@@ -509,11 +481,21 @@ impl Default for FieldCollector {
 }
 
 impl FieldCollector {
+    fn message_recorded(&mut self) {
+        self.equals.clear();
+        self.equals.extend(self.message.match_indices('=').map(|(at, _)| at));
+    }
+
+    /// Whether the message shows the field.
+    fn shown(&self, name: &str, value: &str) -> bool {
+        shown_in(&self.message, &self.equals, name, value)
+    }
+
     /// Ends the value written to `values` from `start` on, quoting it when needed.
     fn close(&mut self, name: &'static str, start: usize) {
-        let bare = &self.values[start..];
-        if needs_quotes(bare) {
-            let quoted = format!("{bare:?}");
+        let value = &self.values[start..];
+        if needs_quotes(value) {
+            let quoted = format!("{value:?}");
             self.values.truncate(start);
             self.values.push_str(&quoted);
         }
@@ -529,7 +511,8 @@ impl Visit for FieldCollector {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.message.push_str(value);
-        } else {
+            self.message_recorded();
+        } else if !self.shown(field.name(), value) {
             let start = self.values.len();
             self.values.push_str(value);
             self.close(field.name(), start);
@@ -539,10 +522,15 @@ impl Visit for FieldCollector {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
+            self.message_recorded();
         } else {
             let start = self.values.len();
             let _ = write!(self.values, "{value:?}");
-            self.close(field.name(), start);
+            if self.shown(field.name(), &self.values[start..]) {
+                self.values.truncate(start);
+            } else {
+                self.close(field.name(), start);
+            }
         }
     }
 }
@@ -614,14 +602,21 @@ mod tests {
         String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
     }
 
+    fn scope(id: &str, origin: Option<(&str, crate::Scheme)>) -> RequestScope {
+        let origin = origin.map(|(ip, scheme)| crate::ClientOrigin {
+            ip: ip.parse().unwrap(),
+            scheme,
+        });
+        RequestScope::new(crate::RequestId::from_header(id).unwrap(), origin)
+    }
+
     #[test]
     fn text_lines_keep_the_literal_prefix_and_bare_values() {
         let out = capture(LogFormat::Text, || {
-            let id = "r-1";
-            let span = tracing::info_span!("request", request_id = %id);
-            let _entered = span.enter();
-            let path = "/webhook/incoming_call";
-            tracing::info!(path = %path, call_sid = "CA123", signature_present = true, "[TWILIO][INBOUND] hit");
+            scope("r-1", None).in_scope(|| {
+                let path = "/webhook/incoming_call";
+                tracing::info!(path = %path, call_sid = "CA123", signature_present = true, "[TWILIO][INBOUND] hit");
+            });
         });
         assert!(
             out.contains(" INFO [TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA123 signature_present=true request_id=r-1\n"),
@@ -630,27 +625,25 @@ mod tests {
     }
 
     #[test]
-    fn span_fields_print_as_event_fields_do() {
+    fn a_requests_lines_end_with_its_fields_and_only_its_lines() {
         let out = capture(LogFormat::Text, || {
-            let ip: std::net::IpAddr = [10, 0, 0, 7].into();
-            let span = tracing::info_span!(
-                "request",
-                request_id = "r-2",
-                client = tracing::field::display(ip),
-                scheme = None::<&str>,
-                note = "two words",
-                empty = "",
-            );
-            let _entered = span.enter();
-            tracing::info!("[HTTP] request");
+            scope("r-2", Some(("10.0.0.7", crate::Scheme::Https))).in_scope(|| {
+                tracing::info!(note = "two words", "[HTTP] request");
+                tracing::info!("[HTTP] again");
+            });
+            tracing::info!("[BOOT] outside");
         });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
         assert!(
-            out.contains(
-                r#" INFO [HTTP] request request_id=r-2 client=10.0.0.7 note="two words" empty=""
-"#
-            ),
+            lines[0].ends_with(r#" INFO [HTTP] request note="two words" request_id=r-2 client=10.0.0.7 scheme=https"#),
             "{out}"
         );
+        assert!(
+            lines[1].ends_with(" INFO [HTTP] again request_id=r-2 client=10.0.0.7 scheme=https"),
+            "{out}"
+        );
+        assert!(lines[2].ends_with(" INFO [BOOT] outside"), "{out}");
     }
 
     #[test]
@@ -711,6 +704,16 @@ mod tests {
     }
 
     #[test]
+    fn a_field_recorded_before_the_message_is_printed_not_lost() {
+        // The macros record the message first; a field that comes before it cannot be checked
+        // against it, so it is kept even though the message shows it.
+        let out = capture(LogFormat::Text, || {
+            tracing::info!(id = 7, message = "id=7 done", lead = 4)
+        });
+        assert!(out.trim_end().ends_with(" INFO id=7 done id=7 lead=4"), "{out}");
+    }
+
+    #[test]
     fn boot_and_trace_lines_survive_any_filter() {
         // `init` installs a global subscriber once per process; the directive logic is checked here.
         let mut filter = parse_filter("off").unwrap();
@@ -735,15 +738,58 @@ mod tests {
     #[test]
     fn json_lines_carry_message_fields_and_span() {
         let out = capture(LogFormat::Json, || {
-            let span = tracing::info_span!("request", request_id = "r-2");
-            let _entered = span.enter();
-            tracing::info!(plugin = "twilio", routes = 3, "[BOOT] ✅ plugin=twilio routes=3");
+            scope("r-2", Some(("2001:db8::7", crate::Scheme::Http))).in_scope(|| {
+                tracing::info!(plugin = "twilio", routes = 3, "[BOOT] ✅ plugin=twilio routes=3");
+            });
+            tracing::warn!(to = "+1555\n{\"x\"", "[TWILIO][INBOUND] unknown called number\r\n");
         });
-        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        assert_eq!(line["message"], "[BOOT] ✅ plugin=twilio routes=3");
-        assert_eq!(line["plugin"], "twilio");
-        assert_eq!(line["routes"], 3);
-        assert_eq!(line["span"]["request_id"], "r-2");
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "one line per event, line breaks escaped: {out}");
+        assert_eq!(lines[0]["message"], "[BOOT] ✅ plugin=twilio routes=3");
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(lines[0]["plugin"], "twilio");
+        assert_eq!(lines[0]["routes"], 3);
+        assert_eq!(
+            lines[0]["span"],
+            serde_json::json!({"request_id": "r-2", "client": "2001:db8::7", "scheme": "http"})
+        );
+        assert_eq!(lines[1]["to"], "+1555\n{\"x\"");
+        assert_eq!(lines[1]["message"], "[TWILIO][INBOUND] unknown called number\r\n");
+        assert!(lines[1].get("span").is_none(), "{out}");
+    }
+
+    #[test]
+    fn json_lines_are_what_tracing_subscribers_flattened_json_writes() {
+        fn emit() {
+            let ip: std::net::IpAddr = [10, 0, 0, 7].into();
+            tracing::warn!(
+                target: TRACE_TARGET,
+                call_sid = "CA1",
+                sequence = 3_u64,
+                delta = -2_i64,
+                ok = true,
+                ratio = 0.5,
+                client = %ip,
+                shown = ?Some("x"),
+                "[TWILIO][STATUS] hit {}", "now"
+            );
+        }
+        let ours = capture(LogFormat::Json, emit);
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let theirs = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || sink.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(theirs), emit);
+        let theirs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let parse = |line: &str| {
+            let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let stamp = value.as_object_mut().unwrap().remove("timestamp").unwrap();
+            assert_eq!(stamp.as_str().unwrap().len(), 27, "{line}");
+            value
+        };
+        assert_eq!(parse(&ours), parse(&theirs), "{ours}{theirs}");
     }
 
     #[test]
