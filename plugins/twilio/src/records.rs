@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
+use actix_web::web::Bytes;
 use callplane_plugin_api::storage::sqlx::{self, Row};
 use callplane_plugin_api::storage::{Db, DbKind, Spool, SqliteWriter, is_connection_error, rusqlite};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::params::Params;
+use crate::twiml;
 
 /// How long a webhook waits for the database before it spools instead: Twilio gives up after 15 s.
 pub const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -640,15 +642,16 @@ impl Recorder {
         self.recorded.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    /// Records `event` durably before returning: committed to the database (group commit, see
-    /// [`GroupCommit`]) or, when the database fails or does not answer within
-    /// [`DB_WRITE_TIMEOUT`], fsync'd to the spool.
-    pub async fn record(&self, event: CallEvent) -> Recorded {
+    /// Records the event `event` builds durably before returning: committed to the database
+    /// (group commit, see [`GroupCommit`]) or, when the database fails or does not answer within
+    /// [`DB_WRITE_TIMEOUT`], fsync'd to the spool. (With recording disabled the event is not even
+    /// built.)
+    pub async fn record(&self, event: impl FnOnce() -> CallEvent) -> Recorded {
         if !self.enabled {
             self.count("disabled");
             return Recorded::Disabled;
         }
-        let event = Arc::new(event);
+        let event = Arc::new(event());
         match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(event.clone())).await {
             Ok(true) => {
                 self.count("database");
@@ -727,6 +730,29 @@ pub struct Business {
     pub greeting: String,
     /// Optional media-stream URL.
     pub media_stream_url: Option<String>,
+    /// The greeting as TwiML, rendered (and escaped) once when the business is read: every call
+    /// to the number is answered with it.
+    greeting_twiml: Bytes,
+}
+
+impl Business {
+    /// A business, its greeting rendered.
+    pub fn new(id: i64, greeting: String, media_stream_url: Option<String>) -> Self {
+        Self {
+            greeting_twiml: twiml::say(&greeting, false).into(),
+            id,
+            greeting,
+            media_stream_url,
+        }
+    }
+
+    /// What a caller hears: the business's media stream, else its greeting.
+    pub fn answer(&self, call_sid: &str) -> Bytes {
+        match &self.media_stream_url {
+            Some(url) => twiml::stream(url, call_sid, self.id).into(),
+            None => self.greeting_twiml.clone(),
+        }
+    }
 }
 
 /// The answer of a lookup.
@@ -773,11 +799,11 @@ impl Directory {
         match tokio::time::timeout(LOOKUP_TIMEOUT, query).await {
             Ok(Ok(row)) => {
                 let business = row.and_then(|r| {
-                    Some(Arc::new(Business {
-                        id: r.try_get(0).ok()?,
-                        greeting: r.try_get(1).ok()?,
-                        media_stream_url: r.try_get(2).ok()?,
-                    }))
+                    Some(Arc::new(Business::new(
+                        r.try_get(0).ok()?,
+                        r.try_get(1).ok()?,
+                        r.try_get(2).ok()?,
+                    )))
                 });
                 if let Ok(mut cache) = self.cache.write() {
                     cache.insert(number.to_owned(), (business.clone(), Instant::now()));
@@ -800,17 +826,38 @@ impl Directory {
             .bind(id)
             .fetch_optional(self.db.pool());
         let row = tokio::time::timeout(LOOKUP_TIMEOUT, query).await.ok()?.ok()??;
-        Some(Business {
-            id: row.try_get(0).ok()?,
-            greeting: row.try_get(1).ok()?,
-            media_stream_url: row.try_get(2).ok()?,
-        })
+        Some(Business::new(
+            row.try_get(0).ok()?,
+            row.try_get(1).ok()?,
+            row.try_get(2).ok()?,
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_business_answers_with_its_greeting_rendered_once_or_its_stream() {
+        let business = Business::new(7, "Tom & Jerry's".into(), None);
+        let answer = business.answer("CA1");
+        assert!(
+            answer.ends_with(b"<Say>Tom &amp; Jerry&apos;s</Say></Response>"),
+            "{answer:?}"
+        );
+        assert_eq!(
+            answer.as_ptr(),
+            business.answer("CA2").as_ptr(),
+            "every call shares the rendered greeting"
+        );
+        let streamed = Business::new(7, "hi".into(), Some("wss://media.example/s".into()));
+        let answer = String::from_utf8(streamed.answer("CA3").to_vec()).unwrap();
+        assert!(
+            answer.contains(r#"<Stream url="wss://media.example/s"><Parameter name="call_sid" value="CA3"/>"#),
+            "{answer}"
+        );
+    }
 
     fn pending(n: usize) -> Pending {
         let event = CallEvent {

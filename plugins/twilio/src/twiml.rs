@@ -1,5 +1,6 @@
 //! TwiML answers, XML-escaped with `quick-xml`.
 
+use actix_web::web::Bytes;
 use quick_xml::escape::escape;
 
 const HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
@@ -11,8 +12,11 @@ pub const FALLBACK_GREETING: &str =
     "Thank you for calling. We cannot take your call right now; please try again shortly.";
 
 /// An empty `<Response/>` (status callbacks, refusals).
-pub fn empty() -> String {
-    format!("{HEAD}<Response/>")
+pub const EMPTY: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#;
+
+/// [`EMPTY`] as a response body.
+pub fn empty() -> Bytes {
+    Bytes::from_static(EMPTY.as_bytes())
 }
 
 /// `<Say>text</Say>`, optionally followed by `<Hangup/>`.
@@ -48,6 +52,6 @@ mod tests {
         );
         assert!(xml.contains("value=\"CA&lt;1&gt;\""), "{xml}");
         assert!(say(UNKNOWN_NUMBER, true).ends_with("</Say><Hangup/></Response>"));
-        assert_eq!(empty(), r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#);
+        assert_eq!(empty(), format!("{HEAD}<Response/>"));
     }
 }

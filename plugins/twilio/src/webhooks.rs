@@ -3,6 +3,7 @@
 //! answers TwiML.
 
 use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use callplane_plugin_api::telemetry::{TRACE_TARGET, current_request_id};
 
@@ -17,8 +18,8 @@ pub(crate) struct WebhookState {
     pub(crate) directory: Directory,
 }
 
-fn xml(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status).content_type("text/xml").body(body)
+fn xml(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    HttpResponse::build(status).content_type("text/xml").body(body.into())
 }
 
 /// The webhook the signature check parsed, taken (not copied) from the request.
@@ -75,14 +76,6 @@ fn bad_request(path: &str, problem: &str) -> HttpResponse {
     xml(StatusCode::BAD_REQUEST, twiml::empty())
 }
 
-/// What the caller hears for a business: its media stream, else its greeting.
-fn answer(business: &crate::records::Business, call_sid: &str) -> String {
-    match &business.media_stream_url {
-        Some(url) => twiml::stream(url, call_sid, business.id),
-        None => twiml::say(&business.greeting, false),
-    }
-}
-
 /// `POST /webhook/incoming_call`.
 pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
     let hook = webhook(&req);
@@ -98,18 +91,18 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
     };
     let recorded = state
         .recorder
-        .record(event(EventKind::Incoming, hook, &call_sid, "inbound", business_id))
+        .record(|| event(EventKind::Incoming, hook, &call_sid, "inbound", business_id))
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
     let body = match lookup {
-        Lookup::Known(business) => answer(&business, &call_sid),
+        Lookup::Known(business) => business.answer(&call_sid),
         Lookup::Unknown => {
             let shown_to = &*shown(Some(&to));
             tracing::warn!(target: TRACE_TARGET, call_sid = %call_sid, to = %to, "[TWILIO][INBOUND] unknown called number to={shown_to}: no business has it; answered and hung up");
-            twiml::say(twiml::UNKNOWN_NUMBER, true)
+            twiml::say(twiml::UNKNOWN_NUMBER, true).into()
         }
-        Lookup::Unavailable => twiml::say(twiml::FALLBACK_GREETING, true),
+        Lookup::Unavailable => twiml::say(twiml::FALLBACK_GREETING, true).into(),
     };
     xml(StatusCode::OK, body)
 }
@@ -127,16 +120,21 @@ pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookStat
     let business = state.directory.by_id(business_id).await;
     let recorded = state
         .recorder
-        .record(event(
-            EventKind::OutboundAnswered,
-            hook,
-            &call_sid,
-            "outbound",
-            Some(business_id),
-        ))
+        .record(|| {
+            event(
+                EventKind::OutboundAnswered,
+                hook,
+                &call_sid,
+                "outbound",
+                Some(business_id),
+            )
+        })
         .await;
     log_outcome(path, &call_sid, &business_id.to_string(), recorded);
-    let body = business.map_or_else(|| twiml::say(twiml::FALLBACK_GREETING, true), |b| answer(&b, &call_sid));
+    let body = business.map_or_else(
+        || twiml::say(twiml::FALLBACK_GREETING, true).into(),
+        |b| b.answer(&call_sid),
+    );
     xml(StatusCode::OK, body)
 }
 
@@ -159,7 +157,7 @@ pub(crate) async fn call_status(req: HttpRequest, state: web::Data<WebhookState>
     };
     let recorded = state
         .recorder
-        .record(event(EventKind::Status, hook, &call_sid, direction, business_id))
+        .record(|| event(EventKind::Status, hook, &call_sid, direction, business_id))
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
