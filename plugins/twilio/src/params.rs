@@ -25,17 +25,30 @@ pub struct Params {
 
 impl Params {
     /// Decodes a form body or a query string.
+    ///
+    /// Every name and value is percent-decoded straight into one buffer, which is then checked
+    /// for UTF-8 once. Should that fail, or a character straddle a name and its value (`%C3=%A9`),
+    /// the input is decoded again pair by pair by `url::form_urlencoded`, which replaces each
+    /// name's and value's invalid sequences with U+FFFD: the result is the same either way, and
+    /// the usual input costs one pass.
     pub fn parse(input: &[u8]) -> Self {
-        let mut params = Self {
-            // The decoded text is shorter than its encoding (unless it has raw invalid UTF-8),
-            // and a pair takes at least two bytes (`a&`).
-            text: String::with_capacity(input.len()),
-            ends: Vec::with_capacity(input.len().div_ceil(16).min(64)),
-        };
-        for (name, value) in url::form_urlencoded::parse(input) {
-            params.push(&name, &value);
+        let mut bytes = Vec::with_capacity(input.len());
+        // A pair takes at least two bytes (`a&`).
+        let mut ends = Vec::with_capacity(input.len().div_ceil(16).min(64));
+        for pair in input.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &[][..]),
+            };
+            decode_into(&mut bytes, name);
+            let name_end = bytes.len();
+            decode_into(&mut bytes, value);
+            ends.push((name_end, bytes.len()));
         }
-        params
+        match String::from_utf8(bytes) {
+            Ok(text) if ends.iter().all(|&(name_end, _)| text.is_char_boundary(name_end)) => Self { text, ends },
+            _ => url::form_urlencoded::parse(input).collect(),
+        }
     }
 
     /// Appends a pair.
@@ -77,6 +90,21 @@ impl Params {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+}
+
+/// Appends `encoded` decoded as a form does: `+` is a space, `%XX` a byte.
+fn decode_into(out: &mut Vec<u8>, encoded: &[u8]) {
+    for (i, part) in encoded.split(|&b| b == b'+').enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        if part.contains(&b'%') {
+            out.extend(percent_encoding::percent_decode(part));
+        } else {
+            // Most parts have no escape: copied at once rather than byte by byte.
+            out.extend_from_slice(part);
+        }
     }
 }
 
@@ -135,6 +163,31 @@ mod tests {
         assert_eq!(params.get("CallSid"), Some("CA1"), "the first of a repeated name");
         assert_eq!(params.get("flag"), Some(""));
         assert_eq!(params.get("Missing"), None);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_per_name_and_value() {
+        // Valid UTF-8 as a whole, but the character straddles a name and its value; and bytes
+        // that are invalid anywhere.
+        for body in [
+            &b"%C3=%A9"[..],
+            b"\xC3=\xA9",
+            b"a%C3&%A9=b",
+            b"x=%E2%82&y=%AC",
+            b"caf%C3%A9=cr%C3%A8me&%FF%FE=1",
+        ] {
+            let expected: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+            let got: Vec<(String, String)> = Params::parse(body)
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect();
+            assert_eq!(got, expected, "{}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(Params::parse(b"%C3=%A9").get("\u{fffd}"), Some("\u{fffd}"));
+        assert_eq!(
+            Params::parse(b"caf%C3%A9=cr%C3%A8me").get("caf\u{e9}"),
+            Some("cr\u{e8}me")
+        );
     }
 
     #[test]

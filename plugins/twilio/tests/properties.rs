@@ -94,6 +94,20 @@ proptest! {
         let again = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(once.iter()).finish();
         prop_assert_eq!(Params::parse(again.as_bytes()), once);
     }
+
+    #[test]
+    fn form_shaped_bytes_decode_as_the_url_crate_decodes_them(
+        tokens in proptest::collection::vec(proptest::sample::select(vec!["%C3", "%A9", "\u{e9}", "=", "&", "+", "a", "%", "%2", "\u{20ac}"]), 0..10),
+        raw in proptest::collection::vec(proptest::sample::select(b"%&=+0aCE \xc3\xa9\xff".to_vec()), 0..40),
+    ) {
+        // Escapes, separators and halves of characters, split anywhere (arbitrary bytes rarely
+        // make a valid escape, or a character split between a name and its value).
+        for body in [tokens.concat().into_bytes(), raw] {
+            let reference: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+            let decoded = Params::parse(&body);
+            prop_assert_eq!(decoded.iter().collect::<Vec<_>>(), reference.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect::<Vec<_>>());
+        }
+    }
 }
 
 /// Random bodies, content types and signatures through the mounted webhook route: never a 5xx,
