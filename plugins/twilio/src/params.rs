@@ -27,10 +27,10 @@ impl Params {
     /// Decodes a form body or a query string.
     ///
     /// Every name and value is percent-decoded straight into one buffer, which is then checked
-    /// for UTF-8 once. Should that fail, or a character straddle a name and its value (`%C3=%A9`),
-    /// the input is decoded again pair by pair by `url::form_urlencoded`, which replaces each
-    /// name's and value's invalid sequences with U+FFFD: the result is the same either way, and
-    /// the usual input costs one pass.
+    /// for UTF-8 once. Should that fail, or a character straddle a name and its value (`%C3=%A9`)
+    /// or two pairs (`a=%C3&%A9`), the input is decoded again pair by pair by
+    /// `url::form_urlencoded`, which replaces each name's and value's invalid sequences with
+    /// U+FFFD: the result is the same either way, and the usual input costs one pass.
     pub fn parse(input: &[u8]) -> Self {
         let mut bytes = Vec::with_capacity(input.len());
         // A pair takes at least two bytes (`a&`).
@@ -46,7 +46,13 @@ impl Params {
             ends.push((name_end, bytes.len()));
         }
         match String::from_utf8(bytes) {
-            Ok(text) if ends.iter().all(|&(name_end, _)| text.is_char_boundary(name_end)) => Self { text, ends },
+            Ok(text)
+                if ends.iter().all(|&(name_end, value_end)| {
+                    text.is_char_boundary(name_end) && text.is_char_boundary(value_end)
+                }) =>
+            {
+                Self { text, ends }
+            }
             _ => url::form_urlencoded::parse(input).collect(),
         }
     }
@@ -167,12 +173,14 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced_per_name_and_value() {
-        // Valid UTF-8 as a whole, but the character straddles a name and its value; and bytes
-        // that are invalid anywhere.
+        // Valid UTF-8 as a whole, but a character straddles a name and its value, or two pairs;
+        // and bytes that are invalid anywhere.
         for body in [
             &b"%C3=%A9"[..],
             b"\xC3=\xA9",
             b"a%C3&%A9=b",
+            b"a=%C3&%A9=b",
+            b"a=\xC3&\xA9",
             b"x=%E2%82&y=%AC",
             b"caf%C3%A9=cr%C3%A8me&%FF%FE=1",
         ] {
