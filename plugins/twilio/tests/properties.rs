@@ -96,6 +96,24 @@ proptest! {
     }
 
     #[test]
+    fn characters_split_by_separators_decode_as_the_url_crate_decodes_them(
+        text in "\\PC{1,8}",
+        cuts in proptest::collection::vec((any::<proptest::sample::Index>(), any::<bool>()), 1..4),
+    ) {
+        // Every byte of some text escaped, with `&` and `=` put between escapes: the decoded bytes
+        // are valid UTF-8 as a whole, but the separators often split a character.
+        let mut parts: Vec<String> = text.bytes().map(|b| format!("%{b:02X}")).collect();
+        for (at, amp) in cuts {
+            let at = at.index(parts.len() + 1);
+            parts.insert(at, if amp { "&" } else { "=" }.to_owned());
+        }
+        let body = parts.concat().into_bytes();
+        let reference: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+        let decoded = Params::parse(&body);
+        prop_assert_eq!(decoded.iter().collect::<Vec<_>>(), reference.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn form_shaped_bytes_decode_as_the_url_crate_decodes_them(
         tokens in proptest::collection::vec(proptest::sample::select(vec!["%C3", "%A9", "\u{e9}", "=", "&", "+", "a", "%", "%2", "\u{20ac}"]), 0..10),
         raw in proptest::collection::vec(proptest::sample::select(b"%&=+0aCE \xc3\xa9\xff".to_vec()), 0..40),
