@@ -298,7 +298,8 @@ where
     }
 }
 
-/// The text line: `2026-11-25T17:00:00.123456Z  INFO message key=value… request_id=… client=… scheme=…`.
+/// The text line:
+/// `2026-11-25T17:00:00.123456Z  INFO message key=value… request_id=… client=… scheme=…`.
 ///
 /// Values print bare unless [`needs_quotes`] says otherwise (then quoted and escaped), so the
 /// contract's literal lines (`[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA…`)
@@ -481,6 +482,7 @@ impl Default for FieldCollector {
 }
 
 impl FieldCollector {
+    /// Notes where the message, now complete, has its `=` signs.
     fn message_recorded(&mut self) {
         self.equals.clear();
         self.equals.extend(self.message.match_indices('=').map(|(at, _)| at));
