@@ -721,7 +721,8 @@ impl Recorder {
     }
 }
 
-/// A business as the webhooks need it.
+/// A business as the webhooks need it, as read from the database ([`Business::new`] renders its
+/// greeting; the business is shared read-only from then on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Business {
     /// Id.
