@@ -474,10 +474,7 @@ impl PgDatabase {
             );
             return None;
         };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("cp_e2e_{}_{nanos}", std::process::id());
+        let name = callplane_plugin_api::testing::unique_database_name("cp_e2e");
         admin_sql(&admin_url, format!("CREATE DATABASE {name}"));
         let url = url_with_path(&admin_url, &name);
         Some(Self { admin_url, name, url })

@@ -128,3 +128,15 @@ impl TestHost {
             .wrap(from_fn(edge))
     }
 }
+
+/// A name for a throwaway test database, unique across the test processes of a machine and the
+/// tests running in parallel inside one (the process id, the clock's nanoseconds, and a counter:
+/// two tests can read the same nanoseconds).
+pub fn unique_database_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}_{}_{nanos}_{n}", std::process::id())
+}

@@ -238,10 +238,7 @@ mod tests {
             return;
         };
         let admin = Db::connect_lazy(&base).unwrap();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("cp_twilio_{}_{nanos}", std::process::id());
+        let name = callplane_plugin_api::testing::unique_database_name("cp_twilio");
         exec(&admin, &format!("CREATE DATABASE {name}")).await;
         let mut url = url::Url::parse(&base).unwrap();
         url.set_path(&name);
