@@ -10,7 +10,7 @@ use callplane_plugin_twilio::signature::{self, Outcome};
 
 struct Config {
     url: String,
-    token: String,
+    key: signature::AuthKey,
 }
 
 const TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>Thank you for calling. Please hold while we connect you.</Say></Response>"#;
@@ -28,7 +28,7 @@ async fn incoming_call(
         param("To")
     );
     let header = req.headers().get("x-twilio-signature").and_then(|v| v.to_str().ok());
-    match signature::validate(&config.token, &config.url, form.iter(), None, header) {
+    match signature::validate_with(&config.key, &config.url, form.iter(), None, header) {
         Outcome::Valid => HttpResponse::Ok().content_type("text/xml; charset=utf-8").body(TWIML),
         _ => HttpResponse::Forbidden().finish(),
     }
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(writer).with_ansi(false).init();
     let config = web::Data::new(Config {
         url: format!("{base}/webhook/incoming_call"),
-        token: token.clone(),
+        key: signature::AuthKey::new(token),
     });
     let server = HttpServer::new(move || {
         App::new()

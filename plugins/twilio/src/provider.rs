@@ -16,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::params::Params;
-use crate::signature::{self, Outcome};
+use crate::signature::{self, AuthKey, Outcome};
 use crate::twiml;
 
 /// Largest webhook body accepted (Twilio's forms are a few KiB).
@@ -74,7 +74,7 @@ struct WebhookLabels {
 /// Verifies Twilio's signature for every `Access::TwilioSignature` route.
 #[derive(Debug, Clone)]
 pub struct SignatureProvider {
-    auth_token: Secret,
+    key: AuthKey,
     public_base_url: String,
     webhooks: Family<WebhookLabels, Counter>,
 }
@@ -90,7 +90,7 @@ impl SignatureProvider {
             webhooks.clone(),
         );
         Self {
-            auth_token,
+            key: AuthKey::new(auth_token.expose()),
             public_base_url,
             webhooks,
         }
@@ -208,13 +208,7 @@ impl AccessProvider for SignatureProvider {
                     } else {
                         None
                     };
-                    signature::validate(
-                        self.auth_token.expose(),
-                        &url,
-                        hook.params.iter(),
-                        json_body,
-                        signature.as_deref(),
-                    )
+                    signature::validate_with(&self.key, &url, hook.params.iter(), json_body, signature.as_deref())
                 }
             };
             self.webhooks
