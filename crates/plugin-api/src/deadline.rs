@@ -25,8 +25,8 @@ pub fn is_body_timeout(error: &PayloadError) -> bool {
 }
 
 /// The host's outermost middleware (`actix_web::middleware::from_fn`): [`request_context`]
-/// (request id, span, metrics) around [`time_body`]. One layer for both, since every layer costs
-/// each request a boxed future and calls through a vtable.
+/// (request id and the request's log context, metrics) around [`time_body`]. One layer for both,
+/// since every layer costs each request a boxed future and calls through a vtable.
 ///
 /// # Errors
 /// Passes on an error of the inner service.

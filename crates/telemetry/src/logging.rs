@@ -41,7 +41,7 @@ pub enum LogFormat {
     #[default]
     Text,
     /// One JSON object per line: `timestamp`, `level`, `message`, the fields as keys, and the
-    /// request span's fields under `span`.
+    /// request's fields ([`crate::RequestScope`]) under `span`.
     Json,
 }
 
