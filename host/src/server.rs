@@ -5,12 +5,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_http::{ConnectionType, HttpMessage as _, HttpService, Request, Response, StatusCode};
+use actix_service::{IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt as _, fn_service, map_config};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::AppConfig;
+use actix_web::ResponseError as _;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, web};
+use callplane_plugin_api::telemetry::value::truncated;
 use callplane_plugin_api::{
-    AccessProvider, ApiError, Capability, RouteSpec, StateInstaller, edge, extractor_configs, mount,
+    AccessProvider, ApiError, Capability, MAX_BODY, RouteSpec, StateInstaller, edge, extractor_configs, mount,
+    protective_headers,
 };
-use callplane_telemetry::{BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings};
+use callplane_telemetry::request::REQUEST_ID_HEADER;
+use callplane_telemetry::{
+    BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, RequestId, RequestScope,
+};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -24,6 +35,9 @@ use crate::report;
 
 /// How long in-flight requests get to finish once the listener has stopped.
 const GRACEFUL_TIMEOUT_SECS: u64 = 30;
+
+/// How long a client may take to send a request's head.
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every worker's app is built from (created once, shared by the per-worker factory).
 struct AppParts {
@@ -154,7 +168,7 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
     let db_data = web::Data::new(db.clone());
 
     let factory_host = host.clone();
-    let server = HttpServer::new(move || {
+    let app = move || {
         let parts = parts.clone();
         App::new()
             .app_data(telemetry.clone())
@@ -169,12 +183,9 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
             })
             .default_service(web::to(not_found))
             .wrap(from_fn(edge))
-    })
-    .disable_signals()
-    .shutdown_timeout(GRACEFUL_TIMEOUT_SECS)
-    .client_request_timeout(Duration::from_secs(10));
-    let server = match server.listen(listener) {
-        Ok(server) => server.run(),
+    };
+    let server = match http_server(listener, app) {
+        Ok(server) => server,
         Err(error) => {
             tracing::error!(target: BOOT_TARGET, bind = %bound, error = %error, "[BOOT] ❌ cannot listen");
             return ExitCode::FAILURE;
@@ -231,6 +242,88 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
             tracing::error!(target: BOOT_TARGET, error = %error, "[SHUTDOWN] server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The HTTP server over `listener`: what `actix_web::HttpServer::listen` builds, with our own
+/// handler of `Expect: 100-continue` ([`expect_continue`]), which `HttpServer` has no setting
+/// for. Signals are ours (readiness must flip before the listener closes), so actix's are off.
+fn http_server<F, I, S, B>(listener: TcpListener, app: F) -> std::io::Result<actix_server::Server>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(GRACEFUL_TIMEOUT_SECS);
+    // Idle keep-alive connections close as soon as a graceful stop begins, as under HttpServer.
+    let stopping = builder.graceful_shutdown_signal();
+    let local = listener.local_addr()?;
+    let builder = builder.listen("callplane-http", listener, move || {
+        let stopping = stopping.clone();
+        let app = app()
+            .into_factory()
+            .map_err(|error| error.into().error_response());
+        HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let stopping = stopping.clone();
+                async move { stopping.notified().await }
+            })
+            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .local_addr(local)
+            .expect(fn_service(expect_continue))
+            .finish(map_config(app, |()| AppConfig::default()))
+            .tcp()
+    })?;
+    Ok(builder.run())
+}
+
+/// Answers `Expect: 100-continue`: a request that announces a body larger than any route takes
+/// ([`MAX_BODY`]) gets its 413 at once, before `100 Continue` could invite the body, and the
+/// connection closes (the client may send the body anyway). The answer carries what every answer
+/// carries (a request id, `nosniff`, `no-store`), although no middleware sees it.
+async fn expect_continue(req: Request) -> Result<Request, BodyTooLarge> {
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(length) = length.filter(|l| *l > MAX_BODY as u64) else {
+        return Ok(req);
+    };
+    let id = RequestId::generate();
+    let scope = RequestScope::new(id.clone(), None);
+    let mut res = scope.in_scope(|| {
+        tracing::info!(method = %req.method(), path = %truncated(req.path(), 256), length, status = 413, "[HTTP] request rejected: the body it announces is too large (before 100 Continue)");
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is too large (at most {MAX_BODY} bytes)"),
+        )
+        .error_response()
+    });
+    res.head_mut().set_connection_type(ConnectionType::Close);
+    protective_headers(res.headers_mut());
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        res.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
+    }
+    Err(BodyTooLarge(res.into()))
+}
+
+/// The answer of [`expect_continue`] to an oversized body.
+struct BodyTooLarge(Response<BoxBody>);
+
+impl From<BodyTooLarge> for Response<BoxBody> {
+    fn from(refused: BodyTooLarge) -> Self {
+        refused.0
     }
 }
 

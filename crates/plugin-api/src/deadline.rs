@@ -8,7 +8,7 @@ use actix_web::HttpMessage as _;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use callplane_telemetry::request_context;
@@ -25,8 +25,11 @@ pub fn is_body_timeout(error: &PayloadError) -> bool {
 }
 
 /// The host's outermost middleware (`actix_web::middleware::from_fn`): [`request_context`]
-/// (request id and the request's log context, metrics) around [`time_body`]. One layer for both,
-/// since every layer costs each request a boxed future and calls through a vtable.
+/// (request id and the request's log context, metrics) around [`time_body`], and the headers
+/// every answer carries: `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless
+/// the handler chose its own caching (an answer may carry a bearer token or a tenant's data; no
+/// cache on the way may keep it). One layer for all of it, since every layer costs each request
+/// a boxed future and calls through a vtable.
 ///
 /// # Errors
 /// Passes on an error of the inner service.
@@ -35,7 +38,18 @@ pub async fn edge(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     time_body(&mut req);
-    request_context(req, next).await
+    let mut res = request_context(req, next).await?;
+    protective_headers(res.headers_mut());
+    Ok(res)
+}
+
+/// Adds what every answer carries: `X-Content-Type-Options: nosniff`, and `Cache-Control:
+/// no-store` unless the answer chose its own caching.
+pub fn protective_headers(headers: &mut HeaderMap) {
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
 }
 
 /// The body of a request that has one must arrive within [`BODY_DEADLINE`]; after that its stream

@@ -165,13 +165,18 @@ pub enum RegisterError {
     Other(String),
 }
 
+/// The largest request body any route accepts (the raw-body limit; JSON and form bodies are held
+/// to 64 KiB). A request announcing a longer `Content-Length` is refused with 413 before its body
+/// is read, and before `100 Continue` is sent to a client that asked for it.
+pub const MAX_BODY: usize = 256 * 1024;
+
 /// Registers extractor configurations whose errors answer in the API's JSON shape: malformed JSON
 /// 400, JSON of the wrong shape 422, wrong content type 415, body over the limit 413, a bad query
 /// string 400, a path segment that does not parse 404.
 pub fn extractor_configs(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(json_error))
         .app_data(web::FormConfig::default().limit(64 * 1024).error_handler(form_error))
-        .app_data(web::PayloadConfig::default().limit(256 * 1024))
+        .app_data(web::PayloadConfig::default().limit(MAX_BODY))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error));
 }

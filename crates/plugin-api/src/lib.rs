@@ -76,8 +76,8 @@ pub mod testing;
 pub mod timestamps;
 
 pub use access::{Access, AccessProvider, Capability, Principal};
-pub use deadline::{BODY_DEADLINE, edge, is_body_timeout, time_body};
-pub use error::{ApiError, RegisterError, extractor_configs, paging};
+pub use deadline::{BODY_DEADLINE, edge, is_body_timeout, protective_headers, time_body};
+pub use error::{ApiError, MAX_BODY, RegisterError, extractor_configs, paging};
 pub use registrar::{
     BackgroundTask, CommandContext, CommandHandler, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar,
     Registration, RouteSpec, StateInstaller, mount,

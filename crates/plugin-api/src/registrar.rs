@@ -480,7 +480,8 @@ async fn guard(
     match served.catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
-            let route = request.match_pattern().unwrap_or_else(|| request.path().to_owned());
+            // A label, so the route pattern and never the path a client sent.
+            let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())

@@ -18,18 +18,26 @@ pub fn rfc3339(secs: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Unix seconds of an RFC 3339 time, which must carry an offset (`Z` or `±hh:mm`).
+/// Unix seconds of an RFC 3339 time, which must carry an offset (`Z` or `±hh:mm`) and fall within
+/// the years 0000–9999 in UTC (what RFC 3339 can write back: `9999-12-31T23:00:00-02:00` is in
+/// the year 10000 in UTC and is refused).
 ///
 /// # Errors
 /// A 422 naming `field` when `value` is not such a time.
 pub fn parse_rfc3339(field: &str, value: &str) -> Result<i64, ApiError> {
-    OffsetDateTime::parse(value, &Rfc3339)
-        .map(OffsetDateTime::unix_timestamp)
-        .map_err(|_| {
-            ApiError::unprocessable(format!(
-                "{field} must be an RFC 3339 time with an offset, such as 2026-11-25T09:00:00+02:00"
-            ))
-        })
+    let parsed = OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+        ApiError::unprocessable(format!(
+            "{field} must be an RFC 3339 time with an offset, such as 2026-11-25T09:00:00+02:00"
+        ))
+    })?;
+    let secs = parsed.unix_timestamp();
+    let in_utc = OffsetDateTime::from_unix_timestamp(secs).map(OffsetDateTime::year);
+    if !in_utc.is_ok_and(|year| (0..=9999).contains(&year)) {
+        return Err(ApiError::unprocessable(format!(
+            "{field} must fall within the years 0000 to 9999 in UTC"
+        )));
+    }
+    Ok(secs)
 }
 
 #[cfg(test)]
@@ -44,5 +52,18 @@ mod tests {
             assert_eq!(parse_rfc3339("t", bad).unwrap_err().status().as_u16(), 422, "{bad}");
         }
         assert!(now() > 1_700_000_000);
+    }
+
+    #[test]
+    fn times_rfc3339_cannot_write_back_are_refused() {
+        for beyond in ["9999-12-31T23:00:00-02:00", "0000-01-01T00:30:00+01:00"] {
+            let error = parse_rfc3339("starts_at", beyond).unwrap_err();
+            assert_eq!(error.status().as_u16(), 422, "{beyond}");
+            assert!(error.message().contains("0000 to 9999"), "{}", error.message());
+        }
+        for edge in ["9999-12-31T23:59:59Z", "9999-12-31T23:00:00+02:00", "0000-01-01T00:00:00Z"] {
+            let secs = parse_rfc3339("t", edge).unwrap();
+            assert!(!rfc3339(secs).is_empty(), "{edge} is written back");
+        }
     }
 }

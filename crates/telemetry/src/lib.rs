@@ -11,6 +11,7 @@
 //!   `Forwarded`), and the request metrics.
 //! * [`proxy`]: [`TrustedProxies`], the CIDRs whose forwarding headers are believed.
 //! * [`metrics`]: HTTP metrics registered in a Prometheus registry.
+//! * [`value`]: how values from outside are written into a text line (quoted, escaped, bounded).
 //!
 //! Architecture invariant: nothing here knows about plugins or the database.
 
@@ -18,8 +19,10 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod request;
+pub mod value;
 
-pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError, needs_quotes};
+pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError};
+pub use value::needs_quotes;
 pub use metrics::HttpMetrics;
 pub use proxy::{ClientOrigin, Scheme, TrustedProxies};
 pub use request::{HttpTelemetry, RequestId, RequestScope, current_request_id, request_context};

@@ -21,6 +21,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::request::RequestScope;
+use crate::value::{needs_quotes, quote};
 
 /// Target of the `[BOOT]`/`[SHUTDOWN]` lines. Always logged at `info`, whatever the filter says:
 /// a refused boot must never be silent.
@@ -442,17 +443,6 @@ fn shown_in(message: &str, equals: &[usize], name: &str, value: &str) -> bool {
         }))
 }
 
-/// Whether a value must be quoted (and escaped, as `{:?}` does) to stay one word of one line: it
-/// is empty, or it holds whitespace, a control character (a line break or a terminal escape
-/// someone sent) or a double quote. The log lines and the call trace lines share this rule.
-/// (The bytes are looked at first: a value of ASCII letters, digits and punctuation, the usual
-/// one, is not decoded character by character.)
-pub fn needs_quotes(value: &str) -> bool {
-    let suspect = |b: u8| !b.is_ascii() || b == b' ' || b == b'"' || b.is_ascii_control();
-    value.is_empty()
-        || (value.bytes().any(suspect) && value.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"'))
-}
-
 /// An event's message and the fields it does not already show ([`shown_in`]). The values share one
 /// buffer (bare, or quoted where [`needs_quotes`]), so a line costs the same few allocations
 /// however many fields it has.
@@ -497,7 +487,8 @@ impl FieldCollector {
     fn close(&mut self, name: &'static str, start: usize) {
         let value = &self.values[start..];
         if needs_quotes(value) {
-            let quoted = format!("{value:?}");
+            let mut quoted = String::new();
+            quote(value, &mut quoted);
             self.values.truncate(start);
             self.values.push_str(&quoted);
         }
@@ -649,24 +640,14 @@ mod tests {
     }
 
     #[test]
-    fn values_with_whitespace_controls_or_quotes_need_quotes() {
-        for bare in ["r-1", "+15550001111", "Jürgen", "a=b", "日本"] {
-            assert!(!needs_quotes(bare), "{bare:?}");
-        }
-        for quoted in [
-            "",
-            "a b",
-            "a\tb",
-            "a\x0bb",
-            "\"",
-            "next\u{85}line",
-            "wide\u{3000}space",
-            "esc\x1b[31m",
-            "del\x7f",
-            "nul\0",
-        ] {
-            assert!(needs_quotes(quoted), "{quoted:?}");
-        }
+    fn invisible_characters_in_fields_are_escaped_in_text() {
+        let out = capture(LogFormat::Text, || {
+            tracing::info!(from = "x\u{3164}to=+97250", name = "\u{202E}evil", "[HTTP] request");
+        });
+        assert!(
+            out.contains(r#"from="x\u{3164}to=+97250" name="\u{202e}evil""#),
+            "{out}"
+        );
     }
 
     #[test]

@@ -57,8 +57,8 @@ impl TrustedProxies {
     /// is none, of `Forwarded` (RFC 7239), walked right to left past trusted proxies; the client is
     /// the first untrusted hop (the left-most when all are trusted). An unparsable or obfuscated hop
     /// stops the walk: what lies left of it cannot be believed. The scheme is the last
-    /// `X-Forwarded-Proto` value, or the `proto` of the client's `Forwarded` hop; only `http` and
-    /// `https` count.
+    /// `X-Forwarded-Proto` value (also when it comes without `X-Forwarded-For`), or the `proto` of
+    /// the client's `Forwarded` hop; only `http` and `https` count.
     ///
     /// `X-Forwarded-For` wins because almost every balancer (nginx, HAProxy, cloud balancers) sets
     /// it and passes a client's own `Forwarded` through untouched: preferring `Forwarded` would let
@@ -73,14 +73,14 @@ impl TrustedProxies {
         if !self.contains(peer) {
             return direct;
         }
+        let proto = headers
+            .get_all("x-forwarded-proto")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(Scheme::parse);
         let forwarded_for = joined(headers, "x-forwarded-for");
         let hops: Vec<Hop> = if !forwarded_for.trim().is_empty() {
-            let proto = headers
-                .get_all("x-forwarded-proto")
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .next_back()
-                .and_then(Scheme::parse);
             forwarded_for
                 .split(',')
                 .filter(|entry| !entry.trim().is_empty())
@@ -100,7 +100,12 @@ impl TrustedProxies {
                 })
                 .collect()
         };
-        let mut origin = direct;
+        // With no hop at all, the proxy itself is the client; how it was reached, it may still say
+        // (a proxy that sets only `X-Forwarded-Proto`).
+        let mut origin = ClientOrigin {
+            scheme: proto.unwrap_or(Scheme::Http),
+            ..direct
+        };
         for hop in hops.iter().rev() {
             let Some(ip) = hop.ip else { break };
             origin = ClientOrigin {
@@ -259,6 +264,10 @@ mod tests {
         assert_eq!(client(&p, "10.0.0.2", &odd).1, Scheme::Http);
         // No forwarding headers at all: the proxy itself is the client, over http.
         assert_eq!(client(&p, "10.0.0.2", &[]), (ip("10.0.0.2"), Scheme::Http));
+        // X-Forwarded-Proto on its own still tells the scheme (and only from a trusted proxy).
+        let proto_only = [("x-forwarded-proto", "https")];
+        assert_eq!(client(&p, "10.0.0.2", &proto_only), (ip("10.0.0.2"), Scheme::Https));
+        assert_eq!(client(&p, "203.0.113.9", &proto_only), (ip("203.0.113.9"), Scheme::Http));
     }
 
     #[test]

@@ -191,7 +191,8 @@ pub async fn request_context(
                 t.metrics
                     .observe(route, metric_method(&method), status, elapsed.as_secs_f64());
             }
-            let path = response.request().path();
+            // Bounded: an unmatched path is whatever a client sent (up to the header limit).
+            let path = crate::value::truncated(response.request().path(), MAX_LOGGED_PATH);
             let ms = Millis(elapsed);
             if status >= 500 && status != 503 {
                 tracing::error!(method = %method, path = %path, status, ms = %ms, "[HTTP] request failed");
@@ -205,6 +206,9 @@ pub async fn request_context(
         })
         .await
 }
+
+/// The longest path the request line shows, in characters.
+const MAX_LOGGED_PATH: usize = 256;
 
 /// A duration as the request line shows it: milliseconds, three decimals (formatted only when the
 /// line is written: the per-request line is `debug`).

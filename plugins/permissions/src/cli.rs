@@ -5,6 +5,7 @@
 //! callplane admin create-user --business 1 --email dana@example.com --role owner   # password from stdin or a prompt
 //! callplane admin grant-page --business 1 --role agent --page settings
 //! callplane admin list-businesses
+//! callplane admin unlock --email dana@example.com        # lift a sign-in lock (or --client 203.0.113.7)
 //! ```
 //!
 //! Passwords are never command-line arguments (they would land in shell history and `ps`).
@@ -16,7 +17,7 @@ use callplane_plugin_api::{CommandContext, CommandHandler};
 use clap::{Parser, Subcommand};
 
 use crate::store::{Store, StoreError};
-use crate::{PAGES, ROLES, is_e164, normalise_email, password, session};
+use crate::{PAGES, ROLES, is_e164, normalise_email, password, session, throttle_bucket};
 
 /// What callers hear when a business has no media stream.
 pub const DEFAULT_GREETING: &str = "Thank you for calling. Please hold while we connect you.";
@@ -71,6 +72,16 @@ enum AdminCommand {
     },
     /// List the businesses.
     ListBusinesses,
+    /// Lift a sign-in lock: forget the failed logins of an account or of a client address.
+    #[command(group(clap::ArgGroup::new("whom").required(true).multiple(true)))]
+    Unlock {
+        /// The account's e-mail address.
+        #[arg(long, group = "whom")]
+        email: Option<String>,
+        /// The client's IP address (an IPv6 address unlocks its whole /64).
+        #[arg(long, group = "whom")]
+        client: Option<std::net::IpAddr>,
+    },
 }
 
 /// The `admin` command for [`callplane_plugin_api::Registrar::command`].
@@ -153,6 +164,21 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
             store.grant_page(business, &role, &page).await.map_err(store_error)?;
             let pages = store.pages(business, &role).await.map_err(store_error)?;
             println!("business={business} role={role} pages={}", pages.join(","));
+        }
+        AdminCommand::Unlock { email, client } => {
+            let mut subjects = Vec::new();
+            if let Some(email) = email {
+                let email =
+                    normalise_email(&email).ok_or_else(|| format!("--email {email:?} is not an e-mail address"))?;
+                subjects.push(("account", email));
+            }
+            if let Some(ip) = client {
+                subjects.push(("client", throttle_bucket(ip)));
+            }
+            for (scope, subject) in subjects {
+                let forgotten = store.unlock(scope, &subject).await.map_err(store_error)?;
+                println!("unlocked {scope}={subject} failures_forgotten={forgotten}");
+            }
         }
         AdminCommand::ListBusinesses => {
             let businesses = store.list_businesses().await.map_err(store_error)?;

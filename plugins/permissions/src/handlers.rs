@@ -1,6 +1,8 @@
 //! The HTTP handlers. Access is enforced by the host before any of these runs; each handler scopes
 //! its queries to the caller's business.
 
+use std::net::{IpAddr, Ipv6Addr};
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use callplane_plugin_api::telemetry::{ClientOrigin, Scheme};
@@ -62,28 +64,58 @@ pub(crate) struct LoginBody {
     password: String,
 }
 
+/// The client's throttling bucket: its address (under the trusted-proxy rules), an IPv6 address
+/// by its /64 (one subscriber line or host usually holds a whole /64, so per-address buckets would
+/// be unlimited).
 fn client_of(req: &HttpRequest) -> String {
-    req.extensions()
+    let ip = req
+        .extensions()
         .get::<ClientOrigin>()
-        .map(|c| c.ip.to_string())
-        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
-        .unwrap_or_else(|| "unknown".to_owned())
+        .map(|c| c.ip)
+        .or_else(|| req.peer_addr().map(|a| a.ip()));
+    ip.map_or_else(|| "unknown".to_owned(), throttle_bucket)
 }
 
-/// Refuses with 429 when `subject` has too many recent failures.
-async fn throttle(store: &Store, scope: &str, subject: &str, limit: i64, now: i64) -> Result<(), ApiError> {
-    let (count, oldest) = store.failures(scope, subject, now - THROTTLE_WINDOW_SECS).await?;
-    if count >= limit {
-        let retry = oldest
+/// The throttling bucket of `ip`: an IPv4 address itself, an IPv6 address its /64.
+pub fn throttle_bucket(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let prefix = Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)));
+            format!("{prefix}/64")
+        }
+    }
+}
+
+/// Records a failed attempt of `subject` (counted as failed until the password check succeeds)
+/// and refuses with 429, forgetting the rows `recorded` and its own, when it is over `limit`.
+async fn count_attempt(
+    store: &Store,
+    scope: &str,
+    subject: &str,
+    limit: i64,
+    now: i64,
+    recorded: &[i64],
+) -> Result<i64, ApiError> {
+    let attempt = store
+        .record_failure(scope, subject, now, now - THROTTLE_WINDOW_SECS)
+        .await?;
+    if attempt.failures > limit {
+        // A refused attempt is not a failure: it tried no password.
+        store
+            .forget_attempts(&[recorded, &[attempt.id]].concat())
+            .await?;
+        let retry = attempt
+            .oldest
             .map_or(THROTTLE_WINDOW_SECS, |t| t + THROTTLE_WINDOW_SECS - now)
             .max(1);
-        tracing::warn!(scope, subject = %subject, failures = count, "[AUTH] login throttled");
+        tracing::warn!(scope, subject = %subject, failures = attempt.failures - 1, "[AUTH] login throttled");
         return Err(ApiError::too_many_requests(
             "too many failed sign-in attempts; try again later",
             u64::try_from(retry).unwrap_or(1),
         ));
     }
-    Ok(())
+    Ok(attempt.id)
 }
 
 /// `POST /api/auth/login {email, password}`: a session as an `HttpOnly` cookie and a bearer token.
@@ -103,12 +135,20 @@ pub(crate) async fn login(
             "password is longer than {MAX_PASSWORD_LEN} bytes"
         )));
     }
-    throttle(&state.store, "client", &client, CLIENT_FAILURES, now).await?;
-    throttle(&state.store, "account", &email, ACCOUNT_FAILURES, now).await?;
-    // Counted as a failure before the (slow) check and forgiven on success: parallel guesses
-    // cannot all slip under the limit while their checks run.
-    state.store.record_failure("account", &email, now).await?;
-    state.store.record_failure("client", &client, now).await?;
+    // Counted as a failure before the (slow) check, and the row forgiven by id on success:
+    // parallel guesses cannot all slip under the limit while their checks run, and a success
+    // forgives nothing but itself.
+    let client_attempt = count_attempt(&state.store, "client", &client, CLIENT_FAILURES, now, &[]).await?;
+    // (A success clears the account's failures, this one among them.)
+    count_attempt(
+        &state.store,
+        "account",
+        &email,
+        ACCOUNT_FAILURES,
+        now,
+        &[client_attempt],
+    )
+    .await?;
 
     let credentials = state.store.credentials(&email).await?;
     let password = body.password;
@@ -144,11 +184,13 @@ pub(crate) async fn login(
             "[AUTH] password hash upgraded to current parameters"
         );
     }
+    // The account's owner proved the password: its failures are forgiven. The client's other
+    // attempts (guesses at other accounts, say) stay counted.
     state
         .store
         .clear_failures("account", &email, now - THROTTLE_WINDOW_SECS)
         .await?;
-    state.store.forgive_failure("client", &client, now).await?;
+    state.store.forget_attempts(&[client_attempt]).await?;
     let token = session::new_token();
     let expires_at = now + SESSION_TTL_SECS;
     state
@@ -318,6 +360,10 @@ pub(crate) async fn set_grants(
             "no role {role:?}; roles are {}",
             ROLES.join(", ")
         )));
+    }
+    if role == "owner" && who.role != "owner" {
+        // An admin could otherwise lock the owners out of their own settings.
+        return Err(ApiError::forbidden("only an owner may change the owner role's pages"));
     }
     let mut pages = body.into_inner().pages;
     if let Some(bad) = pages.iter().find(|p| !PAGES.contains(&p.as_str())) {

@@ -19,8 +19,8 @@ mod store;
 
 use callplane_plugin_api::{Access, Capability, RegisterError, Registrar, RoutePlugin};
 
-pub use handlers::{ACCOUNT_FAILURES, CLIENT_FAILURES, THROTTLE_WINDOW_SECS};
-pub use store::Store;
+pub use handlers::{ACCOUNT_FAILURES, CLIENT_FAILURES, THROTTLE_WINDOW_SECS, throttle_bucket};
+pub use store::{Attempt, Store};
 
 inventory::submit! {
     RoutePlugin {

@@ -6,8 +6,9 @@
 use callplane_plugin_api::Migration;
 
 /// The plugin's migrations, in version order. Never edit a shipped one: add a version.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
     "businesses, users, role pages, sessions, login failures",
     "
         CREATE TABLE businesses (
@@ -49,4 +50,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration::portable(
         );
         CREATE INDEX login_failures_subject ON login_failures (scope, subject, failed_at);
     ",
-)];
+    ),
+    // A successful login forgives exactly the failure row it recorded itself, by id (version 1
+    // could only name rows by their second, and forgave other attempts' rows with its own).
+    Migration::portable(
+        2,
+        "login failures get an id",
+        "
+        CREATE TABLE login_failures_v2 (
+            id {id},
+            scope TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            failed_at BIGINT NOT NULL
+        );
+        INSERT INTO login_failures_v2 (scope, subject, failed_at)
+            SELECT scope, subject, failed_at FROM login_failures;
+        DROP TABLE login_failures;
+        ALTER TABLE login_failures_v2 RENAME TO login_failures;
+        CREATE INDEX login_failures_subject ON login_failures (scope, subject, failed_at);
+    ",
+    ),
+];

@@ -126,7 +126,12 @@ impl AccessProvider for SessionProvider {
             }
             let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
             if from_cookie && changes_state {
-                let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+                // Exactly one Origin, and ours: with two, which one a check reads is arbitrary.
+                let mut origins = req.headers().get_all(header::ORIGIN);
+                let origin = match (origins.next(), origins.next()) {
+                    (Some(one), None) => one.to_str().ok(),
+                    _ => None,
+                };
                 if origin != Some(self.origin.as_str()) {
                     return Err(deny(
                         StatusCode::FORBIDDEN,

@@ -78,6 +78,17 @@ pub struct Credentials {
     pub active: bool,
 }
 
+/// One failed-login row as [`Store::record_failure`] recorded and counted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The row's id: what a successful (or refused) attempt forgets.
+    pub id: i64,
+    /// Failures of the subject in the window, this one included.
+    pub failures: i64,
+    /// When the oldest of them was recorded.
+    pub oldest: Option<i64>,
+}
+
 /// The plugin's queries over the shared pool.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -401,40 +412,24 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed login for `subject` (an account or a client address) under `scope`.
+    /// Records a failed login of `subject` (an account or a client address) under `scope`, then
+    /// counts the failures of `subject` since `since`, this one included.
+    ///
+    /// Recording before counting makes the pair atomic in effect: whatever the interleaving of
+    /// concurrent attempts (on one instance or many), each one counts every attempt recorded
+    /// before it, so at most `limit` of them can see a count of `limit` or less.
     ///
     /// # Errors
     /// A database error.
-    pub async fn record_failure(&self, scope: &str, subject: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO login_failures (scope, subject, failed_at) VALUES ($1, $2, $3)")
-            .bind(scope)
-            .bind(subject)
-            .bind(now)
-            .execute(self.db.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Forgets the failures of `subject` recorded at second `at`: the one counted for a login that
-    /// then succeeded (and, rarely, others of the same second — a negligible leniency).
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn forgive_failure(&self, scope: &str, subject: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at = $3")
-            .bind(scope)
-            .bind(subject)
-            .bind(at)
-            .execute(self.db.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// How many failures `subject` has since `since`, and the oldest of them.
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn failures(&self, scope: &str, subject: &str, since: i64) -> Result<(i64, Option<i64>), StoreError> {
+    pub async fn record_failure(&self, scope: &str, subject: &str, now: i64, since: i64) -> Result<Attempt, StoreError> {
+        let id: i64 =
+            sqlx::query("INSERT INTO login_failures (scope, subject, failed_at) VALUES ($1, $2, $3) RETURNING id")
+                .bind(scope)
+                .bind(subject)
+                .bind(now)
+                .fetch_one(self.db.pool())
+                .await?
+                .try_get(0)?;
         let row = sqlx::query(
             "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3",
         )
@@ -443,7 +438,53 @@ impl Store {
         .bind(since)
         .fetch_one(self.db.pool())
         .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        Ok(Attempt {
+            id,
+            failures: row.try_get(0)?,
+            oldest: row.try_get(1)?,
+        })
+    }
+
+    /// Forgets the failure rows `ids` (an attempt that was refused, or that succeeded), and no
+    /// other.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn forget_attempts(&self, ids: &[i64]) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query("DELETE FROM login_failures WHERE id = $1")
+                .bind(id)
+                .execute(self.db.pool())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// How many failures `subject` has since `since`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn failures(&self, scope: &str, subject: &str, since: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3")
+            .bind(scope)
+            .bind(subject)
+            .bind(since)
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Forgets every failure of `subject` (an operator lifting a lock); returns how many.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn unlock(&self, scope: &str, subject: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM login_failures WHERE scope = $1 AND subject = $2")
+            .bind(scope)
+            .bind(subject)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected())
     }
 
     /// Forgets the failures of `subject` (after a successful login) and any older than `before`.

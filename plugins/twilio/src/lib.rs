@@ -71,16 +71,16 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     let outbound = outbound::OutboundState::new(settings.clone(), reg.metrics());
     reg.state(outbound);
     reg.post(
-        "/webhook/incoming_call",
+        webhooks::INCOMING_CALL,
         Access::TwilioSignature,
         webhooks::incoming_call,
     )
     .post(
-        "/webhook/outbound_call",
+        webhooks::OUTBOUND_CALL,
         Access::TwilioSignature,
         webhooks::outbound_call,
     )
-    .post("/webhook/call_status", Access::TwilioSignature, webhooks::call_status)
+    .post(webhooks::CALL_STATUS, Access::TwilioSignature, webhooks::call_status)
     .post("/api/calls/outbound", Access::PageAccess("calls"), outbound::create)
     .get("/api/calls", Access::PageAccess("calls"), api::list_calls)
     .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call);

@@ -1,6 +1,8 @@
 //! `POST /api/calls/outbound {to, lead_id}`: record first, then ask Twilio to place the call, with
 //! the `[OUTBOUND][REQ=…]` lifecycle on the log and every failure kept on the call record.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -9,6 +11,7 @@ use actix_web::{HttpResponse, web};
 use base64::Engine as _;
 use callplane_plugin_api::storage::Db;
 use callplane_plugin_api::storage::sqlx::{self, Row};
+use callplane_plugin_api::telemetry::value::{plain_text, truncated};
 use callplane_plugin_api::telemetry::{TRACE_TARGET, current_request_id};
 use callplane_plugin_api::{ApiError, Principal, Settings};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -25,15 +28,21 @@ pub(crate) const TWILIO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutboundLabels {
-    result: String,
+    result: &'static str,
     code: String,
 }
+
+/// How many distinct error codes get a series of their own; later ones are counted as `other`.
+/// The codes come from the REST API's answers: however that server behaves, the metric stays
+/// bounded.
+const MAX_CODE_LABELS: usize = 64;
 
 /// What the outbound handler needs.
 #[derive(Debug, Clone)]
 pub(crate) struct OutboundState {
     settings: Settings,
     outcomes: Family<OutboundLabels, Counter>,
+    codes: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl OutboundState {
@@ -45,16 +54,23 @@ impl OutboundState {
             "Outbound call requests by result and Twilio error code",
             outcomes.clone(),
         );
-        Self { settings, outcomes }
+        Self {
+            settings,
+            outcomes,
+            codes: Arc::default(),
+        }
     }
 
-    fn count(&self, result: &str, code: &str) {
-        self.outcomes
-            .get_or_create(&OutboundLabels {
-                result: result.to_owned(),
-                code: code.to_owned(),
-            })
-            .inc();
+    fn count(&self, result: &'static str, code: &str) {
+        let code = {
+            let mut codes = self.codes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if codes.contains(code) || (codes.len() < MAX_CODE_LABELS && codes.insert(code.to_owned())) {
+                code.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
+        self.outcomes.get_or_create(&OutboundLabels { result, code }).inc();
     }
 }
 
@@ -374,9 +390,11 @@ pub(crate) async fn create(
         .and_then(Value::as_str)
         .unwrap_or("no message")
         .to_owned();
+    // Free text from the REST API, at the end of the line: escaped so it cannot break the line.
+    let shown_message = plain_text(&truncated(&twilio_message, 512)).into_owned();
     let code_text = twilio_code.map_or_else(|| format!("http_{}", http_status.as_u16()), |c| c.to_string());
     tracing::error!(target: TRACE_TARGET, req_id = %req_id, twilio_code = %code_text,
-        "[OUTBOUND][REQ={req_id}] twilio_failed err={code_text} {twilio_message}");
+        "[OUTBOUND][REQ={req_id}] twilio_failed err={code_text} {shown_message}");
     mark_failed(&db, &req_id, &format!("{code_text} {twilio_message}")).await;
     state.count("failed", &code_text);
     let twilio = (!answer.is_null()).then_some(&answer);

@@ -7,7 +7,10 @@ use actix_web::error::PayloadError;
 use actix_web::http::{StatusCode, header};
 use actix_web::web::Bytes;
 use actix_web::{FromRequest, HttpMessage, HttpResponse};
-use callplane_plugin_api::telemetry::{TRACE_TARGET, needs_quotes};
+use std::borrow::Cow;
+
+use callplane_plugin_api::telemetry::TRACE_TARGET;
+use callplane_plugin_api::telemetry::value::{shown as log_value, truncated};
 use callplane_plugin_api::{Access, AccessProvider, Secret, is_body_timeout};
 use futures_util::future::LocalBoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,6 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::params::Params;
 use crate::signature::{self, AuthKey, Outcome};
 use crate::twiml;
+use crate::webhooks::{CALL_STATUS, INCOMING_CALL, OUTBOUND_CALL};
 
 /// Largest webhook body accepted (Twilio's forms are a few KiB).
 pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
@@ -45,9 +49,9 @@ impl Webhook {
 
 /// The plugin's webhook paths and the literal trace prefix of each.
 static WEBHOOKS: [(&str, &str); 3] = [
-    ("/webhook/incoming_call", "[TWILIO][INBOUND]"),
-    ("/webhook/outbound_call", "[TWILIO][OUTBOUND]"),
-    ("/webhook/call_status", "[TWILIO][STATUS]"),
+    (INCOMING_CALL, "[TWILIO][INBOUND]"),
+    (OUTBOUND_CALL, "[TWILIO][OUTBOUND]"),
+    (CALL_STATUS, "[TWILIO][STATUS]"),
 ];
 
 /// The entry of `path` in [`WEBHOOKS`].
@@ -60,14 +64,20 @@ pub fn trace_prefix(path: &str) -> &'static str {
     known(path).map_or("[TWILIO][WEBHOOK]", |(_, prefix)| prefix)
 }
 
-/// The `route` label of a webhook path: borrowed for the plugin's own routes.
-fn route_label(path: &str) -> std::borrow::Cow<'static, str> {
-    known(path).map_or_else(|| path.to_owned().into(), |(known, _)| (*known).into())
+/// The route a webhook request matched: the declared pattern, never the request's own path (actix
+/// also routes percent-encoded spellings such as `/webhook/incoming%5Fcall` here, and a label or a
+/// trace prefix taken from those would let anyone mint new metric series). Borrowed for the
+/// plugin's own routes.
+fn route_of(req: &ServiceRequest) -> Cow<'static, str> {
+    match req.match_pattern() {
+        Some(pattern) => known(&pattern).map_or_else(|| pattern.into(), |(known, _)| (*known).into()),
+        None => "unmatched".into(),
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabels {
-    route: std::borrow::Cow<'static, str>,
+    route: Cow<'static, str>,
     signature: &'static str,
 }
 
@@ -103,14 +113,22 @@ fn refuse(status: StatusCode) -> HttpResponse {
         .body(twiml::empty())
 }
 
-/// A value as the trace line shows it: `-` when absent, quoted when it has spaces, quotes or
-/// control characters (a `+` sent unencoded arrives as a space), bare otherwise: the log lines'
-/// rule ([`needs_quotes`]).
-pub(crate) fn shown(value: Option<&str>) -> std::borrow::Cow<'_, str> {
+/// The longest value a trace line shows, in characters (a CallSid is 34, an E.164 number at most
+/// 16): the `hit` line is written before the signature is checked, so its size must not be the
+/// sender's choice.
+pub(crate) const MAX_TRACE_VALUE: usize = 64;
+
+/// A value as the trace line shows it: `-` when absent, cut to [`MAX_TRACE_VALUE`] characters,
+/// quoted when it has spaces, quotes, control or invisible characters (a `+` sent unencoded
+/// arrives as a space), bare otherwise: the log lines' rule
+/// ([`needs_quotes`](callplane_plugin_api::telemetry::needs_quotes)).
+pub(crate) fn shown(value: Option<&str>) -> Cow<'_, str> {
     match value.filter(|v| !v.is_empty()) {
         None => "-".into(),
-        Some(v) if needs_quotes(v) => format!("{v:?}").into(),
-        Some(v) => v.into(),
+        Some(v) => match truncated(v, MAX_TRACE_VALUE) {
+            Cow::Borrowed(v) => log_value(v),
+            Cow::Owned(cut) => log_value(&cut).into_owned().into(),
+        },
     }
 }
 
@@ -120,7 +138,7 @@ fn log_hit(path: &str, hook: &Webhook, signature_present: bool) {
     let from = &*shown(hook.get("From"));
     let to = &*shown(hook.get("To"));
     match path {
-        "/webhook/incoming_call" => {
+        INCOMING_CALL => {
             let direction = &*shown(hook.get("Direction").or(Some("inbound")));
             tracing::info!(
                 target: TRACE_TARGET,
@@ -128,7 +146,7 @@ fn log_hit(path: &str, hook: &Webhook, signature_present: bool) {
                 "[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid={call_sid} from={from} to={to} direction={direction} signature_present={signature_present}"
             );
         }
-        "/webhook/outbound_call" => {
+        OUTBOUND_CALL => {
             let lead_id = &*shown(hook.query("lead_id"));
             let business_id = &*shown(hook.query("business_id"));
             tracing::info!(
@@ -137,7 +155,7 @@ fn log_hit(path: &str, hook: &Webhook, signature_present: bool) {
                 "[TWILIO][OUTBOUND] hit path=/webhook/outbound_call call_sid={call_sid} from={from} to={to} lead_id={lead_id} business_id={business_id} signature_present={signature_present}"
             );
         }
-        "/webhook/call_status" => {
+        CALL_STATUS => {
             let call_status = &*shown(hook.get("CallStatus"));
             let sequence = &*shown(hook.get("SequenceNumber"));
             tracing::info!(
@@ -153,8 +171,11 @@ fn log_hit(path: &str, hook: &Webhook, signature_present: bool) {
 impl AccessProvider for SignatureProvider {
     fn authorize<'a>(&'a self, req: &'a mut ServiceRequest, _: Access) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
         Box::pin(async move {
-            let path = req.path().to_owned();
-            let prefix = trace_prefix(&path);
+            let route = route_of(req);
+            let path = &*route;
+            let prefix = trace_prefix(path);
+            // The signed URL is the one Twilio called, spelled as it was called.
+            let called_path = req.path().to_owned();
             let query_string = req.query_string().to_owned();
             let headers: Vec<&str> = req
                 .headers()
@@ -193,12 +214,12 @@ impl AccessProvider for SignatureProvider {
                 },
                 query: Params::parse(query_string.as_bytes()),
             };
-            log_hit(&path, &hook, signature_present);
+            log_hit(path, &hook, signature_present);
 
             let url = if query_string.is_empty() {
-                format!("{}{path}", self.public_base_url)
+                format!("{}{called_path}", self.public_base_url)
             } else {
-                format!("{}{path}?{query_string}", self.public_base_url)
+                format!("{}{called_path}?{query_string}", self.public_base_url)
             };
             let outcome = match header {
                 None => Outcome::Invalid,
@@ -213,7 +234,7 @@ impl AccessProvider for SignatureProvider {
             };
             self.webhooks
                 .get_or_create(&WebhookLabels {
-                    route: route_label(&path),
+                    route: route.clone(),
                     signature: outcome.as_str(),
                 })
                 .inc();

@@ -11,6 +11,13 @@ use crate::provider::{Webhook, shown, trace_prefix};
 use crate::records::{CallEvent, Directory, EventKind, Lookup, Recorded, Recorder, now};
 use crate::twiml;
 
+/// The webhook routes (the lines they log name the route, not the path as a client spelled it).
+pub(crate) const INCOMING_CALL: &str = "/webhook/incoming_call";
+/// See [`INCOMING_CALL`].
+pub(crate) const OUTBOUND_CALL: &str = "/webhook/outbound_call";
+/// See [`INCOMING_CALL`].
+pub(crate) const CALL_STATUS: &str = "/webhook/call_status";
+
 /// Handler state.
 #[derive(Debug, Clone)]
 pub(crate) struct WebhookState {
@@ -79,7 +86,7 @@ fn bad_request(path: &str, problem: &str) -> HttpResponse {
 /// `POST /webhook/incoming_call`.
 pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
     let hook = webhook(&req);
-    let path = req.path();
+    let path = INCOMING_CALL;
     let Some(call_sid) = hook.get("CallSid").filter(|s| valid_call_sid(s)).map(str::to_owned) else {
         return bad_request(path, "missing or malformed CallSid");
     };
@@ -99,7 +106,7 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
         Lookup::Known(business) => business.answer(&call_sid),
         Lookup::Unknown => {
             let shown_to = &*shown(Some(&to));
-            tracing::warn!(target: TRACE_TARGET, call_sid = %call_sid, to = %to, "[TWILIO][INBOUND] unknown called number to={shown_to}: no business has it; answered and hung up");
+            tracing::warn!(target: TRACE_TARGET, call_sid = %call_sid, to = shown_to, "[TWILIO][INBOUND] unknown called number to={shown_to}: no business has it; answered and hung up");
             twiml::say(twiml::UNKNOWN_NUMBER, true).into()
         }
         Lookup::Unavailable => twiml::say(twiml::FALLBACK_GREETING, true).into(),
@@ -110,7 +117,7 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
 /// `POST /webhook/outbound_call?lead_id=&business_id=`: the callee of an outbound call answered.
 pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
     let hook = webhook(&req);
-    let path = req.path();
+    let path = OUTBOUND_CALL;
     let Some(call_sid) = hook.get("CallSid").filter(|s| valid_call_sid(s)).map(str::to_owned) else {
         return bad_request(path, "missing or malformed CallSid");
     };
@@ -141,7 +148,7 @@ pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookStat
 /// `POST /webhook/call_status`: progress of a call, applied in SequenceNumber order.
 pub(crate) async fn call_status(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
     let hook = webhook(&req);
-    let path = req.path();
+    let path = CALL_STATUS;
     let Some(call_sid) = hook.get("CallSid").filter(|s| valid_call_sid(s)).map(str::to_owned) else {
         return bad_request(path, "missing or malformed CallSid");
     };
