@@ -1,5 +1,6 @@
 //! Runs host binaries as processes in private sandboxes.
 
+use callplane_plugin_api::testing::ScratchPostgres;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -453,8 +454,7 @@ impl Drop for Server {
 /// A fresh PostgreSQL database on the server named by `TEST_POSTGRES_URL`, dropped on drop.
 #[derive(Debug)]
 pub struct PgDatabase {
-    admin_url: String,
-    name: String,
+    scratch: ScratchPostgres,
     /// The URL of the fresh database.
     pub url: String,
 }
@@ -466,25 +466,14 @@ impl PgDatabase {
     /// # Panics
     /// When the server refuses to create the database.
     pub fn create(test: &str) -> Option<Self> {
-        let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
-            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: TEST_POSTGRES_URL is not set (PostgreSQL tests run in .ci/run)"
-            );
-            return None;
-        };
-        let name = callplane_plugin_api::testing::unique_database_name("cp_e2e");
-        admin_sql(&admin_url, format!("CREATE DATABASE {name}"));
-        let url = url_with_path(&admin_url, &name);
-        Some(Self { admin_url, name, url })
+        let scratch = ScratchPostgres::create(test)?;
+        let url = scratch.url.clone();
+        Some(Self { scratch, url })
     }
-}
 
-impl PgDatabase {
     /// Runs `sql` as the administrator (on the server's maintenance database).
     pub fn admin(&self, sql: &str) {
-        admin_sql(&self.admin_url, sql.to_owned());
+        self.scratch.admin(sql);
     }
 
     /// The first column of the first row of `sql`, run in the fresh database.
@@ -511,41 +500,6 @@ impl PgDatabase {
 
     /// The database's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.scratch.name()
     }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        admin_sql(
-            &self.admin_url,
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
-fn url_with_path(base: &str, database: &str) -> String {
-    let (without_query, query) = base.split_once('?').map_or((base, None), |(b, q)| (b, Some(q)));
-    let root = without_query.rsplit_once('/').map_or(without_query, |(root, _)| root);
-    match query {
-        Some(q) => format!("{root}/{database}?{q}"),
-        None => format!("{root}/{database}"),
-    }
-}
-
-fn admin_sql(admin_url: &str, sql: String) {
-    use callplane_plugin_api::storage::{Db, sqlx};
-    let admin_url = admin_url.to_owned();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let db = Db::connect_lazy(&admin_url).expect("TEST_POSTGRES_URL is a postgres:// URL");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-                .execute(db.pool())
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            db.close().await;
-        });
-    })
-    .join()
-    .expect("admin SQL thread");
 }

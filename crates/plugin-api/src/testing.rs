@@ -140,3 +140,89 @@ pub fn unique_database_name(prefix: &str) -> String {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{prefix}_{}_{nanos}_{n}", std::process::id())
 }
+
+/// A throwaway PostgreSQL database on the server `TEST_POSTGRES_URL` names, dropped (with its
+/// connections) on drop. Tests that need PostgreSQL use it and skip, saying so, without the
+/// variable; `.ci/run` sets it, so nothing is skipped there.
+#[derive(Debug)]
+pub struct ScratchPostgres {
+    admin_url: String,
+    name: String,
+    /// The URL of the fresh database.
+    pub url: String,
+}
+
+impl ScratchPostgres {
+    /// Creates a database for `test`, or returns `None` (saying so on stderr) when
+    /// `TEST_POSTGRES_URL` is not set.
+    ///
+    /// # Panics
+    /// When the server refuses to create the database.
+    pub fn create(test: &str) -> Option<Self> {
+        let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test} on PostgreSQL: TEST_POSTGRES_URL is not set (PostgreSQL tests run in .ci/run)"
+            );
+            return None;
+        };
+        let name = unique_database_name("cp_test");
+        admin_sql(&admin_url, format!("CREATE DATABASE {name}"));
+        let url = url_with_database(&admin_url, &name);
+        Some(Self { admin_url, name, url })
+    }
+
+    /// Runs `sql` as the administrator, on the server's maintenance database.
+    ///
+    /// # Panics
+    /// When the statement fails.
+    pub fn admin(&self, sql: &str) {
+        admin_sql(&self.admin_url, sql.to_owned());
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for ScratchPostgres {
+    fn drop(&mut self) {
+        admin_sql(&self.admin_url, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// `base` (a `postgres://` URL) pointing at `database` instead, its query kept.
+fn url_with_database(base: &str, database: &str) -> String {
+    let (without_query, query) = base.split_once('?').map_or((base, None), |(b, q)| (b, Some(q)));
+    let root = without_query.rsplit_once('/').map_or(without_query, |(root, _)| root);
+    match query {
+        Some(q) => format!("{root}/{database}?{q}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+/// Runs `sql` on `url` from a thread and runtime of its own (callers may be inside a runtime, or
+/// in `Drop`).
+fn admin_sql(url: &str, sql: String) {
+    use callplane_storage::sqlx;
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for administrative SQL");
+        runtime.block_on(async move {
+            let db = Db::connect_lazy(&url).expect("TEST_POSTGRES_URL is a postgres:// URL");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(db.pool())
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            db.close().await;
+        });
+    })
+    .join()
+    .expect("administrative SQL");
+}

@@ -1,114 +1,16 @@
-//! The permissions plugin mounted exactly as the host mounts it (its own `register`, the host's
-//! extractor configuration and request middleware), on a fresh SQLite database per test.
+//! The permissions plugin's routes: sign-in, sessions, roles and pages, tenant isolation.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use actix_web::HttpResponse;
-use actix_web::dev::{Service, ServiceResponse};
+mod common;
+
+use actix_web::dev::Service;
 use actix_web::http::{StatusCode, header};
-use actix_web::test::{self as atest, TestRequest};
-use callplane_plugin_api::storage::{Db, sqlx};
-use callplane_plugin_api::testing::TestHost;
-use callplane_plugin_api::{Access, Principal, Settings};
-use callplane_plugin_permissions::{Store, password, session};
+use actix_web::test::TestRequest;
+use callplane_plugin_api::storage::sqlx;
+use callplane_plugin_permissions::session;
+use common::*;
 use serde_json::{Value, json};
-
-const ORIGIN: &str = "https://app.example.com";
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    db: Db,
-    store: Store,
-    host: TestHost,
-}
-
-async fn page(who: Principal) -> HttpResponse {
-    HttpResponse::Ok().body(who.role)
-}
-
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::connect_lazy(&format!("sqlite://{}/p.db", dir.path().display())).unwrap();
-    let settings = Settings {
-        public_base_url: ORIGIN.to_owned(),
-        ..Settings::default()
-    };
-    // Page routes of another plugin, enforced by this plugin's provider.
-    let host = TestHost::with_routes(
-        settings,
-        db.clone(),
-        &[("permissions", callplane_plugin_permissions::register)],
-        |reg| {
-            reg.get("/test/calendar", Access::PageAccess("calendar"), page)
-                .get("/test/settings", Access::PageAccess("settings"), page)
-                .post("/test/calendar", Access::PageAccess("calendar"), page);
-        },
-    )
-    .await;
-    Fixture {
-        _dir: dir,
-        store: Store::new(db.clone()),
-        db,
-        host,
-    }
-}
-
-macro_rules! app {
-    ($f:expr) => {
-        atest::init_service($f.host.app()).await
-    };
-}
-
-async fn seed_business(f: &Fixture, phone: &str) -> i64 {
-    f.store
-        .create_business("Biz", phone, "hello", None, session::now())
-        .await
-        .unwrap()
-}
-
-async fn seed_user(f: &Fixture, business: i64, email: &str, role: &str) -> i64 {
-    let hash = password::hash("correct horse battery");
-    f.store
-        .create_user(business, email, &hash, role, session::now())
-        .await
-        .unwrap()
-        .id
-}
-
-fn peer(req: TestRequest) -> TestRequest {
-    req.peer_addr("203.0.113.5:40000".parse().unwrap())
-}
-
-fn login_req(email: &str, pw: &str) -> actix_http::Request {
-    peer(TestRequest::post().uri("/api/auth/login"))
-        .set_json(json!({ "email": email, "password": pw }))
-        .to_request()
-}
-
-async fn body_json<B: actix_web::body::MessageBody>(res: ServiceResponse<B>) -> (StatusCode, Value, String) {
-    let status = res.status();
-    let cookie = res
-        .headers()
-        .get(header::SET_COOKIE)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let bytes = actix_web::body::to_bytes(res.into_body()).await.ok().unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), cookie)
-}
-
-async fn login<S, B>(app: &S, email: &str) -> String
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: actix_web::body::MessageBody,
-{
-    let (status, body, _) = body_json(app.call(login_req(email, "correct horse battery")).await.unwrap()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["token"].as_str().unwrap().to_owned()
-}
-
-fn bearer(req: TestRequest, token: &str) -> TestRequest {
-    peer(req).insert_header((header::AUTHORIZATION, format!("Bearer {token}")))
-}
 
 #[actix_rt::test]
 async fn login_sets_a_locked_down_cookie_and_returns_a_bearer_token() {
