@@ -226,6 +226,43 @@ async fn every_validation_error() {
     }
 }
 
+/// `9999-12-31T23:00:00-02:00` is in the year 10000 in UTC: it used to be stored and then read back
+/// as an empty string.
+#[actix_rt::test]
+async fn times_past_year_9999_utc_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(&dir).await;
+    let app = atest::init_service(host.app()).await;
+    let t = login(&app, "agent@a.example").await;
+    let beyond = slot("9999-12-31T23:00:00-02:00", "9999-12-31T23:30:00-02:00");
+    let (status, answer, _) = send(&app, with(&t, TestRequest::post().uri(PATH).set_json(&beyond))).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("9999"), "{answer}");
+
+    let (status, created, _) = send(
+        &app,
+        with(&t, TestRequest::post().uri(PATH).set_json(slot("9999-12-31T20:00:00Z", "9999-12-31T21:00:00Z"))),
+    )
+    .await;
+    assert_eq!(status, 201, "the last representable hours are fine: {created}");
+    let id = created["id"].as_i64().unwrap();
+    let (status, answer, _) = send(
+        &app,
+        with(
+            &t,
+            TestRequest::patch()
+                .uri(&format!("{PATH}/{id}"))
+                .set_json(json!({ "ends_at": "9999-12-31T23:30:00-02:00" })),
+        ),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    let (_, listed, _) = send(&app, with(&t, TestRequest::get().uri(PATH))).await;
+    let listed = listed["appointments"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["ends_at"], "9999-12-31T21:00:00Z");
+}
+
 #[actix_rt::test]
 async fn overlaps_conflict_but_touching_and_cancelled_do_not() {
     let dir = tempfile::tempdir().unwrap();
