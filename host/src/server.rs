@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use actix_http::{ConnectionType, HttpMessage as _, HttpService, Request, Response, StatusCode};
 use actix_service::{IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt as _, fn_service, map_config};
+use actix_web::ResponseError as _;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::AppConfig;
-use actix_web::ResponseError as _;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, web};
@@ -268,9 +268,7 @@ where
     let local = listener.local_addr()?;
     let builder = builder.listen("callplane-http", listener, move || {
         let stopping = stopping.clone();
-        let app = app()
-            .into_factory()
-            .map_err(|error| error.into().error_response());
+        let app = app().into_factory().map_err(|error| error.into().error_response());
         HttpService::build()
             .graceful_shutdown_signal(move || {
                 let stopping = stopping.clone();

@@ -69,9 +69,9 @@ fn percent_encoded(path: &str, rng: &mut Rng) -> String {
     let mut out = String::new();
     for (i, c) in path.chars().enumerate() {
         // The leading slash stays, and at least one character is encoded.
-        if i > 0 && (rng.next() % 3 == 0 || i == path.len() - 1) {
+        if i > 0 && (rng.next().is_multiple_of(3) || i == path.len() - 1) {
             let hex = format!("%{:02X}", c as u32);
-            out.push_str(&if rng.next() % 2 == 0 { hex.to_lowercase() } else { hex });
+            out.push_str(&if rng.next().is_multiple_of(2) { hex.to_lowercase() } else { hex });
         } else {
             out.push(c);
         }
@@ -82,7 +82,11 @@ fn percent_encoded(path: &str, rng: &mut Rng) -> String {
 #[test]
 fn percent_encoded_webhook_paths_mint_no_metric_series() {
     let (_sandbox, server) = serve_with(&[]);
-    let paths = ["/webhook/incoming_call", "/webhook/outbound_call", "/webhook/call_status"];
+    let paths = [
+        "/webhook/incoming_call",
+        "/webhook/outbound_call",
+        "/webhook/call_status",
+    ];
     let body = form(&[("CallSid", SID), ("From", "+15550001111"), ("To", NUMBER)]);
     let unsigned = |path: &str| {
         server.request(
@@ -115,7 +119,10 @@ fn percent_encoded_webhook_paths_mint_no_metric_series() {
         assert!(matches!(reply.status, 403 | 404), "{path}: {}", reply.status);
         routed += usize::from(reply.status == 403);
     }
-    assert!(routed > 50, "actix routes most encodings to the webhooks ({routed} of 200 did)");
+    assert!(
+        routed > 50,
+        "actix routes most encodings to the webhooks ({routed} of 200 did)"
+    );
     let after = series(&server);
     let minted: Vec<_> = after.difference(&before).collect();
     assert!(minted.is_empty(), "new series: {minted:?}");
@@ -129,7 +136,10 @@ fn log_with(sandbox: &Sandbox, needle: &str) -> String {
         if text.contains(needle) {
             return text;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "no {needle:?} in the log:\n{text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no {needle:?} in the log:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -153,7 +163,10 @@ fn invisible_characters_in_trace_values_are_escaped_in_the_log_file() {
     }
     let text = log_with(&sandbox, r#"from="\u{202e}+972509999999""#);
     assert!(text.contains(r#"from="x\u{3164}to=+972509999999""#), "{text}");
-    assert!(!text.contains('\u{3164}') && !text.contains('\u{202E}'), "written raw:\n{text}");
+    assert!(
+        !text.contains('\u{3164}') && !text.contains('\u{202E}'),
+        "written raw:\n{text}"
+    );
 }
 
 #[test]
@@ -177,7 +190,11 @@ fn an_unsigned_60_kb_webhook_adds_little_to_the_log() {
     let text = log_with(&sandbox, "(+30658)");
     let grown = text.len() - before;
     assert!(grown < 2048, "the log grew by {grown} bytes:\n{}", &text[before..]);
-    assert!(text.contains(&format!("from=+1{}…(+30658)", "5".repeat(62))), "{}", &text[before..]);
+    assert!(
+        text.contains(&format!("from=+1{}…(+30658)", "5".repeat(62))),
+        "{}",
+        &text[before..]
+    );
 }
 
 #[test]
@@ -253,7 +270,11 @@ fn an_oversized_body_is_refused_before_100_continue() {
     // A body of a size some route takes is invited as before.
     let mut small = ask(10);
     assert_eq!(first_status(&mut small), "HTTP/1.1 100 Continue");
-    assert_eq!(first_status(&mut small), "", "the blank line that ends the interim answer");
+    assert_eq!(
+        first_status(&mut small),
+        "",
+        "the blank line that ends the interim answer"
+    );
     small.write_all(b"CallSid=xy").unwrap();
     assert_eq!(
         first_status(&mut small),

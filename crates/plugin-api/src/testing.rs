@@ -190,7 +190,10 @@ impl ScratchPostgres {
 
 impl Drop for ScratchPostgres {
     fn drop(&mut self) {
-        admin_sql(&self.admin_url, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        admin_sql(
+            &self.admin_url,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 

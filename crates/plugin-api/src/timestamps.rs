@@ -61,7 +61,11 @@ mod tests {
             assert_eq!(error.status().as_u16(), 422, "{beyond}");
             assert!(error.message().contains("0000 to 9999"), "{}", error.message());
         }
-        for edge in ["9999-12-31T23:59:59Z", "9999-12-31T23:00:00+02:00", "0000-01-01T00:00:00Z"] {
+        for edge in [
+            "9999-12-31T23:59:59Z",
+            "9999-12-31T23:00:00+02:00",
+            "0000-01-01T00:00:00Z",
+        ] {
             let secs = parse_rfc3339("t", edge).unwrap();
             assert!(!rfc3339(secs).is_empty(), "{edge} is written back");
         }

@@ -22,7 +22,7 @@ pub mod request;
 pub mod value;
 
 pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError};
-pub use value::needs_quotes;
 pub use metrics::HttpMetrics;
 pub use proxy::{ClientOrigin, Scheme, TrustedProxies};
 pub use request::{HttpTelemetry, RequestId, RequestScope, current_request_id, request_context};
+pub use value::needs_quotes;

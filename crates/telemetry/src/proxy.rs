@@ -267,7 +267,10 @@ mod tests {
         // X-Forwarded-Proto on its own still tells the scheme (and only from a trusted proxy).
         let proto_only = [("x-forwarded-proto", "https")];
         assert_eq!(client(&p, "10.0.0.2", &proto_only), (ip("10.0.0.2"), Scheme::Https));
-        assert_eq!(client(&p, "203.0.113.9", &proto_only), (ip("203.0.113.9"), Scheme::Http));
+        assert_eq!(
+            client(&p, "203.0.113.9", &proto_only),
+            (ip("203.0.113.9"), Scheme::Http)
+        );
     }
 
     #[test]

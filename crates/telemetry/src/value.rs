@@ -110,7 +110,16 @@ mod tests {
 
     #[test]
     fn plain_values_are_bare() {
-        for bare in ["r-1", "+15550001111", "Jürgen", "a=b", "日本", "O'Brien", r"C:\dir", "☎"] {
+        for bare in [
+            "r-1",
+            "+15550001111",
+            "Jürgen",
+            "a=b",
+            "日本",
+            "O'Brien",
+            r"C:\dir",
+            "☎",
+        ] {
             assert!(!needs_quotes(bare), "{bare:?}");
             assert_eq!(shown(bare), bare);
         }
@@ -172,7 +181,10 @@ mod tests {
 
     #[test]
     fn free_text_keeps_its_spaces_and_quotes_but_not_its_line_breaks() {
-        assert_eq!(plain_text("The 'To' number \"x\" is not valid."), "The 'To' number \"x\" is not valid.");
+        assert_eq!(
+            plain_text("The 'To' number \"x\" is not valid."),
+            "The 'To' number \"x\" is not valid."
+        );
         assert_eq!(plain_text("two\nlines\u{202E}"), "two\\nlines\\u{202e}");
     }
 
@@ -182,6 +194,9 @@ mod tests {
         assert_eq!(truncated(&"a".repeat(64), 64).len(), 64);
         assert_eq!(truncated(&"a".repeat(70), 64), format!("{}…(+6)", "a".repeat(64)));
         assert_eq!(truncated("日本語です", 2), "日本…(+3)", "cut at characters, not bytes");
-        assert!(!needs_quotes(&truncated(&"a".repeat(100), 10)), "the marker keeps a value bare");
+        assert!(
+            !needs_quotes(&truncated(&"a".repeat(100), 10)),
+            "the marker keeps a value bare"
+        );
     }
 }

@@ -237,11 +237,19 @@ async fn times_past_year_9999_utc_are_refused_and_nothing_is_written() {
     let beyond = slot("9999-12-31T23:00:00-02:00", "9999-12-31T23:30:00-02:00");
     let (status, answer, _) = send(&app, with(&t, TestRequest::post().uri(PATH).set_json(&beyond))).await;
     assert_eq!(status, 422, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("9999"), "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("9999"),
+        "{answer}"
+    );
 
     let (status, created, _) = send(
         &app,
-        with(&t, TestRequest::post().uri(PATH).set_json(slot("9999-12-31T20:00:00Z", "9999-12-31T21:00:00Z"))),
+        with(
+            &t,
+            TestRequest::post()
+                .uri(PATH)
+                .set_json(slot("9999-12-31T20:00:00Z", "9999-12-31T21:00:00Z")),
+        ),
     )
     .await;
     assert_eq!(status, 201, "the last representable hours are fine: {created}");

@@ -102,9 +102,7 @@ async fn count_attempt(
         .await?;
     if attempt.failures > limit {
         // A refused attempt is not a failure: it tried no password.
-        store
-            .forget_attempts(&[recorded, &[attempt.id]].concat())
-            .await?;
+        store.forget_attempts(&[recorded, &[attempt.id]].concat()).await?;
         let retry = attempt
             .oldest
             .map_or(THROTTLE_WINDOW_SECS, |t| t + THROTTLE_WINDOW_SECS - now)

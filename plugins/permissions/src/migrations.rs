@@ -9,8 +9,8 @@ use callplane_plugin_api::Migration;
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration::portable(
         1,
-    "businesses, users, role pages, sessions, login failures",
-    "
+        "businesses, users, role pages, sessions, login failures",
+        "
         CREATE TABLE businesses (
             id {id},
             name TEXT NOT NULL,

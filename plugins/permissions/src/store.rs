@@ -421,7 +421,13 @@ impl Store {
     ///
     /// # Errors
     /// A database error.
-    pub async fn record_failure(&self, scope: &str, subject: &str, now: i64, since: i64) -> Result<Attempt, StoreError> {
+    pub async fn record_failure(
+        &self,
+        scope: &str,
+        subject: &str,
+        now: i64,
+        since: i64,
+    ) -> Result<Attempt, StoreError> {
         let id: i64 =
             sqlx::query("INSERT INTO login_failures (scope, subject, failed_at) VALUES ($1, $2, $3) RETURNING id")
                 .bind(scope)
@@ -465,12 +471,13 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn failures(&self, scope: &str, subject: &str, since: i64) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3")
-            .bind(scope)
-            .bind(subject)
-            .bind(since)
-            .fetch_one(self.db.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3")
+                .bind(scope)
+                .bind(subject)
+                .bind(since)
+                .fetch_one(self.db.pool())
+                .await?;
         Ok(row.try_get(0)?)
     }
 
@@ -479,12 +486,14 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn unlock(&self, scope: &str, subject: &str) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM login_failures WHERE scope = $1 AND subject = $2")
-            .bind(scope)
-            .bind(subject)
-            .execute(self.db.pool())
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM login_failures WHERE scope = $1 AND subject = $2")
+                .bind(scope)
+                .bind(subject)
+                .execute(self.db.pool())
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// Forgets the failures of `subject` (after a successful login) and any older than `before`.

@@ -76,7 +76,11 @@ async fn a_successful_login_forgives_only_its_own_failure() {
         start_of_a_second().await;
         for i in 0..18 {
             let res = app
-                .call(login_from(&format!("victim{i}@example.com"), "guess", "203.0.113.77:4000"))
+                .call(login_from(
+                    &format!("victim{i}@example.com"),
+                    "guess",
+                    "203.0.113.77:4000",
+                ))
                 .await
                 .unwrap();
             match res.status() {
@@ -187,7 +191,11 @@ async fn ipv6_clients_of_one_slash_64_share_a_bucket() {
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{from}");
     }
     let same_64 = app
-        .call(login_from("next@example.com", "guess", "[2001:db8:1:2:ffff:ffff:ffff:ffff]:4000"))
+        .call(login_from(
+            "next@example.com",
+            "guess",
+            "[2001:db8:1:2:ffff:ffff:ffff:ffff]:4000",
+        ))
         .await
         .unwrap();
     assert_eq!(same_64.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -195,7 +203,11 @@ async fn ipv6_clients_of_one_slash_64_share_a_bucket() {
         .call(login_from("next@example.com", "guess", "[2001:db8:1:3::1]:4000"))
         .await
         .unwrap();
-    assert_eq!(next_64.status(), StatusCode::UNAUTHORIZED, "another /64 is another client");
+    assert_eq!(
+        next_64.status(),
+        StatusCode::UNAUTHORIZED,
+        "another /64 is another client"
+    );
 }
 
 #[actix_rt::test]
@@ -241,7 +253,11 @@ async fn two_origin_headers_are_refused() {
         req.to_request()
     };
     assert_eq!(app.call(post(&[ORIGIN])).await.unwrap().status(), StatusCode::OK);
-    for origins in [[ORIGIN, "https://evil.example"], ["https://evil.example", ORIGIN], [ORIGIN, ORIGIN]] {
+    for origins in [
+        [ORIGIN, "https://evil.example"],
+        ["https://evil.example", ORIGIN],
+        [ORIGIN, ORIGIN],
+    ] {
         let res = app.call(post(&origins)).await.unwrap();
         assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origins:?}");
     }

@@ -37,9 +37,10 @@ pub async fn fixture() -> Fixture {
 /// A fixture on `postgres` when given, else on SQLite.
 pub async fn fixture_on(postgres: Option<ScratchPostgres>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let url = postgres
-        .as_ref()
-        .map_or_else(|| format!("sqlite://{}/p.db", dir.path().display()), |pg| pg.url.clone());
+    let url = postgres.as_ref().map_or_else(
+        || format!("sqlite://{}/p.db", dir.path().display()),
+        |pg| pg.url.clone(),
+    );
     let db = Db::connect_lazy(&url).unwrap();
     let settings = Settings {
         public_base_url: ORIGIN.to_owned(),
@@ -124,4 +125,3 @@ where
 pub fn bearer(req: TestRequest, token: &str) -> TestRequest {
     peer(req).insert_header((header::AUTHORIZATION, format!("Bearer {token}")))
 }
-
