@@ -282,3 +282,36 @@ fn an_oversized_body_is_refused_before_100_continue() {
         "unsigned, so refused once read"
     );
 }
+
+/// The per-account lock is a denial of service by design; `admin unlock` is the operator's way out.
+#[test]
+fn an_operator_lifts_an_account_lock_with_admin_unlock() {
+    let (sandbox, server) = serve_with(&[]);
+    let attempt = |password: &str| {
+        let body = serde_json::json!({ "email": OWNER.0, "password": password }).to_string();
+        server
+            .request(
+                "POST",
+                "/api/auth/login",
+                &[("content-type", "application/json")],
+                Some(&body),
+            )
+            .status
+    };
+    for _ in 0..5 {
+        assert_eq!(attempt("not the password"), 401);
+    }
+    assert_eq!(attempt(OWNER.2), 429, "locked, even with the right password");
+    let unlocked = sandbox.run(Path::new(BIN), &["admin", "unlock", "--email", OWNER.0], &env());
+    assert_eq!(unlocked.code, Some(0), "{}{}", unlocked.stdout, unlocked.stderr);
+    assert!(
+        unlocked
+            .stdout
+            .contains(&format!("unlocked account={} failures_forgotten=5", OWNER.0)),
+        "{}",
+        unlocked.stdout
+    );
+    assert_eq!(attempt(OWNER.2), 200);
+    let usage = sandbox.run(Path::new(BIN), &["admin", "unlock"], &env());
+    assert_ne!(usage.code, Some(0), "unlock needs --email or --client");
+}
