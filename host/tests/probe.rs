@@ -71,7 +71,11 @@ fn percent_encoded(path: &str, rng: &mut Rng) -> String {
         // The leading slash stays, and at least one character is encoded.
         if i > 0 && (rng.next().is_multiple_of(3) || i == path.len() - 1) {
             let hex = format!("%{:02X}", c as u32);
-            out.push_str(&if rng.next().is_multiple_of(2) { hex.to_lowercase() } else { hex });
+            out.push_str(&if rng.next().is_multiple_of(2) {
+                hex.to_lowercase()
+            } else {
+                hex
+            });
         } else {
             out.push(c);
         }

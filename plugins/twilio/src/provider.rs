@@ -2,13 +2,13 @@
 //! signature check or any database work, then validates `X-Twilio-Signature` over the configured
 //! public URL (never the `Host` or `X-Forwarded-*` headers) and refuses with 403 and empty TwiML.
 
+use std::borrow::Cow;
+
 use actix_web::dev::ServiceRequest;
 use actix_web::error::PayloadError;
 use actix_web::http::{StatusCode, header};
 use actix_web::web::Bytes;
 use actix_web::{FromRequest, HttpMessage, HttpResponse};
-use std::borrow::Cow;
-
 use callplane_plugin_api::telemetry::TRACE_TARGET;
 use callplane_plugin_api::telemetry::value::{shown as log_value, truncated};
 use callplane_plugin_api::{Access, AccessProvider, Secret, is_body_timeout};
