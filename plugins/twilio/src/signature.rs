@@ -1,6 +1,6 @@
 //! `X-Twilio-Signature` validation, exactly as Twilio's SDKs do it (twilio-python
 //! `RequestValidator`), checked against the SDK-generated vectors in
-//! `../shared/conformance/twilio_signature_vectors.json`.
+//! `testdata/twilio_signature_vectors.json`.
 //!
 //! The signed string is the URL Twilio called (literally: scheme, host, port as configured, path,
 //! raw query) followed by every distinct POST parameter as `key + value`, keys in code-point order
@@ -216,14 +216,9 @@ mod tests {
         valid: bool,
     }
 
-    /// The vectors generated with Twilio's own SDK (read from the shared folder beside the repo).
+    /// The vectors generated with Twilio's own SDK (testdata/README.md says how).
     fn vectors() -> Vectors {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/conformance/twilio_signature_vectors.json"
-        );
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_json::from_str(&text).unwrap()
+        serde_json::from_str(include_str!("../testdata/twilio_signature_vectors.json")).unwrap()
     }
 
     #[test]
