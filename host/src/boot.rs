@@ -232,7 +232,7 @@ pub fn plan(
                 "CP001",
                 Some(name),
                 format!("critical plugin '{name}' is missing: not compiled into this binary"),
-                format!("build with the default features or remove '{name}' from CALLPLANE_CRITICAL_PLUGINS"),
+                missing_plugin_hint(name, by_name.keys().copied()),
             ));
             reports.insert(
                 name.clone(),
@@ -309,7 +309,7 @@ pub fn plan(
             Ok(Ok(())) if registration.problems.is_empty() => None,
             Ok(Ok(())) => Some((
                 "CP006",
-                format!("declared invalid routes: {}", registration.problems.join("; ")),
+                format!("made invalid declarations: {}", registration.problems.join("; ")),
             )),
             Ok(Err(RegisterError::Config { key, message })) => Some((
                 "CP010",
@@ -362,6 +362,26 @@ pub fn plan(
                 ));
             } else {
                 providers.insert(*capability, (a.plugin.name, provider.clone()));
+            }
+        }
+    }
+    // Shared state: one value per type in the app, or the later plugin's shadows the earlier's.
+    let mut state_owners: BTreeMap<std::any::TypeId, &'static str> = BTreeMap::new();
+    for a in &active {
+        for (type_id, type_name) in &a.registration.state_types {
+            match state_owners.get(type_id) {
+                Some(first) if *first != a.plugin.name => planner.findings.push(Finding::error(
+                    "CP002",
+                    Some(a.plugin.name),
+                    format!(
+                        "plugins '{first}' and '{}' both share state of type {type_name}: handlers would see only one",
+                        a.plugin.name
+                    ),
+                    "wrap the state in a type of the plugin's own (a newtype) so each plugin's handlers get theirs",
+                )),
+                _ => {
+                    state_owners.insert(*type_id, a.plugin.name);
+                }
             }
         }
     }
@@ -665,11 +685,27 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "non-text panic payload".to_owned())
 }
 
+/// The hint of CP001 for `name`: a bundled plugin (one of the default manifest) was compiled out;
+/// any other name is not known to this build, so the hint names what is linked and the closest
+/// match.
+fn missing_plugin_hint<'a>(name: &str, linked: impl Iterator<Item = &'a str> + Clone) -> String {
+    if Config::default().critical_plugins.iter().any(|bundled| bundled == name) {
+        return format!("build with the default features or remove '{name}' from CALLPLANE_CRITICAL_PLUGINS");
+    }
+    let known = linked.clone().collect::<Vec<_>>().join(", ");
+    let guess = crate::config::closest(name, linked)
+        .map(|close| format!("did you mean '{close}'? "))
+        .unwrap_or_default();
+    format!(
+        "{guess}no plugin of this build is named '{name}' (it links: {known}); remove it from CALLPLANE_CRITICAL_PLUGINS or link the crate that provides it"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use actix_web::HttpResponse;
     use actix_web::dev::ServiceRequest;
-    use callplane_plugin_api::{Access, AccessProvider, Capability};
+    use callplane_plugin_api::{Access, AccessProvider, Capability, Migration};
     use futures_util::future::LocalBoxFuture;
 
     use super::*;
@@ -843,6 +879,78 @@ mod tests {
             plan.findings[1]
                 .message
                 .contains("'twilio' is missing: not compiled into this binary")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_critical_name_gets_a_hint_that_names_what_is_linked() {
+        let plan = run(&[&PERMISSIONS, &NOTES], &["permissions", "billing", "note"]);
+        let hints: Vec<&str> = plan.findings.iter().map(|f| f.hint.as_str()).collect();
+        assert_eq!(
+            hints,
+            [
+                "no plugin of this build is named 'billing' (it links: notes, permissions); remove it from CALLPLANE_CRITICAL_PLUGINS or link the crate that provides it",
+                "did you mean 'notes'? no plugin of this build is named 'note' (it links: notes, permissions); remove it from CALLPLANE_CRITICAL_PLUGINS or link the crate that provides it",
+            ]
+        );
+        let bundled = run(&[&PERMISSIONS], &["permissions", "twilio"]);
+        assert!(
+            bundled.findings[0].hint
+                == "build with the default features or remove 'twilio' from CALLPLANE_CRITICAL_PLUGINS",
+            "{}",
+            bundled.findings[0].hint
+        );
+    }
+
+    static STATE_A: RoutePlugin = plugin("state-a", &[], true, |reg| {
+        reg.state(7_u32);
+        Ok(())
+    });
+    static STATE_B: RoutePlugin = plugin("state-b", &[], true, |reg| {
+        reg.state(8_u32);
+        Ok(())
+    });
+    static STATE_TWICE: RoutePlugin = plugin("state-twice", &[], true, |reg| {
+        reg.state(7_u32);
+        reg.state(8_u32);
+        Ok(())
+    });
+    static MIGRATIONS_BACKWARDS: RoutePlugin = plugin("backwards", &[], true, |reg| {
+        reg.migrations(&[
+            Migration::portable(2, "two", "SELECT 1;"),
+            Migration::portable(1, "one", "SELECT 1;"),
+        ]);
+        Ok(())
+    });
+
+    #[tokio::test]
+    async fn shadowed_state_and_migrations_out_of_order_are_found_at_plan_time() {
+        let plan = run(&[&STATE_A, &STATE_B], &[]);
+        assert_eq!(ids(&plan), [("CP002", Level::Error, Some("state-b"))]);
+        assert!(
+            plan.findings[0].message.contains("type u32"),
+            "{}",
+            plan.findings[0].message
+        );
+        let plan = run(&[&STATE_TWICE, &MIGRATIONS_BACKWARDS], &[]);
+        assert_eq!(
+            ids(&plan),
+            [
+                ("CP006", Level::Error, Some("backwards")),
+                ("CP006", Level::Error, Some("state-twice"))
+            ]
+        );
+        assert!(
+            plan.findings[0]
+                .message
+                .contains("migration version 1 follows version 2"),
+            "{}",
+            plan.findings[0].message
+        );
+        assert!(
+            plan.findings[1].message.contains("declared twice"),
+            "{}",
+            plan.findings[1].message
         );
     }
 

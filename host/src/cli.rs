@@ -1,4 +1,4 @@
-//! The command line (CONTRACT §4).
+//! The command line (docs/cli.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +58,13 @@ pub enum Command {
     },
     /// List the plugins: name, version, critical, requires, status.
     Plugins {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Show every configuration key: its effective value, where it came from (default, file,
+    /// env), secrets redacted; and the platform's variables that were ignored.
+    Config {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -140,6 +147,13 @@ pub fn run(cli: Cli, started: Instant) -> ExitCode {
                 match format {
                     Format::Text => print!("{}", report::plugins_text(&plan.plugins)),
                     Format::Json => println!("{}", serde_json::json!({ "plugins": plan.plugins })),
+                }
+                finish_listing(&findings)
+            }
+            Command::Config { format } => {
+                match format {
+                    Format::Text => print!("{}", report::config_text(&config)),
+                    Format::Json => println!("{}", report::config_json(&config)),
                 }
                 finish_listing(&findings)
             }

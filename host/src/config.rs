@@ -1,4 +1,4 @@
-//! Configuration: `callplane.toml` overridden by environment variables (CONTRACT §5).
+//! Configuration: `callplane.toml` overridden by environment variables (docs/cli.md has the table).
 //!
 //! Every problem becomes a CP010 finding naming the key (and the variable it came from), and every
 //! problem is reported, not only the first. A key with a bad value keeps its default so the rest of
@@ -40,6 +40,32 @@ pub struct Config {
     pub settings: Settings,
     /// The file the configuration came from, if any.
     pub file: Option<PathBuf>,
+    /// Where each key's effective value came from (absent: the default).
+    pub sources: BTreeMap<&'static str, Source>,
+    /// `CALLPLANE_*` variables the platform injected (Kubernetes service links), ignored.
+    pub platform_variables: Vec<String>,
+}
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in default.
+    Default,
+    /// The configuration file.
+    File,
+    /// An environment variable.
+    Env,
+}
+
+impl Source {
+    /// `default`, `file` or `env`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::File => "file",
+            Self::Env => "env",
+        }
+    }
 }
 
 impl Default for Config {
@@ -54,15 +80,21 @@ impl Default for Config {
             shutdown_drain_secs: 5,
             settings: Settings::default(),
             file: None,
+            sources: BTreeMap::new(),
+            platform_variables: Vec::new(),
         }
     }
 }
 
 /// One configuration key: its name in the file and its environment variable.
-struct Key {
-    file: &'static str,
-    env: &'static str,
-    secret: bool,
+#[derive(Debug)]
+pub struct Key {
+    /// The key in `callplane.toml` (`twilio.auth_token` is `auth_token` in `[twilio]`).
+    pub file: &'static str,
+    /// Its environment variable.
+    pub env: &'static str,
+    /// Whether its value is never shown.
+    pub secret: bool,
 }
 
 const fn key(file: &'static str, env: &'static str) -> Key {
@@ -73,8 +105,8 @@ const fn key(file: &'static str, env: &'static str) -> Key {
     }
 }
 
-/// Every key, in the order of CONTRACT §5.
-const KEYS: &[Key] = &[
+/// Every key, in the order of the configuration table in docs/cli.md.
+pub const KEYS: &[Key] = &[
     key("bind", "CALLPLANE_BIND"),
     key("database_url", "CALLPLANE_DATABASE_URL"),
     key("public_base_url", "CALLPLANE_PUBLIC_BASE_URL"),
@@ -106,13 +138,14 @@ enum Raw {
 struct Loader {
     findings: Vec<Finding>,
     file_label: String,
+    platform_variables: Vec<String>,
 }
 
 impl Loader {
     fn bad(&mut self, key: &Key, raw: &Raw, problem: &str, hint: &str) {
         let source = match raw {
-            Raw::File(_) => format!("`{}` in {}", key.file, self.file_label),
-            Raw::Env(_) => format!("environment variable {}", key.env),
+            Raw::File(_) => format!("configuration key `{}` in {}", key.file, self.file_label),
+            Raw::Env(_) => format!("environment variable {} (key `{}`)", key.env, key.file),
         };
         // URLs may carry credentials (`postgres://app:password@…`): shown with the password masked.
         let text = |value: &str| {
@@ -131,7 +164,7 @@ impl Loader {
         self.findings.push(Finding::error(
             "CP010",
             None,
-            format!("configuration key {source} has an invalid value {shown}: {problem}"),
+            format!("{source} has an invalid value {shown}: {problem}"),
             hint,
         ));
     }
@@ -218,6 +251,7 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Config, Vec
     });
     let mut loader = Loader {
         findings: Vec::new(),
+        platform_variables: Vec::new(),
         file_label: path
             .as_ref()
             .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string()),
@@ -240,9 +274,18 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Config, Vec
 
     for key in KEYS {
         if let Some(value) = raw.get(key.file) {
+            let before = loader.findings.len();
             apply(&mut config, key, value, &mut loader);
+            if loader.findings.len() == before {
+                let source = match value {
+                    Raw::File(_) => Source::File,
+                    Raw::Env(_) => Source::Env,
+                };
+                config.sources.insert(key.file, source);
+            }
         }
     }
+    config.platform_variables = loader.platform_variables;
     (config, loader.findings)
 }
 
@@ -277,9 +320,13 @@ fn collect_file_keys(table: &toml::Table, raw: &mut BTreeMap<&'static str, Raw>,
                 "CP010",
                 None,
                 format!("unknown configuration key `{name}` in {}", loader.file_label),
-                format!(
-                    "known keys: {}",
-                    KEYS.iter().map(|k| k.file).collect::<Vec<_>>().join(", ")
+                with_suggestion(
+                    &name,
+                    KEYS.iter().map(|k| k.file),
+                    format!(
+                        "known keys: {}",
+                        KEYS.iter().map(|k| k.file).collect::<Vec<_>>().join(", ")
+                    ),
                 ),
             )),
         }
@@ -294,18 +341,21 @@ fn collect_env_keys(env: &BTreeMap<String, String>, raw: &mut BTreeMap<&'static 
         }
         if let Some(key) = KEYS.iter().find(|k| k.env == name) {
             raw.insert(key.file, Raw::Env(value.clone()));
+        } else if is_platform_variable(name, value) {
+            loader.platform_variables.push(name.clone());
         } else if name.starts_with("CALLPLANE_") && name != CONFIG_ENV {
+            let known = || KEYS.iter().map(|k| k.env).filter(|e| e.starts_with("CALLPLANE_"));
             loader.findings.push(Finding::error(
                 "CP010",
                 None,
                 format!("unknown environment variable {name}"),
-                format!(
-                    "known variables: {CONFIG_ENV}, {}",
-                    KEYS.iter()
-                        .map(|k| k.env)
-                        .filter(|e| e.starts_with("CALLPLANE_"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                with_suggestion(
+                    name,
+                    known(),
+                    format!(
+                        "known variables: {CONFIG_ENV}, {}",
+                        known().collect::<Vec<_>>().join(", ")
+                    ),
                 ),
             ));
         }
@@ -511,6 +561,92 @@ fn base_url(raw: &str) -> Result<String, String> {
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
+/// The effective value of `key` as `callplane config` shows it: secrets as `<secret>`, URLs with
+/// their password masked.
+pub fn effective(config: &Config, key: &Key) -> String {
+    if key.secret {
+        return "<secret>".to_owned();
+    }
+    let s = &config.settings;
+    match key.file {
+        "bind" => config.bind.to_string(),
+        "database_url" => redact_url(&config.database_url),
+        "public_base_url" => s.public_base_url.clone(),
+        "trusted_proxies" => s
+            .trusted_proxies
+            .nets()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        "critical_plugins" => config.critical_plugins.join(","),
+        "instances" => s.instances.to_string(),
+        "log_dir" => config.log_dir.display().to_string(),
+        "spool_dir" => s.spool_dir.display().to_string(),
+        "calendar_max_minutes" => s.calendar_max_minutes.to_string(),
+        "record_calls" => s.record_calls.to_string(),
+        "log_format" => match config.log_format {
+            LogFormat::Text => "text".to_owned(),
+            LogFormat::Json => "json".to_owned(),
+        },
+        "log_filter" => config.log_filter.clone(),
+        "shutdown_drain_secs" => config.shutdown_drain_secs.to_string(),
+        "twilio.account_sid" => s.twilio.account_sid.clone(),
+        "twilio.api_base" => s.twilio.api_base.clone(),
+        other => unreachable!("key {other} is in KEYS but has no effective value"),
+    }
+}
+
+/// Whether `name` is a variable Kubernetes injects for a Service named `callplane` or
+/// `callplane-…` (`CALLPLANE_SERVICE_HOST`, `CALLPLANE_SERVICE_PORT[_NAME]`,
+/// `CALLPLANE_PORT=tcp://…`, `CALLPLANE_PORT_8080_TCP[_PROTO|_PORT|_ADDR]`, and the same with
+/// `CALLPLANE_<SERVICE>_` in front). Those are the platform's, not configuration; every pod would
+/// otherwise refuse to start.
+pub fn is_platform_variable(name: &str, value: &str) -> bool {
+    let Some(rest) = name.strip_prefix("CALLPLANE_") else {
+        return false;
+    };
+    // `rest` is `[SERVICE_]SERVICE_HOST`, `[SERVICE_]SERVICE_PORT[_NAME]`, `[SERVICE_]PORT`
+    // or `[SERVICE_]PORT_<n>_<PROTO>[_FIELD]`.
+    let parts: Vec<&str> = rest.split('_').collect();
+    let link = |v: &str| ["tcp://", "udp://", "sctp://"].iter().any(|p| v.starts_with(p));
+    (0..parts.len()).any(|start| match &parts[start..] {
+        ["SERVICE", "HOST"] => true,
+        ["SERVICE", "PORT", ..] => true,
+        ["PORT"] => link(value),
+        ["PORT", port, proto, field @ ..] => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && matches!(*proto, "TCP" | "UDP" | "SCTP")
+                && matches!(field, [] | ["PROTO" | "PORT" | "ADDR"])
+        }
+        _ => false,
+    })
+}
+
+/// `hint`, preceded by "did you mean `x`?" when one of `known` is close to `name`.
+fn with_suggestion<'a>(name: &str, known: impl Iterator<Item = &'a str>, hint: String) -> String {
+    match closest(name, known) {
+        Some(close) => format!("did you mean `{close}`? {hint}"),
+        None => hint,
+    }
+}
+
+/// The one of `candidates` closest to `name`, if it is close (Jaro-Winkler similarity of at least
+/// 0.8, case and a shared `CALLPLANE_` prefix ignored: how clap suggests subcommands).
+pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let bare = |s: &str| {
+        let lower = s.to_lowercase();
+        lower.strip_prefix("callplane_").map(str::to_owned).unwrap_or(lower)
+    };
+    let name = bare(name);
+    candidates
+        .map(|c| (strsim::jaro_winkler(&name, &bare(c)), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
 /// The process environment as a map (variables that are not valid UTF-8 are kept, lossily, so a
 /// bad value is still reported rather than ignored).
 pub fn process_env() -> BTreeMap<String, String> {
@@ -630,6 +766,113 @@ mod tests {
             );
         }
         assert_eq!(findings.len(), 12, "{text:#?}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        let injected = [
+            ("CALLPLANE_SERVICE_HOST", "10.96.0.12"),
+            ("CALLPLANE_SERVICE_PORT", "8080"),
+            ("CALLPLANE_SERVICE_PORT_HTTP", "8080"),
+            ("CALLPLANE_PORT", "tcp://10.96.0.12:8080"),
+            ("CALLPLANE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+            ("CALLPLANE_PORT_8080_TCP_PROTO", "tcp"),
+            ("CALLPLANE_PORT_8080_TCP_PORT", "8080"),
+            ("CALLPLANE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            ("CALLPLANE_DB_SERVICE_HOST", "10.96.0.13"),
+            ("CALLPLANE_DB_PORT", "tcp://10.96.0.13:5432"),
+            ("CALLPLANE_DB_PORT_5432_TCP_ADDR", "10.96.0.13"),
+        ];
+        let (config, findings) = load(Some(file("").path()), &env(&injected));
+        assert!(findings.is_empty(), "{findings:?}");
+        let mut listed = config.platform_variables.clone();
+        listed.sort();
+        let mut expected: Vec<String> = injected.iter().map(|(k, _)| (*k).to_owned()).collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+        // Look-alikes that are not the platform's shapes stay errors.
+        for (name, value) in [
+            ("CALLPLANE_PORT", "8080"),
+            ("CALLPLANE_PORT_HTTP_TCP", "tcp://10.96.0.12:8080"),
+            ("CALLPLANE_PORT_8080_TCP_COLOUR", "x"),
+            ("CALLPLANE_SERVICE", "x"),
+        ] {
+            let (_, findings) = load(Some(file("").path()), &env(&[(name, value)]));
+            assert_eq!(findings.len(), 1, "{name}={value}");
+            assert!(findings[0].message.contains(name), "{}", findings[0].message);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_get_the_closest_known_one() {
+        let (_, findings) = load(
+            Some(file("databse_url = \"sqlite://x.db\"\n").path()),
+            &env(&[("CALLPLANE_LOG_FROMAT", "json"), ("CALLPLANE_ZZZ", "1")]),
+        );
+        let hints: Vec<&str> = findings.iter().map(|f| f.hint.as_str()).collect();
+        assert!(
+            hints.iter().any(|h| h.starts_with("did you mean `database_url`?")),
+            "{hints:?}"
+        );
+        assert!(
+            hints
+                .iter()
+                .any(|h| h.starts_with("did you mean `CALLPLANE_LOG_FORMAT`?")),
+            "{hints:?}"
+        );
+        assert!(
+            hints.iter().any(|h| h.starts_with("known variables:")),
+            "no wild guess: {hints:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_its_key_plainly() {
+        let (_, findings) = load(
+            Some(file("bind = 5\n").path()),
+            &env(&[("CALLPLANE_LOG_FORMAT", "xml")]),
+        );
+        let messages: Vec<&str> = findings.iter().map(|f| f.message.as_str()).collect();
+        assert!(
+            messages.iter().any(|m| m.starts_with(
+                "environment variable CALLPLANE_LOG_FORMAT (key `log_format`) has an invalid value \"xml\""
+            )),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.starts_with("configuration key `bind` in ")),
+            "{messages:?}"
+        );
+    }
+
+    #[test]
+    fn every_key_has_an_effective_value_and_secrets_stay_hidden() {
+        let (config, _) = load(
+            Some(file("").path()),
+            &env(&[
+                ("TWILIO_AUTH_TOKEN", "hunter2-token"),
+                ("CALLPLANE_DATABASE_URL", "postgres://app:s3cret@db/cp"),
+            ]),
+        );
+        let shown: Vec<String> = KEYS.iter().map(|k| effective(&config, k)).collect();
+        assert_eq!(shown.len(), KEYS.len());
+        let all = shown.join(" ");
+        assert!(!all.contains("hunter2") && !all.contains("s3cret"), "{all}");
+        assert!(
+            all.contains("<secret>") && all.contains("postgres://app:***@db/cp"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn sources_say_where_each_value_came_from() {
+        let (config, _) = load(
+            Some(file("bind = \"127.0.0.1:9000\"\n").path()),
+            &env(&[("CALLPLANE_LOG_FORMAT", "json")]),
+        );
+        assert_eq!(config.sources.get("bind"), Some(&Source::File));
+        assert_eq!(config.sources.get("log_format"), Some(&Source::Env));
+        assert_eq!(config.sources.get("database_url"), None, "the default");
     }
 
     #[test]

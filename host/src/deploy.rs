@@ -70,7 +70,7 @@ pub fn static_checks(config: &Config, level: Level) -> Vec<Finding> {
             "use CALLPLANE_DATABASE_URL=postgres://… for more than one instance",
         );
     }
-    if let Err(e) = logging::probe_log_dir(&config.log_dir) {
+    if let Err(e) = logging::check_log_dir(&config.log_dir) {
         push(
             "CP105",
             e.to_string(),

@@ -1,10 +1,11 @@
-//! Text and JSON renderings shared by `serve`, `check`, `routes` and `plugins` (shapes in
+//! Text and JSON renderings shared by `serve`, `check`, `routes`, `plugins` and `config` (shapes in
 //! docs/cli.md).
 
 use callplane_plugin_api::RouteSpec;
 use serde_json::{Value, json};
 
 use crate::boot::{BootPlan, PluginReport, PluginStatus};
+use crate::config::{Config, KEYS, Key, Source, effective};
 use crate::finding::{Finding, counts};
 
 /// `[BOOT] ✅ plugin=… version=… routes=… critical=… registered (summary)`.
@@ -129,4 +130,61 @@ fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
         line(row.iter().map(String::as_str).collect());
     }
     out
+}
+/// `config` as text: the file used, one line per key (key, variable, source, value), the ignored
+/// platform variables.
+pub fn config_text(config: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match &config.file {
+        Some(file) => {
+            let _ = writeln!(out, "config file: {}", file.display());
+        }
+        None => out.push_str("config file: none (defaults and environment only)\n"),
+    }
+    let _ = writeln!(out, "{:<22} {:<32} {:<8} VALUE", "KEY", "VARIABLE", "SOURCE");
+    for key in KEYS {
+        let _ = writeln!(
+            out,
+            "{:<22} {:<32} {:<8} {}",
+            key.file,
+            key.env,
+            source(config, key).as_str(),
+            effective(config, key)
+        );
+    }
+    if !config.platform_variables.is_empty() {
+        let _ = writeln!(
+            out,
+            "ignored (set by the platform, e.g. Kubernetes service links): {}",
+            config.platform_variables.join(", ")
+        );
+    }
+    out
+}
+
+/// `config --format json`: `{"file", "keys": [{"key", "env", "source", "value", "secret"}],
+/// "platform_variables"}`.
+pub fn config_json(config: &Config) -> Value {
+    let keys: Vec<Value> = KEYS
+        .iter()
+        .map(|key| {
+            json!({
+                "key": key.file,
+                "env": key.env,
+                "source": source(config, key).as_str(),
+                "value": effective(config, key),
+                "secret": key.secret,
+            })
+        })
+        .collect();
+    json!({
+        "file": config.file.as_ref().map(|f| f.display().to_string()),
+        "keys": keys,
+        "platform_variables": config.platform_variables,
+    })
+}
+
+fn source(config: &Config, key: &Key) -> Source {
+    config.sources.get(key.file).copied().unwrap_or(Source::Default)
 }

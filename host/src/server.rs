@@ -124,6 +124,30 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         return ExitCode::from(EXIT_CONFIG);
     }
 
+    // `register` only declared; what a plugin must create or open to serve, it does now.
+    let mut start_failures = Vec::new();
+    for active in &plan.active {
+        for (name, hook) in &active.registration.start_hooks {
+            if let Err(message) = hook() {
+                start_failures.push(Finding::error(
+                    "CP006",
+                    Some(active.plugin.name),
+                    format!("plugin '{}' cannot start ({name}): {message}", active.plugin.name),
+                    "fix the path or permission named above",
+                ));
+            }
+        }
+    }
+    if !start_failures.is_empty() {
+        for finding in &start_failures {
+            let [head, hint] = finding.lines();
+            tracing::error!(target: BOOT_TARGET, id = finding.id, plugin = finding.plugin.as_deref(), "{head}");
+            tracing::error!(target: BOOT_TARGET, "{hint}");
+        }
+        tracing::error!(target: BOOT_TARGET, "{}", report::fatal_line(&start_failures));
+        return ExitCode::from(EXIT_CONFIG);
+    }
+
     if let Err(error) = plan.migrate(&db).await {
         tracing::error!(target: BOOT_TARGET, error = %error, database = db.redacted_url(), "[BOOT] ❌ migrations failed");
         return ExitCode::FAILURE;

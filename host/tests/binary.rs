@@ -245,3 +245,86 @@ fn the_systemd_unit_and_environment_example_are_a_valid_configuration() {
     // Not even a deploy warning: https public URL, trusted proxies, PostgreSQL for two instances.
     assert!(ids.is_empty(), "{}", out.stdout);
 }
+
+/// Kubernetes injects `CALLPLANE_*` service links into every pod of a namespace with a Service
+/// named `callplane`: they are not configuration, so the pod boots; `config` lists them, shows
+/// where every value came from, and never a secret.
+#[test]
+fn kubernetes_service_links_boot_and_config_shows_every_key() {
+    let sandbox = Sandbox::new();
+    let env = [
+        ("CALLPLANE_SERVICE_HOST", "10.96.0.12"),
+        ("CALLPLANE_SERVICE_PORT", "8080"),
+        ("CALLPLANE_PORT", "tcp://10.96.0.12:8080"),
+        ("CALLPLANE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("CALLPLANE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("CALLPLANE_LOG_FORMAT", "json"),
+        ("TWILIO_AUTH_TOKEN", "a-real-looking-token-8d1f"),
+    ];
+    let checked = sandbox.run(Path::new(BIN), &["check"], &env);
+    assert_eq!(checked.code, Some(0), "{}", all(&checked));
+    let server = sandbox.serve(Path::new(BIN), &env);
+    assert_eq!(server.get("/readyz").status, 200);
+    drop(server);
+
+    let shown = sandbox.run(Path::new(BIN), &["config", "--format", "json"], &env);
+    assert_eq!(shown.code, Some(0), "{}", all(&shown));
+    assert!(!all(&shown).contains("a-real-looking-token"), "{}", shown.stdout);
+    let report: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    let key = |name: &str| {
+        report["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key"] == name)
+            .unwrap_or_else(|| panic!("no key {name}: {report}"))
+            .clone()
+    };
+    assert_eq!(key("log_format")["source"], "env");
+    assert_eq!(key("log_format")["value"], "json");
+    assert_eq!(key("bind")["source"], "env", "the sandbox sets CALLPLANE_BIND");
+    assert_eq!(key("calendar_max_minutes")["source"], "default");
+    assert_eq!(key("twilio.auth_token")["value"], "<secret>");
+    assert_eq!(report["platform_variables"].as_array().unwrap().len(), 5, "{report}");
+
+    let text = sandbox.run(Path::new(BIN), &["config"], &env);
+    assert_eq!(text.code, Some(0));
+    assert!(text.stdout.contains("ignored (set by the platform"), "{}", text.stdout);
+    assert!(text.stdout.contains("CALLPLANE_PORT_8080_TCP_ADDR"), "{}", text.stdout);
+
+    // Anything else unknown under CALLPLANE_ still refuses, with the closest known variable.
+    let typo = sandbox.run(Path::new(BIN), &["check"], &[("CALLPLANE_LOG_FROMAT", "json")]);
+    assert_eq!(typo.code, Some(78));
+    assert!(
+        all(&typo).contains("did you mean `CALLPLANE_LOG_FORMAT`?"),
+        "{}",
+        all(&typo)
+    );
+}
+
+/// `register` declares and nothing more: the commands that only validate and list create no file
+/// and no directory (not the SQLite database, not the spool, not the log directory).
+#[test]
+fn validating_and_listing_leave_an_empty_directory_empty() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["check"][..],
+        &["check", "--format", "json"],
+        &["routes"],
+        &["plugins"],
+        &["config"],
+    ] {
+        let out = sandbox.run(Path::new(BIN), args, &[]);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", all(&out));
+        let left: Vec<_> = std::fs::read_dir(sandbox.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+    // `serve` is what creates them.
+    let server = sandbox.serve(Path::new(BIN), &[]);
+    assert_eq!(server.get("/readyz").status, 200);
+    assert!(sandbox.path().join("callplane.db").exists());
+    assert!(sandbox.log_dir().is_dir());
+}

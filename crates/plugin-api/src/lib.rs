@@ -80,7 +80,7 @@ pub use deadline::{BODY_DEADLINE, edge, is_body_timeout, protective_headers, tim
 pub use error::{ApiError, MAX_BODY, RegisterError, extractor_configs, paging};
 pub use registrar::{
     BackgroundTask, CommandContext, CommandHandler, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar,
-    Registration, RouteSpec, StateInstaller, mount,
+    Registration, RouteSpec, StartHook, StateInstaller, mount,
 };
 pub use settings::{DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Secret, Settings, TwilioSettings};
 

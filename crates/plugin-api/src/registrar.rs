@@ -46,6 +46,11 @@ pub type CommandHandler = Arc<dyn Fn(CommandContext) -> LocalBoxFuture<'static, 
 /// the server's runtime, never by `check`, `routes` or commands.
 pub type BackgroundTask = Arc<dyn Fn() -> LocalBoxFuture<'static, ()> + Send + Sync>;
 
+/// Work a plugin does when the server starts, and only then (create its spool file, say):
+/// `register` only declares, so `check`, `routes` and `plugins` touch nothing. `serve` runs the
+/// hooks after validation and before migrations; an error stops the boot (exit 78, nothing bound).
+pub type StartHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The answer of a [`ReadinessCheck`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadinessReport {
@@ -136,7 +141,13 @@ pub struct Registration {
     pub commands: Vec<(String, CommandHandler, bool)>,
     /// Background tasks, by name.
     pub tasks: Vec<(String, BackgroundTask)>,
-    /// Malformed declarations (bad paths, …): the registration counts as failed.
+    /// Start hooks, by name.
+    pub start_hooks: Vec<(String, StartHook)>,
+    /// The type of each piece of shared state, by name (the host refuses two plugins sharing one
+    /// type: the second would shadow the first).
+    pub state_types: Vec<(std::any::TypeId, &'static str)>,
+    /// Malformed declarations (bad paths, migrations out of order, …): the registration counts
+    /// as failed.
     pub problems: Vec<String>,
 }
 
@@ -145,11 +156,15 @@ impl fmt::Debug for Registration {
         f.debug_struct("Registration")
             .field("routes", &self.routes)
             .field("migrations", &self.migrations.len())
-            .field("states", &self.states.len())
+            .field("states", &self.state_types.iter().map(|(_, n)| n).collect::<Vec<_>>())
             .field("providers", &self.providers.iter().map(|(c, _)| *c).collect::<Vec<_>>())
             .field("readiness", &self.readiness.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("commands", &self.commands.iter().map(|(n, _, _)| n).collect::<Vec<_>>())
             .field("tasks", &self.tasks.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "start_hooks",
+                &self.start_hooks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("problems", &self.problems)
             .finish()
     }
@@ -280,14 +295,35 @@ impl<'a> Registrar<'a> {
         self.route(Method::DELETE, path, access, handler)
     }
 
-    /// Declares the plugin's migrations (versions strictly increasing).
+    /// Declares the plugin's migrations (versions strictly increasing: anything else is a
+    /// problem `check` reports, not a failure of the first `serve`).
     pub fn migrations(&mut self, migrations: &[Migration]) -> &mut Self {
         self.out.migrations.extend_from_slice(migrations);
+        let mut previous = 0;
+        for m in &self.out.migrations {
+            if m.version <= previous {
+                self.out.problems.push(format!(
+                    "migration version {} follows version {previous}: versions must increase",
+                    m.version
+                ));
+            }
+            previous = previous.max(m.version);
+        }
         self
     }
 
-    /// Shares `value` with handlers as `web::Data<T>`; returns the same handle.
+    /// Shares `value` with handlers as `web::Data<T>`; returns the same handle. One piece of state
+    /// per type in the whole app: a second one of the same type would shadow the first, so it is
+    /// a problem (within a plugin) or a boot finding (across plugins).
     pub fn state<T: Send + Sync + 'static>(&mut self, value: T) -> web::Data<T> {
+        let id = std::any::TypeId::of::<T>();
+        let name = std::any::type_name::<T>();
+        if self.out.state_types.iter().any(|(seen, _)| *seen == id) {
+            self.out.problems.push(format!(
+                "state of type {name} declared twice (the second would shadow the first)"
+            ));
+        }
+        self.out.state_types.push((id, name));
         let data = web::Data::new(value);
         let installed = data.clone();
         self.out.states.push(Arc::new(move |cfg: &mut web::ServiceConfig| {
@@ -325,6 +361,12 @@ impl<'a> Registrar<'a> {
     /// Runs `task` in the background while the server serves.
     pub fn background(&mut self, name: &str, task: BackgroundTask) -> &mut Self {
         self.out.tasks.push((name.to_owned(), task));
+        self
+    }
+
+    /// Runs `hook` when the server starts (see [`StartHook`]).
+    pub fn on_start(&mut self, name: &str, hook: StartHook) -> &mut Self {
+        self.out.start_hooks.push((name.to_owned(), hook));
         self
     }
 

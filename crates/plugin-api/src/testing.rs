@@ -18,8 +18,8 @@ use callplane_telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies};
 use prometheus_client::registry::Registry;
 
 use crate::{
-    AccessProvider, BackgroundTask, Capability, RegisterError, Registrar, RouteSpec, Settings, StateInstaller, edge,
-    extractor_configs, mount,
+    AccessProvider, BackgroundTask, Capability, RegisterError, Registrar, RouteSpec, Settings, StartHook,
+    StateInstaller, edge, extractor_configs, mount,
 };
 
 /// A plugin's registration function.
@@ -33,6 +33,7 @@ pub struct TestHost {
     providers: BTreeMap<Capability, Arc<dyn AccessProvider>>,
     states: Vec<StateInstaller>,
     tasks: Vec<(String, BackgroundTask)>,
+    start_hooks: Vec<(String, StartHook)>,
 }
 
 impl std::fmt::Debug for TestHost {
@@ -69,6 +70,7 @@ impl TestHost {
             providers: BTreeMap::new(),
             states: Vec::new(),
             tasks: Vec::new(),
+            start_hooks: Vec::new(),
         };
         let mut migrations = Vec::new();
         for (name, register) in plugins {
@@ -81,6 +83,7 @@ impl TestHost {
             host.providers.extend(out.providers);
             host.states.extend(out.states);
             host.tasks.extend(out.tasks);
+            host.start_hooks.extend(out.start_hooks);
         }
         let mut reg = Registrar::new("test", &settings, &db, &mut metrics);
         extra(&mut reg);
@@ -90,6 +93,9 @@ impl TestHost {
             .map(|(plugin, m)| PluginMigrations { plugin, migrations: m })
             .collect();
         migrate(&db, &sets).await.unwrap_or_else(|e| panic!("migrating: {e}"));
+        for (name, hook) in &host.start_hooks {
+            hook().unwrap_or_else(|e| panic!("start hook {name}: {e}"));
+        }
         host
     }
 

@@ -76,11 +76,12 @@ fn sqlite_file(url: &str) -> Option<PathBuf> {
 }
 
 impl Db {
-    /// Builds a pool without connecting: the first query connects. For SQLite the database file
-    /// (and its directory) is created on first use.
+    /// Builds a pool without connecting, and without touching the disk: the first query connects.
+    /// For SQLite the database file is created on first use, in the directory [`Db::prepare`]
+    /// creates.
     ///
     /// # Errors
-    /// An unsupported or unparsable URL, or a SQLite directory that cannot be created.
+    /// An unsupported or unparsable URL.
     pub fn connect_lazy(url: &str) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
         let kind = DbKind::from_url(url)?;
@@ -142,11 +143,33 @@ impl Db {
         Some(SqliteWriter::open(path, SQLITE_PRAGMAS))
     }
 
+    /// Creates the directory of a file-backed SQLite database (SQLite creates the file, not its
+    /// directory). [`crate::migrate`] and [`Db::ping`] call it: declaring a pool (`check`,
+    /// `routes`) creates nothing on disk.
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn prepare(&self) -> Result<(), StorageError> {
+        let dir = self
+            .sqlite_file
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Checks that the database answers `SELECT 1` within `timeout`.
     ///
     /// # Errors
     /// The connection or query error, or [`StorageError::Timeout`].
     pub async fn ping(&self, timeout: Duration) -> Result<(), StorageError> {
+        self.prepare()?;
         match tokio::time::timeout(timeout, self.pool.execute("SELECT 1")).await {
             Ok(result) => result.map(drop).map_err(StorageError::from),
             Err(_) => Err(StorageError::Timeout(timeout)),
@@ -159,23 +182,12 @@ impl Db {
     }
 }
 
-/// Creates the directory of a file-backed SQLite URL and adds `mode=rwc` (create if missing) when
-/// the URL does not choose a mode itself.
+/// Adds `mode=rwc` (create if missing) to a file-backed SQLite URL that does not choose a mode
+/// itself.
 fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
     let (path, query) = sqlite_parts(url);
     if path.is_empty() {
         return Err(StorageError::UnsupportedUrl { url: url.to_owned() });
-    }
-    let file = sqlite_file(url);
-    if let Some(dir) = file
-        .as_deref()
-        .and_then(Path::parent)
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
     }
     let has_mode = query.split('&').any(|p| p.starts_with("mode="));
     Ok(match (has_mode, query.is_empty()) {
@@ -286,13 +298,16 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
-    #[test]
-    fn sqlite_url_gets_create_mode_and_directory() {
+    #[tokio::test]
+    async fn sqlite_url_gets_create_mode_and_directory() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("nested/deeper/cp.db");
         let url = format!("sqlite://{}", file.display());
         assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
-        assert!(file.parent().unwrap().is_dir());
+        let db = Db::connect_lazy(&url).unwrap();
+        assert!(!dir.path().join("nested").exists(), "declaring a pool creates nothing");
+        db.prepare().unwrap();
+        assert!(file.parent().unwrap().is_dir(), "prepare creates the directory");
         assert_eq!(
             prepare_sqlite_url("sqlite::memory:?cache=shared").unwrap(),
             "sqlite::memory:?cache=shared&mode=rwc"

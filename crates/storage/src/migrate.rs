@@ -93,6 +93,7 @@ pub async fn migrate(db: &Db, sets: &[PluginMigrations<'_>]) -> Result<Vec<Appli
     for set in sets {
         check_order(set)?;
     }
+    db.prepare()?;
     let kind = db.kind();
     let mut conn = db.pool().acquire().await?;
     let mut tx = match kind {

@@ -22,21 +22,36 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (creating the directory and file) the spool at `path`.
+    /// The spool at `path`, touching nothing on disk (a plugin declares it while registering;
+    /// [`Spool::prepare`] creates it when the server starts).
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            lock: Mutex::new(()),
+            replaying: Mutex::new(()),
+        }
+    }
+
+    /// Creates the spool's directory and file if they do not exist.
+    ///
+    /// # Errors
+    /// When the directory or file cannot be created (the directory is not writable, say).
+    pub fn prepare(&self) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        OpenOptions::new().create(true).append(true).open(&self.path)?;
+        Ok(())
+    }
+
+    /// [`Spool::at`] and [`Spool::prepare`] at once.
     ///
     /// # Errors
     /// When the directory or file cannot be created.
     pub fn open(path: impl Into<PathBuf>) -> std::io::Result<Self> {
-        let path = path.into();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(Self {
-            path,
-            lock: Mutex::new(()),
-            replaying: Mutex::new(()),
-        })
+        let spool = Self::at(path);
+        spool.prepare()?;
+        Ok(spool)
     }
 
     /// The file.
@@ -51,7 +66,7 @@ impl Spool {
     pub async fn append(&self, line: &str) -> std::io::Result<()> {
         debug_assert!(!line.contains('\n'), "one record per line");
         let _guard = self.lock.lock().await;
-        let mut file = OpenOptions::new().append(true).open(&self.path)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         file.write_all(format!("{line}\n").as_bytes())?;
         file.sync_data()
     }
@@ -110,8 +125,13 @@ impl Spool {
     }
 }
 
+/// The spool's records; none when the file does not exist yet.
 fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {
-    let file = File::open(path)?;
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     BufReader::new(file)
         .lines()
         .filter(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
@@ -121,6 +141,16 @@ fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_declared_spool_touches_the_disk_only_when_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::at(dir.path().join("spool/calls.jsonl"));
+        assert_eq!(spool.backlog().await.unwrap(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing created");
+        spool.prepare().unwrap();
+        assert!(spool.path().is_file());
+    }
 
     #[tokio::test]
     async fn appends_during_a_replay_are_kept() {

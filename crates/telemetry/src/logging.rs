@@ -120,19 +120,50 @@ pub fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
     })
 }
 
-/// Checks that the log directory can be created and written, without installing anything.
+/// Checks that the log directory can be written, creating it if it does not exist (what `serve`
+/// does before it opens the log file).
 ///
 /// # Errors
 /// [`TelemetryError::LogDir`] naming the directory.
 pub fn probe_log_dir(dir: &std::path::Path) -> Result<(), TelemetryError> {
-    let fail = |e: std::io::Error| TelemetryError::LogDir {
+    std::fs::create_dir_all(dir).map_err(|e| log_dir_error(dir, &e))?;
+    probe_writable(dir).map_err(|e| log_dir_error(dir, &e))
+}
+
+/// Checks, without creating it, that the log directory could be used: it is writable, or it does
+/// not exist yet and its closest existing ancestor is a writable directory. (`check` leaves the
+/// disk as it found it; the probe file it may write is removed at once.)
+///
+/// # Errors
+/// [`TelemetryError::LogDir`] naming the directory.
+pub fn check_log_dir(dir: &std::path::Path) -> Result<(), TelemetryError> {
+    let existing = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists());
+    let existing = match existing {
+        Some(a) if a.as_os_str().is_empty() => std::path::Path::new("."),
+        Some(a) => a,
+        None => std::path::Path::new("/"),
+    };
+    if !existing.is_dir() {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", existing.display()),
+        );
+        return Err(log_dir_error(dir, &e));
+    }
+    probe_writable(existing).map_err(|e| log_dir_error(dir, &e))
+}
+
+fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe")?;
+    std::fs::remove_file(&probe)
+}
+
+fn log_dir_error(dir: &std::path::Path, e: &std::io::Error) -> TelemetryError {
+    TelemetryError::LogDir {
         dir: dir.display().to_string(),
         message: e.to_string(),
-    };
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"probe").map_err(fail)?;
-    std::fs::remove_file(&probe).map_err(fail)
+    }
 }
 
 /// Installs the global subscriber.
@@ -781,5 +812,14 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         let err = probe_log_dir(&file.path().join("logs")).unwrap_err();
         assert!(matches!(err, TelemetryError::LogDir { .. }), "{err}");
+        let err = check_log_dir(&file.path().join("logs")).unwrap_err();
+        assert!(matches!(err, TelemetryError::LogDir { .. }), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        check_log_dir(&dir.path().join("data/logs")).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "checked, not created"
+        );
     }
 }

@@ -43,25 +43,33 @@ pub const SPOOL_FILE: &str = "twilio-calls.jsonl";
 /// How often the spool is replayed.
 pub const REPLAY_EVERY: Duration = Duration::from_secs(2);
 
-/// Declares the webhooks, the calls API, the signature provider, the migrations, the spool replay
-/// and its readiness check.
+/// Declares the webhooks, the calls API, the signature provider, the migrations, the spool (created
+/// when the server starts), its replay and its readiness check.
 ///
 /// # Errors
-/// The spool cannot be opened (its directory is not writable).
+/// Never: everything it needs is validated configuration.
 pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     let settings = reg.settings().clone();
-    let spool_path = settings.spool_dir.join(SPOOL_FILE);
-    let spool = Spool::open(&spool_path).map_err(|e| RegisterError::Config {
-        key: "spool_dir".to_owned(),
-        message: format!("cannot open the call spool {}: {e}", spool_path.display()),
-    })?;
+    let spool = Arc::new(Spool::at(settings.spool_dir.join(SPOOL_FILE)));
+    let preparing = spool.clone();
+    reg.on_start(
+        "spool",
+        Arc::new(move || {
+            preparing.prepare().map_err(|e| {
+                format!(
+                    "cannot create the call spool {} (CALLPLANE_SPOOL_DIR): {e}",
+                    preparing.path().display()
+                )
+            })
+        }),
+    );
     let provider = provider::SignatureProvider::new(
         settings.twilio.auth_token.clone(),
         settings.public_base_url.clone(),
         reg.metrics(),
     );
     let db = reg.db().clone();
-    let recorder = records::Recorder::new(db.clone(), Arc::new(spool), reg.settings().record_calls, reg.metrics());
+    let recorder = records::Recorder::new(db.clone(), spool, reg.settings().record_calls, reg.metrics());
     reg.migrations(migrations::MIGRATIONS);
     reg.provide_access(Capability::TwilioSignature, provider);
     reg.state(webhooks::WebhookState {
