@@ -365,6 +365,30 @@ pub fn plan(
             }
         }
     }
+    // Command-line commands: one name, one command (the host's own included).
+    let mut command_owners: BTreeMap<String, &'static str> = crate::cli::host_command_names()
+        .into_iter()
+        .map(|name| (name, "host"))
+        .collect();
+    for a in &active {
+        for command in a.plugin.commands {
+            match command_owners.get(command.name) {
+                Some(first) => planner.findings.push(Finding::error(
+                    "CP002",
+                    Some(a.plugin.name),
+                    format!(
+                        "plugin '{}' defines the command `callplane {}`, which '{first}' already defines",
+                        a.plugin.name, command.name
+                    ),
+                    "give the plugin's command a name of its own",
+                )),
+                None => {
+                    command_owners.insert(command.name.to_owned(), a.plugin.name);
+                }
+            }
+        }
+    }
+
     // Shared state: one value per type in the app, or the later plugin's shadows the earlier's.
     let mut state_owners: BTreeMap<std::any::TypeId, &'static str> = BTreeMap::new();
     for a in &active {
@@ -739,6 +763,7 @@ mod tests {
             requires,
             critical,
             register,
+            commands: &[],
         }
     }
 
@@ -900,6 +925,47 @@ mod tests {
             "{}",
             bundled.findings[0].hint
         );
+    }
+
+    fn noop_command() -> clap::Command {
+        clap::Command::new("x")
+    }
+    const CHECK_AGAIN: callplane_plugin_api::PluginCommand = callplane_plugin_api::PluginCommand {
+        name: "check",
+        summary: "clashes with the host's",
+        definition: noop_command,
+        database: false,
+        run: |_| Box::pin(async { Ok(()) }),
+    };
+    const REPORT: callplane_plugin_api::PluginCommand = callplane_plugin_api::PluginCommand {
+        name: "report",
+        ..CHECK_AGAIN
+    };
+    static CLASHES_WITH_HOST: RoutePlugin = RoutePlugin {
+        commands: &[CHECK_AGAIN],
+        ..plugin("clash-host", &[], true, nothing)
+    };
+    static REPORTS_A: RoutePlugin = RoutePlugin {
+        commands: &[REPORT],
+        ..plugin("reports-a", &[], true, nothing)
+    };
+    static REPORTS_B: RoutePlugin = RoutePlugin {
+        commands: &[REPORT],
+        ..plugin("reports-b", &[], true, nothing)
+    };
+
+    #[tokio::test]
+    async fn command_names_taken_by_the_host_or_another_plugin_are_cp002() {
+        let plan = run(&[&CLASHES_WITH_HOST, &REPORTS_A, &REPORTS_B], &[]);
+        assert_eq!(
+            ids(&plan),
+            [
+                ("CP002", Level::Error, Some("clash-host")),
+                ("CP002", Level::Error, Some("reports-b"))
+            ]
+        );
+        assert!(plan.findings[0].message.contains("which 'host' already defines"));
+        assert!(plan.findings[1].message.contains("which 'reports-a' already defines"));
     }
 
     static STATE_A: RoutePlugin = plugin("state-a", &[], true, |reg| {

@@ -1,13 +1,13 @@
 //! The command line (docs/cli.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use callplane_plugin_api::linked_plugins;
+use callplane_plugin_api::{PluginCommand, linked_plugins};
 use callplane_storage::Db;
 use callplane_telemetry::{Console, LogSettings};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 
 use crate::boot::{self, BootPlan};
@@ -71,21 +71,10 @@ pub enum Command {
     },
     /// Apply pending migrations of every plugin.
     Migrate,
-    /// Bootstrap tenants and users (from the permissions plugin): create-business, create-user,
-    /// grant-page, list-businesses. `callplane admin --help` for details.
-    #[command(disable_help_flag = true)]
-    Admin {
-        /// The admin command and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-        args: Vec<String>,
-    },
-    /// Sign and send a Twilio-shaped webhook to a running server (from the twilio plugin):
-    /// inbound, outbound-webhook, status. `callplane simulate --help` for details.
-    #[command(disable_help_flag = true)]
-    Simulate {
-        /// The simulation and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-        args: Vec<String>,
+    /// Print a shell completion script (plugin commands included).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -107,14 +96,65 @@ pub enum FailLevel {
     Warning,
 }
 
+/// The whole command line: the host's commands and every linked plugin's (a plugin command whose
+/// name is taken is left out here and reported by `check` as CP002).
+pub fn command_line() -> clap::Command {
+    let mut cli = Cli::command();
+    for plugin in linked_plugins() {
+        for command in plugin.commands {
+            if cli.find_subcommand(command.name).is_none() {
+                let about = format!("{} (from the {} plugin)", command.summary, plugin.name);
+                cli = cli.subcommand((command.definition)().name(command.name).about(about));
+            }
+        }
+    }
+    cli
+}
+
+/// The names of the host's own commands (`help` included).
+pub fn host_command_names() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .chain(std::iter::once("help".to_owned()))
+        .collect()
+}
+
+/// The plugin command named `name`, if a linked plugin has one.
+fn plugin_command(name: &str) -> Option<&'static PluginCommand> {
+    linked_plugins()
+        .into_iter()
+        .flat_map(|p| p.commands.iter())
+        .find(|c| c.name == name)
+}
+
 /// Parses the process arguments and runs the command. Fixture binaries in tests call this too.
+/// Help and usage errors are clap's (exit 0 and 2), before any configuration is read.
 #[must_use]
 pub fn main() -> ExitCode {
     let started = Instant::now();
     // One TLS crypto provider for the whole process (awc and sqlx both use rustls): installed
     // explicitly, so a second provider compiled in can never make the first TLS use panic.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    run(Cli::parse(), started)
+    let matches = command_line().get_matches();
+    match matches.subcommand() {
+        Some((name, sub)) if Cli::command().find_subcommand(name).is_none() => {
+            let Some(command) = plugin_command(name) else {
+                unreachable!("clap only accepts the subcommands it was given")
+            };
+            let file = matches.get_one::<PathBuf>("config").cloned();
+            run_plugin(command, sub.clone(), file.as_deref())
+        }
+        _ => run(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()), started),
+    }
+}
+
+/// Runs a plugin's command: configuration, then [`run_plugin_command`].
+fn run_plugin(command: &'static PluginCommand, matches: clap::ArgMatches, file: Option<&Path>) -> ExitCode {
+    let env = config::process_env();
+    let (config, findings) = config::load(file, &env);
+    let _logs = quiet_logging(&config, &env);
+    actix_web::rt::System::new().block_on(run_plugin_command(command, matches, &config, findings))
 }
 
 /// Runs a parsed command line.
@@ -158,8 +198,10 @@ pub fn run(cli: Cli, started: Instant) -> ExitCode {
                 finish_listing(&findings)
             }
             Command::Migrate => run_migrate(&config, findings).await,
-            Command::Admin { args } => run_plugin_command("admin", args, &config, findings).await,
-            Command::Simulate { args } => run_plugin_command("simulate", args, &config, findings).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut command_line(), "callplane", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
         }
     })
 }
@@ -271,20 +313,16 @@ async fn check(
     }
 }
 
-/// Runs a command a plugin contributes (`admin` from `permissions`): validation must pass and
-/// migrations are applied first, so it works on a fresh database.
-async fn run_plugin_command(name: &str, args: Vec<String>, config: &Config, findings: Vec<Finding>) -> ExitCode {
+/// Runs a command a plugin contributes (`admin` from `permissions`): validation must pass, and a
+/// command that uses the database gets it migrated first, so it works on a fresh database.
+async fn run_plugin_command(
+    command: &PluginCommand,
+    matches: clap::ArgMatches,
+    config: &Config,
+    findings: Vec<Finding>,
+) -> ExitCode {
+    let name = command.name;
     let (plan, findings) = validate(config, findings);
-    let Some((handler, needs_database)) = plan.active.iter().find_map(|a| {
-        a.registration
-            .commands
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, h, db)| (h.clone(), *db))
-    }) else {
-        eprintln!("callplane {name}: no plugin in this binary provides this command");
-        return ExitCode::FAILURE;
-    };
     if any_at_least(&findings, Level::Error) {
         print_findings(&findings);
         eprintln!("callplane {name}: refusing: boot validation failed");
@@ -292,16 +330,18 @@ async fn run_plugin_command(name: &str, args: Vec<String>, config: &Config, find
     }
     let mut ignored = Vec::new();
     let db = lazy_db(config, &mut ignored);
-    if needs_database && let Err(e) = plan.migrate(&db).await {
+    if command.database
+        && let Err(e) = plan.migrate(&db).await
+    {
         eprintln!("callplane {name}: migrations failed: {e}");
         return ExitCode::FAILURE;
     }
     let context = callplane_plugin_api::CommandContext {
-        args,
+        matches,
         db: db.clone(),
         settings: config.settings.clone(),
     };
-    let result = handler(context).await;
+    let result = (command.run)(context).await;
     db.close().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -328,3 +328,66 @@ fn validating_and_listing_leave_an_empty_directory_empty() {
     assert!(sandbox.path().join("callplane.db").exists());
     assert!(sandbox.log_dir().is_dir());
 }
+
+/// Plugin commands are clap subcommands of `callplane`: their help needs no database (and creates
+/// nothing), their usage errors exit 2, and `help` and the completions know them.
+#[test]
+fn plugin_commands_are_real_subcommands() {
+    let sandbox = Sandbox::new();
+    let unreachable = [("CALLPLANE_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")];
+    let help = sandbox.run(Path::new(BIN), &["admin", "--help"], &unreachable);
+    assert_eq!(help.code, Some(0), "{}", all(&help));
+    for sub in [
+        "create-business",
+        "create-user",
+        "grant-page",
+        "list-businesses",
+        "unlock",
+    ] {
+        assert!(help.stdout.contains(sub), "{}", help.stdout);
+    }
+    let sub_help = sandbox.run(Path::new(BIN), &["simulate", "inbound", "--help"], &unreachable);
+    assert_eq!(sub_help.code, Some(0), "{}", all(&sub_help));
+    assert!(sub_help.stdout.contains("--to"), "{}", sub_help.stdout);
+    assert_eq!(
+        std::fs::read_dir(sandbox.path()).unwrap().count(),
+        0,
+        "help touched the disk"
+    );
+
+    for usage in [
+        &["admin"][..],
+        &["admin", "create-business", "--phone", "+15550001"],
+        &["admin", "no-such-thing"],
+        &["simulate", "inbound"],
+        &["admin", "unlock"],
+    ] {
+        let out = sandbox.run(Path::new(BIN), usage, &unreachable);
+        assert_eq!(out.code, Some(2), "{usage:?}: {}", all(&out));
+    }
+
+    let listed = sandbox.run(Path::new(BIN), &["help"], &[]);
+    assert_eq!(listed.code, Some(0));
+    assert!(
+        listed.stdout.contains("(from the permissions plugin)"),
+        "{}",
+        listed.stdout
+    );
+    assert!(listed.stdout.contains("(from the twilio plugin)"), "{}", listed.stdout);
+
+    let bash = sandbox.run(Path::new(BIN), &["completions", "bash"], &[]);
+    assert_eq!(bash.code, Some(0), "{}", all(&bash));
+    for word in [
+        "create-business",
+        "outbound-webhook",
+        "completions",
+        "--media-stream-url",
+    ] {
+        assert!(bash.stdout.contains(word), "{word} missing from the bash completions");
+    }
+    for shell in ["zsh", "fish"] {
+        let out = sandbox.run(Path::new(BIN), &["completions", shell], &[]);
+        assert_eq!(out.code, Some(0), "{shell}");
+        assert!(out.stdout.contains("create-user"), "{shell}");
+    }
+}

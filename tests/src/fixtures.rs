@@ -249,6 +249,7 @@ pub const fn plugin(
         requires,
         critical,
         register,
+        commands: &[],
     }
 }
 

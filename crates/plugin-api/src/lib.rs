@@ -33,6 +33,7 @@
 //!         requires: &["permissions"],
 //!         critical: false,
 //!         register,
+//!         commands: &[],
 //!     }
 //! }
 //!
@@ -68,6 +69,7 @@
 //! plugins.
 
 mod access;
+mod command;
 mod deadline;
 mod error;
 mod registrar;
@@ -76,11 +78,12 @@ pub mod testing;
 pub mod timestamps;
 
 pub use access::{Access, AccessProvider, Capability, Principal};
+pub use command::{CommandContext, PluginCommand};
 pub use deadline::{BODY_DEADLINE, edge, is_body_timeout, protective_headers, time_body};
 pub use error::{ApiError, MAX_BODY, RegisterError, extractor_configs, paging};
 pub use registrar::{
-    BackgroundTask, CommandContext, CommandHandler, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar,
-    Registration, RouteSpec, StartHook, StateInstaller, mount,
+    BackgroundTask, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartHook,
+    StateInstaller, mount,
 };
 pub use settings::{DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Secret, Settings, TwilioSettings};
 
@@ -106,6 +109,8 @@ pub struct RoutePlugin {
     pub critical: bool,
     /// Declares the plugin's routes, migrations and state.
     pub register: fn(&mut Registrar<'_>) -> Result<(), RegisterError>,
+    /// Command-line commands the plugin adds to `callplane` (usually none).
+    pub commands: &'static [PluginCommand],
 }
 
 inventory::collect!(RoutePlugin);

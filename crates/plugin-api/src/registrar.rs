@@ -26,22 +26,6 @@ pub type StateInstaller = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 /// A readiness check contributed by a plugin (`/readyz`).
 pub type ReadinessCheck = Arc<dyn Fn() -> LocalBoxFuture<'static, ReadinessReport> + Send + Sync>;
 
-/// What a plugin's command-line command gets: its arguments (after the command name), the
-/// database (migrated) and the configuration.
-#[derive(Debug, Clone)]
-pub struct CommandContext {
-    /// The arguments after the command name, e.g. `["create-user", "--business", "1"]`.
-    pub args: Vec<String>,
-    /// The database, with every plugin's migrations applied.
-    pub db: Db,
-    /// Validated configuration.
-    pub settings: Settings,
-}
-
-/// A command-line command contributed by a plugin (`callplane admin …`). It prints its own output
-/// and returns an error message for the host to print (exit 1).
-pub type CommandHandler = Arc<dyn Fn(CommandContext) -> LocalBoxFuture<'static, Result<(), String>> + Send + Sync>;
-
 /// A task a plugin runs while the server runs (e.g. replaying a spool); started after bind, on
 /// the server's runtime, never by `check`, `routes` or commands.
 pub type BackgroundTask = Arc<dyn Fn() -> LocalBoxFuture<'static, ()> + Send + Sync>;
@@ -137,8 +121,6 @@ pub struct Registration {
     pub providers: Vec<(Capability, Arc<dyn AccessProvider>)>,
     /// Readiness checks, by name.
     pub readiness: Vec<(String, ReadinessCheck)>,
-    /// Command-line commands, by name, and whether each needs the (migrated) database.
-    pub commands: Vec<(String, CommandHandler, bool)>,
     /// Background tasks, by name.
     pub tasks: Vec<(String, BackgroundTask)>,
     /// Start hooks, by name.
@@ -159,7 +141,6 @@ impl fmt::Debug for Registration {
             .field("states", &self.state_types.iter().map(|(_, n)| n).collect::<Vec<_>>())
             .field("providers", &self.providers.iter().map(|(c, _)| *c).collect::<Vec<_>>())
             .field("readiness", &self.readiness.iter().map(|(n, _)| n).collect::<Vec<_>>())
-            .field("commands", &self.commands.iter().map(|(n, _, _)| n).collect::<Vec<_>>())
             .field("tasks", &self.tasks.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field(
                 "start_hooks",
@@ -341,20 +322,6 @@ impl<'a> Registrar<'a> {
     /// Adds a readiness check reported under `name` in `/readyz`.
     pub fn readiness(&mut self, name: &str, check: ReadinessCheck) -> &mut Self {
         self.out.readiness.push((name.to_owned(), check));
-        self
-    }
-
-    /// Contributes the command-line command `callplane <name> …` (the host knows which names it
-    /// dispatches to plugins, such as `admin`). The host applies pending migrations first.
-    pub fn command(&mut self, name: &str, handler: CommandHandler) -> &mut Self {
-        self.out.commands.push((name.to_owned(), handler, true));
-        self
-    }
-
-    /// Like [`Registrar::command`] for a command that does not touch the database (it talks to a
-    /// running server, say): no migration runs, and it works while the database is down.
-    pub fn client_command(&mut self, name: &str, handler: CommandHandler) -> &mut Self {
-        self.out.commands.push((name.to_owned(), handler, false));
         self
     }
 

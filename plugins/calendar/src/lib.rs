@@ -26,6 +26,7 @@ inventory::submit! {
         requires: &["permissions"],
         critical: true,
         register,
+        commands: &[],
     }
 }
 

@@ -11,10 +11,9 @@
 //! Passwords are never command-line arguments (they would land in shell history and `ps`).
 
 use std::io::{BufRead, IsTerminal};
-use std::sync::Arc;
 
-use callplane_plugin_api::{CommandContext, CommandHandler};
-use clap::{Parser, Subcommand};
+use callplane_plugin_api::{CommandContext, PluginCommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::store::{Store, StoreError};
 use crate::{PAGES, ROLES, is_e164, normalise_email, password, session, throttle_bucket};
@@ -23,7 +22,7 @@ use crate::{PAGES, ROLES, is_e164, normalise_email, password, session, throttle_
 pub const DEFAULT_GREETING: &str = "Thank you for calling. Please hold while we connect you.";
 
 #[derive(Debug, Parser)]
-#[command(name = "callplane admin", about = "Bootstrap tenants and users without SQL")]
+#[command(name = "admin", about = "Bootstrap tenants and users without SQL")]
 struct AdminCli {
     #[command(subcommand)]
     command: AdminCommand,
@@ -84,10 +83,14 @@ enum AdminCommand {
     },
 }
 
-/// The `admin` command for [`callplane_plugin_api::Registrar::command`].
-pub fn handler() -> CommandHandler {
-    Arc::new(|ctx| Box::pin(run(ctx)))
-}
+/// `callplane admin …`.
+pub const ADMIN: PluginCommand = PluginCommand {
+    name: "admin",
+    summary: "Bootstrap tenants and users without SQL: create-business, create-user, grant-page, list-businesses, unlock",
+    definition: AdminCli::command,
+    database: true,
+    run: |ctx| Box::pin(run(ctx)),
+};
 
 fn store_error(e: StoreError) -> String {
     match e {
@@ -97,15 +100,7 @@ fn store_error(e: StoreError) -> String {
 }
 
 async fn run(ctx: CommandContext) -> Result<(), String> {
-    let argv = std::iter::once("callplane admin".to_owned()).chain(ctx.args);
-    let cli = match AdminCli::try_parse_from(argv) {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(e.to_string().trim_end().to_owned()),
-    };
+    let cli = AdminCli::from_arg_matches(&ctx.matches).map_err(|e| e.to_string().trim_end().to_owned())?;
     let store = Store::new(ctx.db);
     match cli.command {
         AdminCommand::CreateBusiness {

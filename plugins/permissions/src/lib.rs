@@ -30,6 +30,7 @@ inventory::submit! {
         requires: &[],
         critical: true,
         register,
+        commands: &[cli::ADMIN],
     }
 }
 
@@ -51,7 +52,8 @@ pub fn default_pages(role: &str) -> &'static [&'static str] {
     }
 }
 
-/// Declares the routes, the session provider, the migrations and the `admin` command.
+/// Declares the routes, the session provider and the migrations (the `admin` command is
+/// [`cli::ADMIN`], in the submission).
 ///
 /// # Errors
 /// Never: everything it needs is validated configuration.
@@ -80,7 +82,6 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         )
         .get("/api/permissions/roles", Access::Admin, handlers::list_grants)
         .put("/api/permissions/roles/{role}", Access::Admin, handlers::set_grants);
-    reg.command("admin", cli::handler());
     Ok(())
 }
 

@@ -35,6 +35,7 @@ inventory::submit! {
         requires: &["permissions"],
         critical: true,
         register,
+        commands: &[simulate::SIMULATE],
     }
 }
 
@@ -92,7 +93,6 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     .post("/api/calls/outbound", Access::PageAccess("calls"), outbound::create)
     .get("/api/calls", Access::PageAccess("calls"), api::list_calls)
     .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call);
-    reg.client_command("simulate", simulate::handler());
     let replayer = recorder.clone();
     reg.background(
         "spool-replay",

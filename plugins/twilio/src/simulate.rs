@@ -2,18 +2,17 @@
 //! configured auth token, over the configured public URL, and posts it to a running server, so an
 //! operator can verify a deployment without a phone.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use callplane_plugin_api::{CommandContext, CommandHandler};
-use clap::{Parser, Subcommand};
+use callplane_plugin_api::{CommandContext, PluginCommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::signature;
 
 #[derive(Debug, Parser)]
 #[command(
-    name = "callplane simulate",
+    name = "simulate",
     about = "Sign and send a Twilio-shaped webhook to a running server"
 )]
 struct SimulateCli {
@@ -77,10 +76,14 @@ enum Simulation {
     },
 }
 
-/// The `simulate` command for [`callplane_plugin_api::Registrar::command`].
-pub fn handler() -> CommandHandler {
-    Arc::new(|ctx| Box::pin(run(ctx)))
-}
+/// `callplane simulate …`: talks to a running server only, so it works while the database is down.
+pub const SIMULATE: PluginCommand = PluginCommand {
+    name: "simulate",
+    summary: "Sign and send a Twilio-shaped webhook to a running server: inbound, outbound-webhook, status",
+    definition: SimulateCli::command,
+    database: false,
+    run: |ctx| Box::pin(run(ctx)),
+};
 
 /// A random CallSid: `CA` and 32 hex digits.
 pub fn random_call_sid() -> String {
@@ -94,15 +97,7 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 async fn run(ctx: CommandContext) -> Result<(), String> {
-    let argv = std::iter::once("callplane simulate".to_owned()).chain(ctx.args);
-    let cli = match SimulateCli::try_parse_from(argv) {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(e.to_string().trim_end().to_owned()),
-    };
+    let cli = SimulateCli::from_arg_matches(&ctx.matches).map_err(|e| e.to_string().trim_end().to_owned())?;
     let account = ctx.settings.twilio.account_sid.clone();
     let (path, params) = match cli.command {
         Simulation::Inbound { to, from, call_sid } => {
