@@ -107,6 +107,11 @@ impl BootPlan {
             .collect()
     }
 
+    /// The plugins that registered.
+    pub fn active_plugins(&self) -> Vec<&'static RoutePlugin> {
+        self.active.iter().map(|a| a.plugin).collect()
+    }
+
     /// Applies the active plugins' pending migrations, in boot order.
     ///
     /// # Errors
@@ -764,6 +769,8 @@ mod tests {
             critical,
             register,
             commands: &[],
+            config: &[],
+            deploy_checks: &[],
         }
     }
 

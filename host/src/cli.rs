@@ -152,7 +152,7 @@ pub fn main() -> ExitCode {
 /// Runs a plugin's command: configuration, then [`run_plugin_command`].
 fn run_plugin(command: &'static PluginCommand, matches: clap::ArgMatches, file: Option<&Path>) -> ExitCode {
     let env = config::process_env();
-    let (config, findings) = config::load(file, &env);
+    let (config, findings) = config::load(file, &env, &linked_plugins());
     let _logs = quiet_logging(&config, &env);
     actix_web::rt::System::new().block_on(run_plugin_command(command, matches, &config, findings))
 }
@@ -160,7 +160,7 @@ fn run_plugin(command: &'static PluginCommand, matches: clap::ArgMatches, file: 
 /// Runs a parsed command line.
 pub fn run(cli: Cli, started: Instant) -> ExitCode {
     let env = config::process_env();
-    let (config, mut findings) = config::load(cli.config.as_deref(), &env);
+    let (config, mut findings) = config::load(cli.config.as_deref(), &env, &linked_plugins());
     // Held until the runtime is done: dropping it flushes every buffered log line.
     let _logs = match cli.command {
         Command::Serve => server::init_logging(&config, &mut findings),
@@ -192,8 +192,8 @@ pub fn run(cli: Cli, started: Instant) -> ExitCode {
             }
             Command::Config { format } => {
                 match format {
-                    Format::Text => print!("{}", report::config_text(&config)),
-                    Format::Json => println!("{}", report::config_json(&config)),
+                    Format::Text => print!("{}", report::config_text(&config, &linked_plugins())),
+                    Format::Json => println!("{}", report::config_json(&config, &linked_plugins())),
                 }
                 finish_listing(&findings)
             }
@@ -268,7 +268,7 @@ async fn check(
 ) -> ExitCode {
     let (plan, mut findings) = validate(config, findings);
     let level = if deploy { Level::Error } else { Level::Warning };
-    findings.extend(deploy::static_checks(config, level));
+    findings.extend(deploy::static_checks(config, &plan.active_plugins(), level));
     if deploy {
         let mut ignored = Vec::new();
         let db = lazy_db(config, &mut ignored);

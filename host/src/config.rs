@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use callplane_plugin_api::{Secret, Settings, is_valid_plugin_name};
+use callplane_plugin_api::{ConfigKey, RoutePlugin, Settings, is_valid_plugin_name};
 use callplane_storage::{DbKind, redact_url};
 use callplane_telemetry::{LogFormat, TrustedProxies, logging};
 
@@ -40,8 +40,9 @@ pub struct Config {
     pub settings: Settings,
     /// The file the configuration came from, if any.
     pub file: Option<PathBuf>,
-    /// Where each key's effective value came from (absent: the default).
-    pub sources: BTreeMap<&'static str, Source>,
+    /// Where each key's effective value came from, by its name in the file (`bind`,
+    /// `twilio.auth_token`); absent: the default.
+    pub sources: BTreeMap<String, Source>,
     /// `CALLPLANE_*` variables the platform injected (Kubernetes service links), ignored.
     pub platform_variables: Vec<String>,
 }
@@ -86,10 +87,10 @@ impl Default for Config {
     }
 }
 
-/// One configuration key: its name in the file and its environment variable.
+/// One configuration key of the host: its name in the file and its environment variable.
 #[derive(Debug)]
 pub struct Key {
-    /// The key in `callplane.toml` (`twilio.auth_token` is `auth_token` in `[twilio]`).
+    /// The key in `callplane.toml`.
     pub file: &'static str,
     /// Its environment variable.
     pub env: &'static str,
@@ -105,7 +106,8 @@ const fn key(file: &'static str, env: &'static str) -> Key {
     }
 }
 
-/// Every key, in the order of the configuration table in docs/cli.md.
+/// The host's keys, in the order of the configuration table in docs/cli.md. Each plugin declares
+/// its own ([`callplane_plugin_api::ConfigKey`]), under its table.
 pub const KEYS: &[Key] = &[
     key("bind", "CALLPLANE_BIND"),
     key("database_url", "CALLPLANE_DATABASE_URL"),
@@ -114,20 +116,62 @@ pub const KEYS: &[Key] = &[
     key("critical_plugins", "CALLPLANE_CRITICAL_PLUGINS"),
     key("instances", "CALLPLANE_INSTANCES"),
     key("log_dir", "CALLPLANE_LOG_DIR"),
-    key("spool_dir", "CALLPLANE_SPOOL_DIR"),
-    key("calendar_max_minutes", "CALLPLANE_CALENDAR_MAX_MINUTES"),
-    key("record_calls", "CALLPLANE_RECORD_CALLS"),
     key("log_format", "CALLPLANE_LOG_FORMAT"),
     key("log_filter", "RUST_LOG"),
     key("shutdown_drain_secs", "CALLPLANE_SHUTDOWN_DRAIN_SECS"),
-    key("twilio.account_sid", "TWILIO_ACCOUNT_SID"),
-    Key {
-        file: "twilio.auth_token",
-        env: "TWILIO_AUTH_TOKEN",
-        secret: true,
-    },
-    key("twilio.api_base", "TWILIO_API_BASE"),
 ];
+
+/// A key as findings name it: its name in the file (`twilio.auth_token` for a plugin's), its
+/// variable, and whether its value may be shown.
+#[derive(Debug, Clone, Copy)]
+struct Named<'a> {
+    file: &'a str,
+    env: &'a str,
+    secret: bool,
+}
+
+impl<'a> From<&'a Key> for Named<'a> {
+    fn from(key: &'a Key) -> Self {
+        Named {
+            file: key.file,
+            env: key.env,
+            secret: key.secret,
+        }
+    }
+}
+
+/// One key of one plugin, with its full name and variable.
+struct PluginKey {
+    plugin: &'static str,
+    key: &'static ConfigKey,
+    file: String,
+    env: String,
+}
+
+impl PluginKey {
+    fn named(&self) -> Named<'_> {
+        Named {
+            file: &self.file,
+            env: &self.env,
+            secret: self.key.secret,
+        }
+    }
+}
+
+/// Every key of every plugin in `plugins`.
+fn plugin_keys(plugins: &[&'static RoutePlugin]) -> Vec<PluginKey> {
+    plugins
+        .iter()
+        .flat_map(|p| {
+            p.config.iter().map(|key| PluginKey {
+                plugin: p.name,
+                key,
+                file: format!("{}.{}", p.name, key.name),
+                env: key.variable(p.name),
+            })
+        })
+        .collect()
+}
 
 /// A raw value and where it came from.
 enum Raw {
@@ -142,7 +186,8 @@ struct Loader {
 }
 
 impl Loader {
-    fn bad(&mut self, key: &Key, raw: &Raw, problem: &str, hint: &str) {
+    fn bad<'k>(&mut self, key: impl Into<Named<'k>>, raw: &Raw, problem: &str, hint: &str) {
+        let key = key.into();
         let source = match raw {
             Raw::File(_) => format!("configuration key `{}` in {}", key.file, self.file_label),
             Raw::Env(_) => format!("environment variable {} (key `{}`)", key.env, key.file),
@@ -204,22 +249,6 @@ impl Loader {
         }
     }
 
-    fn boolean(&mut self, key: &Key, raw: &Raw) -> Option<bool> {
-        let parsed = match raw {
-            Raw::Env(value) => match value.trim() {
-                "true" => Some(true),
-                "false" => Some(false),
-                _ => None,
-            },
-            Raw::File(toml::Value::Boolean(b)) => Some(*b),
-            Raw::File(_) => None,
-        };
-        if parsed.is_none() {
-            self.bad(key, raw, "expected true or false", "write true or false");
-        }
-        parsed
-    }
-
     fn integer(&mut self, key: &Key, raw: &Raw, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
         let parsed = match raw {
             Raw::Env(value) => value.trim().parse::<u64>().ok(),
@@ -237,10 +266,14 @@ impl Loader {
     }
 }
 
-/// Reads the configuration from `file` (or `callplane.toml` when it exists and no file is named)
-/// and the environment `env`. Returns the configuration (defaults where values were bad) and the
-/// CP010 findings.
-pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Config, Vec<Finding>) {
+/// Reads the configuration of the host and of `plugins` from `file` (or `callplane.toml` when it
+/// exists and no file is named) and the environment `env`. Returns the configuration (defaults
+/// where values were bad; every plugin's keys filled in) and the CP010 findings.
+pub fn load(
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    plugins: &[&'static RoutePlugin],
+) -> (Config, Vec<Finding>) {
     let mut config = Config::default();
     let named = file
         .map(Path::to_path_buf)
@@ -257,10 +290,11 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Config, Vec
             .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string()),
     };
 
-    let mut raw: BTreeMap<&'static str, Raw> = BTreeMap::new();
+    let plugin_keys = plugin_keys(plugins);
+    let mut raw: BTreeMap<String, Raw> = BTreeMap::new();
     if let Some(path) = &path {
         match read_file(path) {
-            Ok(table) => collect_file_keys(&table, &mut raw, &mut loader),
+            Ok(table) => collect_file_keys(&table, &plugin_keys, plugins, &mut raw, &mut loader),
             Err(message) => loader.findings.push(Finding::error(
                 "CP010",
                 None,
@@ -270,23 +304,53 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Config, Vec
         }
         config.file = Some(path.clone());
     }
-    collect_env_keys(env, &mut raw, &mut loader);
+    collect_env_keys(env, &plugin_keys, &mut raw, &mut loader);
 
+    let source = |value: &Raw| match value {
+        Raw::File(_) => Source::File,
+        Raw::Env(_) => Source::Env,
+    };
     for key in KEYS {
         if let Some(value) = raw.get(key.file) {
             let before = loader.findings.len();
             apply(&mut config, key, value, &mut loader);
             if loader.findings.len() == before {
-                let source = match value {
-                    Raw::File(_) => Source::File,
-                    Raw::Env(_) => Source::Env,
-                };
-                config.sources.insert(key.file, source);
+                config.sources.insert(key.file.to_owned(), source(value));
             }
+        }
+    }
+    for plugin in plugins {
+        let values = config.settings.plugins.entry(plugin.name.to_owned()).or_default();
+        for key in plugin.config {
+            values.fill(key);
+        }
+    }
+    for pk in &plugin_keys {
+        let Some(value) = raw.get(&pk.file) else { continue };
+        let Some(text) = single_value(value) else {
+            loader.bad(pk.named(), value, "expected a single value", pk.key.help);
+            continue;
+        };
+        match pk.key.parse(&text) {
+            Ok(valid) => {
+                config.settings.set(pk.plugin, pk.key.name, valid);
+                config.sources.insert(pk.file.clone(), source(value));
+            }
+            Err(problem) => loader.bad(pk.named(), value, &problem, pk.key.help),
         }
     }
     config.platform_variables = loader.platform_variables;
     (config, loader.findings)
+}
+
+/// A plugin key's value as text: a string, or a number or boolean written bare in the file.
+fn single_value(raw: &Raw) -> Option<String> {
+    match raw {
+        Raw::Env(value) | Raw::File(toml::Value::String(value)) => Some(value.clone()),
+        Raw::File(toml::Value::Integer(n)) => Some(n.to_string()),
+        Raw::File(toml::Value::Boolean(b)) => Some(b.to_string()),
+        Raw::File(_) => None,
+    }
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, String> {
@@ -301,50 +365,91 @@ fn read_file(path: &Path) -> Result<toml::Table, String> {
     })
 }
 
-fn collect_file_keys(table: &toml::Table, raw: &mut BTreeMap<&'static str, Raw>, loader: &mut Loader) {
-    let mut flat = Vec::new();
+fn collect_file_keys(
+    table: &toml::Table,
+    plugin_keys: &[PluginKey],
+    plugins: &[&'static RoutePlugin],
+    raw: &mut BTreeMap<String, Raw>,
+    loader: &mut Loader,
+) {
+    let known = || {
+        KEYS.iter()
+            .map(|k| k.file)
+            .chain(plugin_keys.iter().map(|k| k.file.as_str()))
+    };
+    let mut unknown = Vec::new();
     for (name, value) in table {
-        match (name.as_str(), value) {
-            ("twilio", toml::Value::Table(inner)) => {
-                flat.extend(inner.iter().map(|(k, v)| (format!("twilio.{k}"), v.clone())));
+        match value {
+            toml::Value::Table(inner) => {
+                if !plugins.iter().any(|p| p.name == name) {
+                    // A table for a plugin this build leaves out: the same file serves every build.
+                    loader.findings.push(Finding::warning(
+                        "CP010",
+                        None,
+                        format!(
+                            "configuration table [{name}] in {} is for a plugin this build does not link",
+                            loader.file_label
+                        ),
+                        format!(
+                            "plugins of this build: {}; remove the table if no build needs it",
+                            plugins.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+                for (inner_name, inner_value) in inner {
+                    let full = format!("{name}.{inner_name}");
+                    if plugin_keys.iter().any(|k| k.file == full) {
+                        raw.insert(full, Raw::File(inner_value.clone()));
+                    } else {
+                        unknown.push(full);
+                    }
+                }
             }
-            _ => flat.push((name.clone(), value.clone())),
+            _ if KEYS.iter().any(|k| k.file == name) => {
+                raw.insert(name.clone(), Raw::File(value.clone()));
+            }
+            _ => unknown.push(name.clone()),
         }
     }
-    for (name, value) in flat {
-        match KEYS.iter().find(|k| k.file == name) {
-            Some(key) => {
-                raw.insert(key.file, Raw::File(value));
-            }
-            None => loader.findings.push(Finding::error(
-                "CP010",
-                None,
-                format!("unknown configuration key `{name}` in {}", loader.file_label),
-                with_suggestion(
-                    &name,
-                    KEYS.iter().map(|k| k.file),
-                    format!(
-                        "known keys: {}",
-                        KEYS.iter().map(|k| k.file).collect::<Vec<_>>().join(", ")
-                    ),
-                ),
-            )),
-        }
+    for name in unknown {
+        loader.findings.push(Finding::error(
+            "CP010",
+            None,
+            format!("unknown configuration key `{name}` in {}", loader.file_label),
+            with_suggestion(
+                &name,
+                known(),
+                format!("known keys: {}", known().collect::<Vec<_>>().join(", ")),
+            ),
+        ));
     }
 }
 
-fn collect_env_keys(env: &BTreeMap<String, String>, raw: &mut BTreeMap<&'static str, Raw>, loader: &mut Loader) {
+fn collect_env_keys(
+    env: &BTreeMap<String, String>,
+    plugin_keys: &[PluginKey],
+    raw: &mut BTreeMap<String, Raw>,
+    loader: &mut Loader,
+) {
     for (name, value) in env {
         // An empty RUST_LOG means "not set" (an empty filter would silence everything).
         if name == "RUST_LOG" && value.trim().is_empty() {
             continue;
         }
         if let Some(key) = KEYS.iter().find(|k| k.env == name) {
-            raw.insert(key.file, Raw::Env(value.clone()));
+            raw.insert(key.file.to_owned(), Raw::Env(value.clone()));
+        } else if let Some(pk) = plugin_keys.iter().find(|k| k.env == *name) {
+            raw.insert(pk.file.clone(), Raw::Env(value.clone()));
         } else if is_platform_variable(name, value) {
             loader.platform_variables.push(name.clone());
         } else if name.starts_with("CALLPLANE_") && name != CONFIG_ENV {
-            let known = || KEYS.iter().map(|k| k.env).filter(|e| e.starts_with("CALLPLANE_"));
+            let known = || {
+                KEYS.iter()
+                    .map(|k| k.env)
+                    .chain(plugin_keys.iter().map(|k| k.env.as_str()))
+                    .filter(|e| e.starts_with("CALLPLANE_"))
+            };
             loader.findings.push(Finding::error(
                 "CP010",
                 None,
@@ -392,7 +497,7 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
         }
         "public_base_url" => {
             if let Some(url) = loader.string(key, raw) {
-                match base_url(&url) {
+                match callplane_plugin_api::base_url(&url) {
                     Ok(url) => config.settings.public_base_url = url,
                     Err(problem) => loader.bad(
                         key,
@@ -450,30 +555,6 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
                 }
             }
         }
-        "spool_dir" => {
-            if let Some(dir) = loader.string(key, raw) {
-                if dir.trim().is_empty() {
-                    loader.bad(
-                        key,
-                        raw,
-                        "expected a directory",
-                        "e.g. data/spool or /var/lib/callplane/spool",
-                    );
-                } else {
-                    config.settings.spool_dir = PathBuf::from(dir);
-                }
-            }
-        }
-        "calendar_max_minutes" => {
-            if let Some(n) = loader.integer(key, raw, 1..=10_080) {
-                config.settings.calendar_max_minutes = u32::try_from(n).unwrap_or(480);
-            }
-        }
-        "record_calls" => {
-            if let Some(record) = loader.boolean(key, raw) {
-                config.settings.record_calls = record;
-            }
-        }
         "log_format" => {
             if let Some(format) = loader.string(key, raw) {
                 match format.trim() {
@@ -501,64 +582,8 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
                 config.shutdown_drain_secs = n;
             }
         }
-        "twilio.account_sid" => {
-            if let Some(sid) = loader.string(key, raw) {
-                let sid = sid.trim();
-                let valid = sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
-                if valid {
-                    config.settings.twilio.account_sid = sid.to_owned();
-                } else {
-                    loader.bad(
-                        key,
-                        raw,
-                        "expected AC followed by 32 hex digits",
-                        "copy the Account SID from the Twilio console",
-                    );
-                }
-            }
-        }
-        "twilio.auth_token" => {
-            if let Some(token) = loader.string(key, raw) {
-                if token.trim().is_empty() {
-                    loader.bad(
-                        key,
-                        raw,
-                        "the auth token is empty",
-                        "copy the Auth Token from the Twilio console",
-                    );
-                } else {
-                    config.settings.twilio.auth_token = Secret::new(token.trim());
-                }
-            }
-        }
-        "twilio.api_base" => {
-            if let Some(url) = loader.string(key, raw) {
-                match base_url(&url) {
-                    Ok(url) => config.settings.twilio.api_base = url,
-                    Err(problem) => loader.bad(key, raw, &problem, "https://api.twilio.com, or a local fake in tests"),
-                }
-            }
-        }
         other => unreachable!("key {other} is in KEYS but not applied"),
     }
-}
-
-/// Validates an http(s) base URL and returns it without a trailing slash.
-fn base_url(raw: &str) -> Result<String, String> {
-    let url = url::Url::parse(raw.trim()).map_err(|e| format!("not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("expected an http:// or https:// URL".to_owned());
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("the URL has no host".to_owned());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("a base URL has no query or fragment".to_owned());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("a base URL carries no credentials".to_owned());
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// The effective value of `key` as `callplane config` shows it: secrets as `<secret>`, URLs with
@@ -582,19 +607,57 @@ pub fn effective(config: &Config, key: &Key) -> String {
         "critical_plugins" => config.critical_plugins.join(","),
         "instances" => s.instances.to_string(),
         "log_dir" => config.log_dir.display().to_string(),
-        "spool_dir" => s.spool_dir.display().to_string(),
-        "calendar_max_minutes" => s.calendar_max_minutes.to_string(),
-        "record_calls" => s.record_calls.to_string(),
         "log_format" => match config.log_format {
             LogFormat::Text => "text".to_owned(),
             LogFormat::Json => "json".to_owned(),
         },
         "log_filter" => config.log_filter.clone(),
         "shutdown_drain_secs" => config.shutdown_drain_secs.to_string(),
-        "twilio.account_sid" => s.twilio.account_sid.clone(),
-        "twilio.api_base" => s.twilio.api_base.clone(),
         other => unreachable!("key {other} is in KEYS but has no effective value"),
     }
+}
+
+/// One key as `callplane config` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigRow {
+    /// Its name in the file (`bind`, `twilio.auth_token`).
+    pub key: String,
+    /// Its environment variable.
+    pub env: String,
+    /// `host`, or the plugin that declared it.
+    pub owner: String,
+    /// `default`, `file` or `env`.
+    pub source: &'static str,
+    /// The effective value (`<secret>` for a secret).
+    pub value: String,
+    /// Whether the value is secret.
+    pub secret: bool,
+}
+
+/// Every key of the host and of `plugins`, as `callplane config` lists them.
+pub fn rows(config: &Config, plugins: &[&'static RoutePlugin]) -> Vec<ConfigRow> {
+    let source = |name: &str| config.sources.get(name).copied().unwrap_or(Source::Default).as_str();
+    let host = KEYS.iter().map(|key| ConfigRow {
+        key: key.file.to_owned(),
+        env: key.env.to_owned(),
+        owner: "host".to_owned(),
+        source: source(key.file),
+        value: effective(config, key),
+        secret: key.secret,
+    });
+    let plugin = plugin_keys(plugins).into_iter().map(|pk| ConfigRow {
+        source: source(&pk.file),
+        value: if pk.key.secret {
+            "<secret>".to_owned()
+        } else {
+            config.settings.plugin(pk.plugin).text(pk.key.name).to_owned()
+        },
+        secret: pk.key.secret,
+        owner: pk.plugin.to_owned(),
+        key: pk.file,
+        env: pk.env,
+    });
+    host.chain(plugin).collect()
 }
 
 /// Whether `name` is a variable Kubernetes injects for a Service named `callplane` or
@@ -659,7 +722,59 @@ pub fn process_env() -> BTreeMap<String, String> {
 mod tests {
     use std::io::Write as _;
 
+    use callplane_plugin_api::ValueKind;
+
     use super::*;
+
+    fn sid(value: &str) -> Result<(), String> {
+        if value.starts_with("AC") && value.len() == 34 {
+            Ok(())
+        } else {
+            Err("expected AC followed by 32 hex digits".to_owned())
+        }
+    }
+
+    /// A plugin declaring keys the way the twilio plugin does (the host's tests link no plugin).
+    static TWILIO_LIKE: RoutePlugin = RoutePlugin {
+        name: "twilio",
+        version: "0",
+        summary: "",
+        requires: &[],
+        critical: false,
+        register: |_| Ok(()),
+        commands: &[],
+        config: &[
+            ConfigKey::new(
+                "account_sid",
+                ValueKind::Text,
+                "AC00000000000000000000000000000000",
+                "the SID",
+            )
+            .env("TWILIO_ACCOUNT_SID")
+            .check(sid),
+            ConfigKey::new("auth_token", ValueKind::Text, "dev", "the token")
+                .env("TWILIO_AUTH_TOKEN")
+                .secret()
+                .check(|t| {
+                    if t.is_empty() {
+                        Err("the auth token is empty".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                }),
+            ConfigKey::new("api_base", ValueKind::Url, "https://api.twilio.com", "the REST API").env("TWILIO_API_BASE"),
+            ConfigKey::new("max_minutes", ValueKind::Integer { min: 1, max: 10 }, "5", "minutes"),
+        ],
+        deploy_checks: &[],
+    };
+
+    fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Config, Vec<Finding>) {
+        super::load(file, env, &[&TWILIO_LIKE])
+    }
+
+    fn twilio(config: &Config, key: &str) -> String {
+        config.settings.plugin("twilio").text(key).to_owned()
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
@@ -684,15 +799,51 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_filter, "info");
         assert_eq!(config.shutdown_drain_secs, 5);
-        assert_eq!(config.settings.twilio.api_base, "https://api.twilio.com");
+        assert_eq!(twilio(&config, "api_base"), "https://api.twilio.com");
+        assert_eq!(
+            config.settings.plugin("twilio").integer("max_minutes"),
+            5,
+            "plugin defaults filled in"
+        );
     }
 
     #[test]
-    fn the_checked_in_dev_config_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../callplane.toml");
-        let (config, findings) = load(Some(&path), &env(&[]));
-        assert!(findings.is_empty(), "{findings:?}");
-        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+    fn plugin_keys_come_from_their_table_or_their_variable() {
+        let (config, findings) = load(
+            Some(file("[twilio]\nmax_minutes = 7\n[billing]\nplan = \"gold\"\n").path()),
+            &env(&[
+                ("CALLPLANE_TWILIO_MAX_MINUTES", "9"),
+                ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+            ]),
+        );
+        assert_eq!(
+            config.settings.plugin("twilio").integer("max_minutes"),
+            9,
+            "the environment wins"
+        );
+        assert_eq!(config.sources.get("twilio.max_minutes"), Some(&Source::Env));
+        assert_eq!(twilio(&config, "account_sid"), "AC0123456789abcdef0123456789abcdef");
+        // A table for a plugin this build does not link is a warning: one file serves every build.
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].level, crate::finding::Level::Warning);
+        assert!(findings[0].message.contains("[billing]"), "{}", findings[0].message);
+        let (_, findings) = load(Some(file("[twilio]\nmax_minutes = 70\n").path()), &env(&[]));
+        assert_eq!(findings.len(), 1);
+        assert!(
+            findings[0]
+                .message
+                .starts_with("configuration key `twilio.max_minutes` in "),
+            "{}",
+            findings[0].message
+        );
+        let (_, findings) = load(Some(file("").path()), &env(&[("CALLPLANE_TWILIO_MAX_MINUTS", "3")]));
+        assert!(
+            findings[0]
+                .hint
+                .starts_with("did you mean `CALLPLANE_TWILIO_MAX_MINUTES`?"),
+            "{}",
+            findings[0].hint
+        );
     }
 
     #[test]
@@ -719,8 +870,8 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.log_filter, "debug,sqlx=warn");
         assert_eq!(config.settings.public_base_url, "https://voice.example.com");
-        assert_eq!(config.settings.twilio.auth_token.expose(), "tok");
-        assert_eq!(config.settings.twilio.api_base, "http://127.0.0.1:1");
+        assert_eq!(twilio(&config, "auth_token"), "tok");
+        assert_eq!(twilio(&config, "api_base"), "http://127.0.0.1:1");
     }
 
     #[test]
@@ -854,14 +1005,16 @@ mod tests {
                 ("CALLPLANE_DATABASE_URL", "postgres://app:s3cret@db/cp"),
             ]),
         );
-        let shown: Vec<String> = KEYS.iter().map(|k| effective(&config, k)).collect();
-        assert_eq!(shown.len(), KEYS.len());
-        let all = shown.join(" ");
+        let listed = rows(&config, &[&TWILIO_LIKE]);
+        assert_eq!(listed.len(), KEYS.len() + TWILIO_LIKE.config.len());
+        let all = format!("{listed:?}");
         assert!(!all.contains("hunter2") && !all.contains("s3cret"), "{all}");
-        assert!(
-            all.contains("<secret>") && all.contains("postgres://app:***@db/cp"),
-            "{all}"
+        let token = listed.iter().find(|r| r.key == "twilio.auth_token").unwrap();
+        assert_eq!(
+            (token.value.as_str(), token.owner.as_str(), token.source),
+            ("<secret>", "twilio", "env")
         );
+        assert!(all.contains("postgres://app:***@db/cp"), "{all}");
     }
 
     #[test]
@@ -895,7 +1048,7 @@ mod tests {
 
     #[test]
     fn secrets_are_never_echoed() {
-        let f = file("[twilio]\nauth_token = 12345\n");
+        let f = file("[twilio]\nauth_token = [\"12345\"]\n");
         let (_, findings) = load(Some(f.path()), &env(&[]));
         assert_eq!(findings.len(), 1);
         assert!(!findings[0].message.contains("12345"), "{}", findings[0].message);

@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
-use callplane_plugin_api::{DEV_ACCOUNT_SID, DEV_AUTH_TOKEN};
+use callplane_plugin_api::RoutePlugin;
 use callplane_storage::{Db, DbKind};
 use callplane_telemetry::logging;
 
 use crate::config::Config;
 use crate::finding::{Finding, Level};
 
-/// Checks that need no network: tokens, URLs, instance count, proxies, log directory.
-pub fn static_checks(config: &Config, level: Level) -> Vec<Finding> {
+/// Checks that need no network: the host's (URLs, instance count, proxies, log directory) and
+/// every plugin's own ([`callplane_plugin_api::DeployCheck`]: Twilio's placeholders, say).
+pub fn static_checks(config: &Config, plugins: &[&'static RoutePlugin], level: Level) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut push = |id: &'static str, message: String, hint: &str| {
         findings.push(Finding {
@@ -22,21 +23,6 @@ pub fn static_checks(config: &Config, level: Level) -> Vec<Finding> {
             hint: hint.to_owned(),
         });
     };
-    let twilio = &config.settings.twilio;
-    if twilio.auth_token.expose() == DEV_AUTH_TOKEN {
-        push(
-            "CP101",
-            "TWILIO_AUTH_TOKEN is the development placeholder: real Twilio signatures will not validate".to_owned(),
-            "set TWILIO_AUTH_TOKEN to the account's auth token (from a secret store, not the config file)",
-        );
-    }
-    if twilio.account_sid == DEV_ACCOUNT_SID {
-        push(
-            "CP102",
-            "TWILIO_ACCOUNT_SID is the development placeholder: outbound calls will fail".to_owned(),
-            "set TWILIO_ACCOUNT_SID to the account's SID (AC…)",
-        );
-    }
     let base = &config.settings.public_base_url;
     if !base.starts_with("https://") {
         push(
@@ -77,19 +63,25 @@ pub fn static_checks(config: &Config, level: Level) -> Vec<Finding> {
             "create the directory and give the service user write access, or set CALLPLANE_LOG_DIR",
         );
     }
-    if !config.settings.record_calls {
-        push(
-            "CP109",
-            "call recording is disabled: webhooks are answered but no call is recorded".to_owned(),
-            "remove CALLPLANE_RECORD_CALLS=false (it exists for benchmarks only)",
-        );
-    }
     if config.settings.trusted_proxies.is_empty() {
         push(
             "CP106",
             "no trusted proxies configured: behind a load balancer, client addresses and request ids are the balancer's".to_owned(),
             "set CALLPLANE_TRUSTED_PROXIES to the load balancer's addresses (CIDRs)",
         );
+    }
+    for plugin in plugins {
+        for check in plugin.deploy_checks {
+            if let Some((message, hint)) = (check.run)(&config.settings, config.settings.plugin(plugin.name)) {
+                findings.push(Finding {
+                    id: check.id,
+                    level,
+                    plugin: Some(plugin.name.to_owned()),
+                    message,
+                    hint,
+                });
+            }
+        }
     }
     findings.sort_by_key(|f| f.id);
     findings

@@ -1,11 +1,11 @@
 //! Text and JSON renderings shared by `serve`, `check`, `routes`, `plugins` and `config` (shapes in
 //! docs/cli.md).
 
-use callplane_plugin_api::RouteSpec;
+use callplane_plugin_api::{RoutePlugin, RouteSpec};
 use serde_json::{Value, json};
 
 use crate::boot::{BootPlan, PluginReport, PluginStatus};
-use crate::config::{Config, KEYS, Key, Source, effective};
+use crate::config::{Config, rows};
 use crate::finding::{Finding, counts};
 
 /// `[BOOT] ✅ plugin=… version=… routes=… critical=… registered (summary)`.
@@ -131,9 +131,9 @@ fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
     }
     out
 }
-/// `config` as text: the file used, one line per key (key, variable, source, value), the ignored
-/// platform variables.
-pub fn config_text(config: &Config) -> String {
+/// `config` as text: the file used, one line per key (key, variable, owner, source, value), the
+/// ignored platform variables.
+pub fn config_text(config: &Config, plugins: &[&'static RoutePlugin]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     match &config.file {
@@ -142,15 +142,16 @@ pub fn config_text(config: &Config) -> String {
         }
         None => out.push_str("config file: none (defaults and environment only)\n"),
     }
-    let _ = writeln!(out, "{:<22} {:<32} {:<8} VALUE", "KEY", "VARIABLE", "SOURCE");
-    for key in KEYS {
+    let _ = writeln!(
+        out,
+        "{:<22} {:<32} {:<12} {:<8} VALUE",
+        "KEY", "VARIABLE", "OWNER", "SOURCE"
+    );
+    for row in rows(config, plugins) {
         let _ = writeln!(
             out,
-            "{:<22} {:<32} {:<8} {}",
-            key.file,
-            key.env,
-            source(config, key).as_str(),
-            effective(config, key)
+            "{:<22} {:<32} {:<12} {:<8} {}",
+            row.key, row.env, row.owner, row.source, row.value
         );
     }
     if !config.platform_variables.is_empty() {
@@ -163,28 +164,12 @@ pub fn config_text(config: &Config) -> String {
     out
 }
 
-/// `config --format json`: `{"file", "keys": [{"key", "env", "source", "value", "secret"}],
-/// "platform_variables"}`.
-pub fn config_json(config: &Config) -> Value {
-    let keys: Vec<Value> = KEYS
-        .iter()
-        .map(|key| {
-            json!({
-                "key": key.file,
-                "env": key.env,
-                "source": source(config, key).as_str(),
-                "value": effective(config, key),
-                "secret": key.secret,
-            })
-        })
-        .collect();
+/// `config --format json`: `{"file", "keys": [{"key", "env", "owner", "source", "value",
+/// "secret"}], "platform_variables"}`.
+pub fn config_json(config: &Config, plugins: &[&'static RoutePlugin]) -> Value {
     json!({
         "file": config.file.as_ref().map(|f| f.display().to_string()),
-        "keys": keys,
+        "keys": rows(config, plugins),
         "platform_variables": config.platform_variables,
     })
-}
-
-fn source(config: &Config, key: &Key) -> Source {
-    config.sources.get(key.file).copied().unwrap_or(Source::Default)
 }

@@ -83,7 +83,7 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
     );
     findings.extend(plan.findings.iter().cloned());
     findings.extend(
-        deploy::static_checks(&config, Level::Warning)
+        deploy::static_checks(&config, &plan.active_plugins(), Level::Warning)
             .into_iter()
             .filter(|f| f.id != "CP105"),
     );

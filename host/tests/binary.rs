@@ -283,7 +283,8 @@ fn kubernetes_service_links_boot_and_config_shows_every_key() {
     assert_eq!(key("log_format")["source"], "env");
     assert_eq!(key("log_format")["value"], "json");
     assert_eq!(key("bind")["source"], "env", "the sandbox sets CALLPLANE_BIND");
-    assert_eq!(key("calendar_max_minutes")["source"], "default");
+    assert_eq!(key("calendar.max_minutes")["source"], "default");
+    assert_eq!(key("calendar.max_minutes")["owner"], "calendar");
     assert_eq!(key("twilio.auth_token")["value"], "<secret>");
     assert_eq!(report["platform_variables"].as_array().unwrap().len(), 5, "{report}");
 
@@ -389,5 +390,78 @@ fn plugin_commands_are_real_subcommands() {
         let out = sandbox.run(Path::new(BIN), &["completions", shell], &[]);
         assert_eq!(out.code, Some(0), "{shell}");
         assert!(out.stdout.contains("create-user"), "{shell}");
+    }
+}
+
+/// The checked-in development configuration is valid as it is: not one finding about a key.
+#[test]
+fn the_checked_in_dev_config_is_valid() {
+    let sandbox = Sandbox::new();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../callplane.toml");
+    let out = sandbox.run(
+        Path::new(BIN),
+        &["config", "--format", "json", "--config", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", all(&out));
+    assert!(!out.stderr.contains("CP010"), "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let from_file: Vec<&str> = report["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["source"] == "file")
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    for key in [
+        "public_base_url",
+        "calendar.max_minutes",
+        "twilio.spool_dir",
+        "twilio.auth_token",
+    ] {
+        assert!(from_file.contains(&key), "{key} not read from the file: {from_file:?}");
+    }
+}
+
+/// The twilio plugin's own production checks: its placeholders (CP101, CP102), recording switched
+/// off (CP109) and a spool directory it could not write (CP110), reported under its name.
+#[test]
+fn the_twilio_plugin_checks_its_own_configuration_for_production() {
+    let sandbox = Sandbox::new();
+    let ids_of = |out: &Outcome| -> Vec<(String, String)> {
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["id"].as_str().unwrap().to_owned(),
+                    f["plugin"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let dev = sandbox.run(Path::new(BIN), &["check", "--format", "json"], &[]);
+    assert_eq!(dev.code, Some(0), "warnings only: {}", all(&dev));
+    let found = ids_of(&dev);
+    for id in ["CP101", "CP102"] {
+        assert!(found.contains(&(id.to_owned(), "twilio".to_owned())), "{id}: {found:?}");
+    }
+    let not_a_dir = sandbox.path().join("a-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let spool = not_a_dir.join("spool");
+    let bad = sandbox.run(
+        Path::new(BIN),
+        &["check", "--deploy", "--format", "json"],
+        &[
+            ("CALLPLANE_RECORD_CALLS", "false"),
+            ("CALLPLANE_SPOOL_DIR", spool.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(bad.code, Some(78), "{}", all(&bad));
+    let found = ids_of(&bad);
+    for id in ["CP109", "CP110"] {
+        assert!(found.contains(&(id.to_owned(), "twilio".to_owned())), "{id}: {found:?}");
     }
 }

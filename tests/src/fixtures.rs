@@ -250,6 +250,8 @@ pub const fn plugin(
         critical,
         register,
         commands: &[],
+        config: &[],
+        deploy_checks: &[],
     }
 }
 

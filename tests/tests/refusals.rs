@@ -211,13 +211,10 @@ fn deploy_checks_warn_by_default_and_fail_under_deploy() {
     let dev = [("CALLPLANE_CRITICAL_PLUGINS", "permissions,notes")];
     let plain = sandbox.run(bin("ok"), &["check"], &dev);
     assert_eq!(plain.code, Some(0), "{}", plain.stdout);
-    assert_eq!(
-        plain.finding_ids(),
-        ["CP101", "CP102", "CP103", "CP106", "CP108"],
-        "{}",
-        plain.stdout
-    );
-    assert!(plain.stdout.contains("[BOOT][WARN] CP101"));
+    // The host's own checks (the fixture plugins declare none; the real twilio plugin's are
+    // covered in host/tests/binary.rs).
+    assert_eq!(plain.finding_ids(), ["CP103", "CP106", "CP108"], "{}", plain.stdout);
+    assert!(plain.stdout.contains("[BOOT][WARN] CP103"));
     let strict = sandbox.run(bin("ok"), &["check", "--fail-level", "warning"], &dev);
     assert_eq!(strict.code, Some(78));
     let deploy = sandbox.run(bin("ok"), &["check", "--deploy", "--format", "json"], &dev);

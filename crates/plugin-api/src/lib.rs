@@ -34,6 +34,8 @@
 //!         critical: false,
 //!         register,
 //!         commands: &[],
+//!         config: &[],
+//!         deploy_checks: &[],
 //!     }
 //! }
 //!
@@ -70,6 +72,7 @@
 
 mod access;
 mod command;
+mod config;
 mod deadline;
 mod error;
 mod registrar;
@@ -79,13 +82,14 @@ pub mod timestamps;
 
 pub use access::{Access, AccessProvider, Capability, Principal};
 pub use command::{CommandContext, PluginCommand};
+pub use config::{ConfigKey, PluginConfig, ValueCheck, ValueKind, base_url};
 pub use deadline::{BODY_DEADLINE, edge, is_body_timeout, protective_headers, time_body};
 pub use error::{ApiError, MAX_BODY, RegisterError, extractor_configs, paging};
 pub use registrar::{
     BackgroundTask, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartHook,
     StateInstaller, mount,
 };
-pub use settings::{DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Secret, Settings, TwilioSettings};
+pub use settings::{Secret, Settings};
 
 pub use callplane_storage as storage;
 pub use callplane_storage::Migration;
@@ -111,6 +115,21 @@ pub struct RoutePlugin {
     pub register: fn(&mut Registrar<'_>) -> Result<(), RegisterError>,
     /// Command-line commands the plugin adds to `callplane` (usually none).
     pub commands: &'static [PluginCommand],
+    /// The plugin's configuration keys (its table in `callplane.toml`; usually none).
+    pub config: &'static [ConfigKey],
+    /// Checks of the plugin's configuration for production, run by `check` (warnings) and
+    /// `check --deploy` (errors).
+    pub deploy_checks: &'static [DeployCheck],
+}
+
+/// A production check of a plugin (`CP1xx`): what is fine on a laptop but wrong in production.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployCheck {
+    /// The finding id, `CP1` and two digits, unique in the binary.
+    pub id: &'static str,
+    /// Returns the problem and a hint, or `None` when all is well. Gets the host's settings and
+    /// the plugin's own configuration.
+    pub run: fn(&Settings, &PluginConfig) -> Option<(String, String)>,
 }
 
 inventory::collect!(RoutePlugin);

@@ -193,6 +193,12 @@ impl<'a> Registrar<'a> {
         self.settings
     }
 
+    /// This plugin's own configuration: every key it declared in its
+    /// [`RoutePlugin::config`](crate::RoutePlugin::config), validated, defaults filled in.
+    pub fn config(&self) -> &crate::PluginConfig {
+        self.settings.plugin(self.plugin)
+    }
+
     /// The shared database pool (connects lazily; migrations run after registration).
     pub fn db(&self) -> &Db {
         self.db

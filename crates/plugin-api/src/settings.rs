@@ -1,8 +1,12 @@
-//! The configuration values plugins may read.
+//! The configuration values plugins may read: the host's, and each plugin's own.
 
 use std::fmt;
 
+use std::collections::BTreeMap;
+
 use callplane_telemetry::TrustedProxies;
+
+use crate::PluginConfig;
 
 /// A secret string: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -26,18 +30,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Twilio account settings (`TWILIO_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TwilioSettings {
-    /// `TWILIO_ACCOUNT_SID`.
-    pub account_sid: String,
-    /// `TWILIO_AUTH_TOKEN`: signs webhooks and authenticates REST calls.
-    pub auth_token: Secret,
-    /// `TWILIO_API_BASE`, without a trailing slash.
-    pub api_base: String,
-}
-
-/// The validated configuration a plugin sees through [`crate::Registrar::settings`].
+/// The validated configuration a plugin sees through [`crate::Registrar::settings`]: the host's
+/// values every plugin may need, and each plugin's own keys ([`crate::ConfigKey`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The URL Twilio calls, without a trailing slash (`CALLPLANE_PUBLIC_BASE_URL`). Webhook
@@ -47,21 +41,9 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// How many instances share the database (`CALLPLANE_INSTANCES`).
     pub instances: u32,
-    /// Where records that cannot reach the database wait, per instance (`CALLPLANE_SPOOL_DIR`).
-    pub spool_dir: std::path::PathBuf,
-    /// The longest appointment the calendar accepts, in minutes (`CALLPLANE_CALENDAR_MAX_MINUTES`).
-    pub calendar_max_minutes: u32,
-    /// Whether webhooks record calls (`CALLPLANE_RECORD_CALLS`, default true). `false` exists only to
-    /// measure the webhook path without its database write (`just bench`); `check --deploy` refuses it.
-    pub record_calls: bool,
-    /// Twilio account settings.
-    pub twilio: TwilioSettings,
+    /// Each plugin's own configuration, by plugin name.
+    pub plugins: BTreeMap<String, PluginConfig>,
 }
-
-/// The development placeholder account SID (`callplane check --deploy` rejects it).
-pub const DEV_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
-/// The development auth token (`callplane check --deploy` rejects it).
-pub const DEV_AUTH_TOKEN: &str = "dev-auth-token-not-secret";
 
 impl Default for Settings {
     /// The development defaults of `callplane.toml`.
@@ -70,15 +52,25 @@ impl Default for Settings {
             public_base_url: "http://127.0.0.1:8080".to_owned(),
             trusted_proxies: TrustedProxies::default(),
             instances: 1,
-            spool_dir: std::path::PathBuf::from("data/spool"),
-            calendar_max_minutes: 480,
-            record_calls: true,
-            twilio: TwilioSettings {
-                account_sid: DEV_ACCOUNT_SID.to_owned(),
-                auth_token: Secret::new(DEV_AUTH_TOKEN),
-                api_base: "https://api.twilio.com".to_owned(),
-            },
+            plugins: BTreeMap::new(),
         }
+    }
+}
+
+impl Settings {
+    /// The configuration of `plugin` (empty when the plugin declared no key).
+    pub fn plugin(&self, plugin: &str) -> &PluginConfig {
+        static NONE: std::sync::OnceLock<PluginConfig> = std::sync::OnceLock::new();
+        self.plugins
+            .get(plugin)
+            .unwrap_or_else(|| NONE.get_or_init(PluginConfig::default))
+    }
+
+    /// Sets `key` of `plugin` to `value` (tests; the host fills every key from the file, the
+    /// environment and the defaults).
+    pub fn set(&mut self, plugin: &str, key: &str, value: impl Into<String>) -> &mut Self {
+        self.plugins.entry(plugin.to_owned()).or_default().set(key, value);
+        self
     }
 }
 
@@ -88,9 +80,16 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let settings = Settings::default();
-        let shown = format!("{settings:?}");
-        assert!(!shown.contains(DEV_AUTH_TOKEN), "{shown}");
-        assert_eq!(settings.twilio.auth_token.expose(), DEV_AUTH_TOKEN);
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn a_plugin_without_keys_reads_an_empty_configuration() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.plugin("notes"), &PluginConfig::default());
+        settings.set("notes", "colour", "blue");
+        assert_eq!(settings.plugin("notes").text("colour"), "blue");
     }
 }

@@ -2,7 +2,7 @@
 //! migrations, the extractor configuration, the access providers and the request middleware.
 //!
 //! ```text
-//! let host = TestHost::new(Settings::default(), db, &[("permissions", permissions::register)]).await;
+//! let host = TestHost::new(Settings::default(), db, &[&callplane_plugin_permissions::PLUGIN]).await;
 //! let app = actix_web::test::init_service(host.app()).await;
 //! ```
 
@@ -18,12 +18,9 @@ use callplane_telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies};
 use prometheus_client::registry::Registry;
 
 use crate::{
-    AccessProvider, BackgroundTask, Capability, RegisterError, Registrar, RouteSpec, Settings, StartHook,
-    StateInstaller, edge, extractor_configs, mount,
+    AccessProvider, BackgroundTask, Capability, Registrar, RoutePlugin, RouteSpec, Settings, StartHook, StateInstaller,
+    edge, extractor_configs, mount,
 };
-
-/// A plugin's registration function.
-pub type RegisterFn = fn(&mut Registrar<'_>) -> Result<(), RegisterError>;
 
 /// Plugins registered and migrated, ready to be mounted in an `actix_web::test` app.
 pub struct TestHost {
@@ -45,11 +42,12 @@ impl std::fmt::Debug for TestHost {
 }
 
 impl TestHost {
-    /// Registers `plugins` in order (requirements first) and applies their migrations.
+    /// Registers `plugins` in order (requirements first), applies their migrations and runs their
+    /// start hooks. A configuration key of a plugin that `settings` does not set has its default.
     ///
     /// # Panics
     /// When a registration or a migration fails: the test setup is broken.
-    pub async fn new(settings: Settings, db: Db, plugins: &[(&'static str, RegisterFn)]) -> Self {
+    pub async fn new(settings: Settings, db: Db, plugins: &[&'static RoutePlugin]) -> Self {
         Self::with_routes(settings, db, plugins, |_| {}).await
     }
 
@@ -58,11 +56,17 @@ impl TestHost {
     /// # Panics
     /// When a registration or a migration fails.
     pub async fn with_routes(
-        settings: Settings,
+        mut settings: Settings,
         db: Db,
-        plugins: &[(&'static str, RegisterFn)],
+        plugins: &[&'static RoutePlugin],
         extra: impl FnOnce(&mut Registrar<'_>),
     ) -> Self {
+        for plugin in plugins {
+            let config = settings.plugins.entry(plugin.name.to_owned()).or_default();
+            for key in plugin.config {
+                config.fill(key);
+            }
+        }
         let mut metrics = Registry::default();
         let mut host = Self {
             db: db.clone(),
@@ -73,12 +77,13 @@ impl TestHost {
             start_hooks: Vec::new(),
         };
         let mut migrations = Vec::new();
-        for (name, register) in plugins {
+        for plugin in plugins {
+            let name = plugin.name;
             let mut reg = Registrar::new(name, &settings, &db, &mut metrics);
-            register(&mut reg).unwrap_or_else(|e| panic!("registering {name}: {e}"));
+            (plugin.register)(&mut reg).unwrap_or_else(|e| panic!("registering {name}: {e}"));
             let out = reg.finish();
             assert!(out.problems.is_empty(), "{name}: {:?}", out.problems);
-            migrations.push((*name, out.migrations));
+            migrations.push((name, out.migrations));
             host.routes.extend(out.routes);
             host.providers.extend(out.providers);
             host.states.extend(out.states);

@@ -130,27 +130,38 @@ pub fn probe_log_dir(dir: &std::path::Path) -> Result<(), TelemetryError> {
     probe_writable(dir).map_err(|e| log_dir_error(dir, &e))
 }
 
-/// Checks, without creating it, that the log directory could be used: it is writable, or it does
-/// not exist yet and its closest existing ancestor is a writable directory. (`check` leaves the
-/// disk as it found it; the probe file it may write is removed at once.)
+/// Checks, without creating it, that the log directory could be used ([`check_dir_writable`]).
 ///
 /// # Errors
 /// [`TelemetryError::LogDir`] naming the directory.
 pub fn check_log_dir(dir: &std::path::Path) -> Result<(), TelemetryError> {
-    let existing = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists());
-    let existing = match existing {
-        Some(a) if a.as_os_str().is_empty() => std::path::Path::new("."),
-        Some(a) => a,
-        None => std::path::Path::new("/"),
-    };
+    check_dir_writable(dir).map_err(|e| log_dir_error(dir, &e))
+}
+
+/// Checks, without creating it, that `dir` could be written: it is a writable directory, or it
+/// does not exist yet and its closest existing ancestor is a writable directory. (`check` leaves
+/// the disk as it found it; the probe file it may write is removed at once.)
+///
+/// # Errors
+/// Why it could not be written.
+pub fn check_dir_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let existing =
+        dir.ancestors()
+            .find(|a| a.as_os_str().is_empty() || a.exists())
+            .map_or(std::path::Path::new("/"), |a| {
+                if a.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    a
+                }
+            });
     if !existing.is_dir() {
-        let e = std::io::Error::new(
+        return Err(std::io::Error::new(
             std::io::ErrorKind::NotADirectory,
             format!("{} is not a directory", existing.display()),
-        );
-        return Err(log_dir_error(dir, &e));
+        ));
     }
-    probe_writable(existing).map_err(|e| log_dir_error(dir, &e))
+    probe_writable(existing)
 }
 
 fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {

@@ -16,19 +16,30 @@
 mod handlers;
 mod store;
 
-use callplane_plugin_api::{Access, Migration, RegisterError, Registrar, RoutePlugin};
+use callplane_plugin_api::{Access, ConfigKey, Migration, RegisterError, Registrar, RoutePlugin, ValueKind};
 
-inventory::submit! {
-    RoutePlugin {
-        name: "calendar",
-        version: env!("CARGO_PKG_VERSION"),
-        summary: "appointments",
-        requires: &["permissions"],
-        critical: true,
-        register,
-        commands: &[],
-    }
-}
+/// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
+pub const PLUGIN: RoutePlugin = RoutePlugin {
+    name: "calendar",
+    version: env!("CARGO_PKG_VERSION"),
+    summary: "appointments",
+    requires: &["permissions"],
+    critical: true,
+    register,
+    commands: &[],
+    config: CONFIG,
+    deploy_checks: &[],
+};
+
+inventory::submit! { PLUGIN }
+
+/// The plugin's configuration (`[calendar]` in `callplane.toml`).
+pub const CONFIG: &[ConfigKey] = &[ConfigKey::new(
+    "max_minutes",
+    ValueKind::Integer { min: 1, max: 10_080 },
+    "480",
+    "the longest appointment the calendar accepts, in minutes",
+)];
 
 /// Appointment statuses.
 pub const STATUSES: [&str; 3] = ["scheduled", "cancelled", "completed"];
@@ -61,7 +72,7 @@ const MIGRATIONS: &[Migration] = &[Migration::portable(
 /// # Errors
 /// Never.
 pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
-    let max_secs = i64::from(reg.settings().calendar_max_minutes) * 60;
+    let max_secs = i64::try_from(reg.config().integer("max_minutes")).unwrap_or(i64::MAX / 60) * 60;
     reg.migrations(MIGRATIONS);
     reg.state(handlers::CalendarState {
         store: store::Store::new(reg.db().clone()),

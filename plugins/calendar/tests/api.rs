@@ -19,8 +19,8 @@ async fn host(dir: &tempfile::TempDir) -> TestHost {
         Settings::default(),
         db.clone(),
         &[
-            ("permissions", callplane_plugin_permissions::register),
-            ("calendar", callplane_plugin_calendar::register),
+            &callplane_plugin_permissions::PLUGIN,
+            &callplane_plugin_calendar::PLUGIN,
         ],
     )
     .await;

@@ -22,17 +22,20 @@ use callplane_plugin_api::{Access, Capability, RegisterError, Registrar, RoutePl
 pub use handlers::{ACCOUNT_FAILURES, CLIENT_FAILURES, THROTTLE_WINDOW_SECS, throttle_bucket};
 pub use store::{Attempt, Store};
 
-inventory::submit! {
-    RoutePlugin {
-        name: "permissions",
-        version: env!("CARGO_PKG_VERSION"),
-        summary: "tenants, users, page access",
-        requires: &[],
-        critical: true,
-        register,
-        commands: &[cli::ADMIN],
-    }
-}
+/// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
+pub const PLUGIN: RoutePlugin = RoutePlugin {
+    name: "permissions",
+    version: env!("CARGO_PKG_VERSION"),
+    summary: "tenants, users, page access",
+    requires: &[],
+    critical: true,
+    register,
+    commands: &[cli::ADMIN],
+    config: &[],
+    deploy_checks: &[],
+};
+
+inventory::submit! { PLUGIN }
 
 /// The roles, most powerful first.
 pub const ROLES: [&str; 4] = ["owner", "admin", "agent", "viewer"];

@@ -10,6 +10,7 @@
 //!   calls.
 
 mod api;
+pub mod config;
 mod migrations;
 mod outbound;
 pub mod params;
@@ -27,19 +28,22 @@ use callplane_plugin_api::storage::Spool;
 use callplane_plugin_api::{Access, Capability, ReadinessReport, RegisterError, Registrar, RoutePlugin};
 use serde_json::json;
 
-inventory::submit! {
-    RoutePlugin {
-        name: "twilio",
-        version: env!("CARGO_PKG_VERSION"),
-        summary: "call webhooks active",
-        requires: &["permissions"],
-        critical: true,
-        register,
-        commands: &[simulate::SIMULATE],
-    }
-}
+/// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
+pub const PLUGIN: RoutePlugin = RoutePlugin {
+    name: "twilio",
+    version: env!("CARGO_PKG_VERSION"),
+    summary: "call webhooks active",
+    requires: &["permissions"],
+    critical: true,
+    register,
+    commands: &[simulate::SIMULATE],
+    config: config::KEYS,
+    deploy_checks: config::DEPLOY_CHECKS,
+};
 
-/// The spool file under `CALLPLANE_SPOOL_DIR`.
+inventory::submit! { PLUGIN }
+
+/// The spool file under `spool_dir` (`CALLPLANE_SPOOL_DIR`).
 pub const SPOOL_FILE: &str = "twilio-calls.jsonl";
 /// How often the spool is replayed.
 pub const REPLAY_EVERY: Duration = Duration::from_secs(2);
@@ -51,7 +55,9 @@ pub const REPLAY_EVERY: Duration = Duration::from_secs(2);
 /// Never: everything it needs is validated configuration.
 pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     let settings = reg.settings().clone();
-    let spool = Arc::new(Spool::at(settings.spool_dir.join(SPOOL_FILE)));
+    let account = config::Account::of(reg.config());
+    let record_calls = reg.config().boolean("record_calls");
+    let spool = Arc::new(Spool::at(reg.config().path("spool_dir").join(SPOOL_FILE)));
     let preparing = spool.clone();
     reg.on_start(
         "spool",
@@ -65,19 +71,19 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         }),
     );
     let provider = provider::SignatureProvider::new(
-        settings.twilio.auth_token.clone(),
+        account.auth_token.clone(),
         settings.public_base_url.clone(),
         reg.metrics(),
     );
     let db = reg.db().clone();
-    let recorder = records::Recorder::new(db.clone(), spool, reg.settings().record_calls, reg.metrics());
+    let recorder = records::Recorder::new(db.clone(), spool, record_calls, reg.metrics());
     reg.migrations(migrations::MIGRATIONS);
     reg.provide_access(Capability::TwilioSignature, provider);
     reg.state(webhooks::WebhookState {
         recorder: recorder.clone(),
         directory: records::Directory::new(db),
     });
-    let outbound = outbound::OutboundState::new(settings.clone(), reg.metrics());
+    let outbound = outbound::OutboundState::new(settings.public_base_url.clone(), account, reg.metrics());
     reg.state(outbound);
     reg.post(
         webhooks::INCOMING_CALL,

@@ -13,7 +13,7 @@ use callplane_plugin_api::storage::Db;
 use callplane_plugin_api::storage::sqlx::{self, Row};
 use callplane_plugin_api::telemetry::value::{plain_text, truncated};
 use callplane_plugin_api::telemetry::{TRACE_TARGET, current_request_id};
-use callplane_plugin_api::{ApiError, Principal, Settings};
+use callplane_plugin_api::{ApiError, Principal};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::config::Account;
 use crate::records::now;
 
 /// How long Twilio's REST API gets to answer.
@@ -40,14 +41,15 @@ const MAX_CODE_LABELS: usize = 64;
 /// What the outbound handler needs.
 #[derive(Debug, Clone)]
 pub(crate) struct OutboundState {
-    settings: Settings,
+    public_base_url: String,
+    account: Account,
     outcomes: Family<OutboundLabels, Counter>,
     codes: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl OutboundState {
     /// Registers `callplane_twilio_outbound_total{result,code}`.
-    pub(crate) fn new(settings: Settings, metrics: &mut Registry) -> Self {
+    pub(crate) fn new(public_base_url: String, account: Account, metrics: &mut Registry) -> Self {
         let outcomes = Family::default();
         metrics.register(
             "outbound",
@@ -55,7 +57,8 @@ impl OutboundState {
             outcomes.clone(),
         );
         Self {
-            settings,
+            public_base_url,
+            account,
             outcomes,
             codes: Arc::default(),
         }
@@ -261,8 +264,8 @@ pub(crate) async fn create(
         }
     };
 
-    let settings = &state.settings;
-    let public = &settings.public_base_url;
+    let public = &state.public_base_url;
+    let account = &state.account;
     let answer_url = format!(
         "{public}/webhook/outbound_call?{}",
         url::form_urlencoded::Serializer::new(String::new())
@@ -286,15 +289,9 @@ pub(crate) async fn create(
     for event in ["initiated", "ringing", "answered", "completed"] {
         form.append_pair("StatusCallbackEvent", event);
     }
-    let endpoint = format!(
-        "{}/2010-04-01/Accounts/{}/Calls.json",
-        settings.twilio.api_base, settings.twilio.account_sid
-    );
-    let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        settings.twilio.account_sid,
-        settings.twilio.auth_token.expose()
-    ));
+    let endpoint = format!("{}/2010-04-01/Accounts/{}/Calls.json", account.api_base, account.sid);
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", account.sid, account.auth_token.expose()));
 
     tracing::info!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] calling twilio...");
     let request = CLIENT.with(|client| {

@@ -8,6 +8,7 @@ use callplane_plugin_api::{CommandContext, PluginCommand};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::config::Account;
 use crate::signature;
 
 #[derive(Debug, Parser)]
@@ -98,7 +99,8 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 
 async fn run(ctx: CommandContext) -> Result<(), String> {
     let cli = SimulateCli::from_arg_matches(&ctx.matches).map_err(|e| e.to_string().trim_end().to_owned())?;
-    let account = ctx.settings.twilio.account_sid.clone();
+    let twilio = Account::of(ctx.settings.plugin("twilio"));
+    let account = twilio.sid.clone();
     let (path, params) = match cli.command {
         Simulation::Inbound { to, from, call_sid } => {
             let sid = call_sid.unwrap_or_else(random_call_sid);
@@ -161,7 +163,7 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
     };
     let public = &ctx.settings.public_base_url;
     let signed_url = format!("{public}{path}");
-    let signature = signature::compute(ctx.settings.twilio.auth_token.expose(), &signed_url, &params);
+    let signature = signature::compute(twilio.auth_token.expose(), &signed_url, &params);
     let target = format!(
         "{}{path}",
         cli.target.as_deref().unwrap_or(public).trim_end_matches('/')

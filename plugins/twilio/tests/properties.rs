@@ -141,17 +141,15 @@ async fn the_webhook_route_accepts_exactly_the_reference_signatures() {
     let db = Db::connect_lazy(&format!("sqlite://{}/p.db", dir.path().display())).unwrap();
     let mut settings = Settings {
         public_base_url: BASE.to_owned(),
-        spool_dir: dir.path().join("spool"),
         ..Settings::default()
     };
-    settings.twilio.auth_token = callplane_plugin_api::Secret::new(TOKEN);
+    settings
+        .set("twilio", "spool_dir", dir.path().join("spool").display().to_string())
+        .set("twilio", "auth_token", TOKEN);
     let host = TestHost::new(
         settings,
         db.clone(),
-        &[
-            ("permissions", callplane_plugin_permissions::register),
-            ("twilio", callplane_plugin_twilio::register),
-        ],
+        &[&callplane_plugin_permissions::PLUGIN, &callplane_plugin_twilio::PLUGIN],
     )
     .await;
     let app = atest::init_service(host.app()).await;

@@ -40,19 +40,17 @@ async fn fixture_with_api(api_base: &str) -> Fixture {
     let db = Db::connect_lazy(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
     let mut settings = Settings {
         public_base_url: BASE.to_owned(),
-        spool_dir: dir.path().join("spool"),
         ..Settings::default()
     };
-    settings.twilio.auth_token = callplane_plugin_api::Secret::new(TOKEN);
-    settings.twilio.api_base = api_base.to_owned();
-    settings.twilio.account_sid = ACCOUNT.to_owned();
+    settings
+        .set("twilio", "spool_dir", dir.path().join("spool").display().to_string())
+        .set("twilio", "auth_token", TOKEN)
+        .set("twilio", "api_base", api_base)
+        .set("twilio", "account_sid", ACCOUNT);
     let host = TestHost::new(
         settings,
         db.clone(),
-        &[
-            ("permissions", callplane_plugin_permissions::register),
-            ("twilio", callplane_plugin_twilio::register),
-        ],
+        &[&callplane_plugin_permissions::PLUGIN, &callplane_plugin_twilio::PLUGIN],
     )
     .await;
     let store = Store::new(db.clone());

@@ -47,16 +47,11 @@ pub async fn fixture_on(postgres: Option<ScratchPostgres>) -> Fixture {
         ..Settings::default()
     };
     // Page routes of another plugin, enforced by this plugin's provider.
-    let host = TestHost::with_routes(
-        settings,
-        db.clone(),
-        &[("permissions", callplane_plugin_permissions::register)],
-        |reg| {
-            reg.get("/test/calendar", Access::PageAccess("calendar"), page)
-                .get("/test/settings", Access::PageAccess("settings"), page)
-                .post("/test/calendar", Access::PageAccess("calendar"), page);
-        },
-    )
+    let host = TestHost::with_routes(settings, db.clone(), &[&callplane_plugin_permissions::PLUGIN], |reg| {
+        reg.get("/test/calendar", Access::PageAccess("calendar"), page)
+            .get("/test/settings", Access::PageAccess("settings"), page)
+            .post("/test/calendar", Access::PageAccess("calendar"), page);
+    })
     .await;
     Fixture {
         _dir: dir,

@@ -1,0 +1,173 @@
+//! The plugin's configuration (`[twilio]` in `callplane.toml`) and its production checks.
+//!
+//! Twilio's own variable names (`TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `TWILIO_API_BASE`) are
+//! kept, and so are `CALLPLANE_SPOOL_DIR` and `CALLPLANE_RECORD_CALLS`, older than plugin tables.
+
+use callplane_plugin_api::telemetry::logging::check_dir_writable;
+use callplane_plugin_api::{ConfigKey, DeployCheck, PluginConfig, Secret, Settings, ValueKind};
+
+/// The development placeholder account SID (`callplane check --deploy` rejects it).
+pub const DEV_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+/// The development auth token (`callplane check --deploy` rejects it).
+pub const DEV_AUTH_TOKEN: &str = "dev-auth-token-not-secret";
+
+/// The keys.
+pub const KEYS: &[ConfigKey] = &[
+    ConfigKey::new(
+        "account_sid",
+        ValueKind::Text,
+        DEV_ACCOUNT_SID,
+        "the Account SID from the Twilio console",
+    )
+    .env("TWILIO_ACCOUNT_SID")
+    .check(account_sid),
+    ConfigKey::new(
+        "auth_token",
+        ValueKind::Text,
+        DEV_AUTH_TOKEN,
+        "the Auth Token from the Twilio console: signs webhooks and authenticates REST calls",
+    )
+    .env("TWILIO_AUTH_TOKEN")
+    .secret()
+    .check(not_empty),
+    ConfigKey::new(
+        "api_base",
+        ValueKind::Url,
+        "https://api.twilio.com",
+        "Twilio's REST API: https://api.twilio.com, or a local fake in tests",
+    )
+    .env("TWILIO_API_BASE"),
+    ConfigKey::new(
+        "spool_dir",
+        ValueKind::Path,
+        "data/spool",
+        "where call records wait while the database is away, per instance",
+    )
+    .env("CALLPLANE_SPOOL_DIR"),
+    ConfigKey::new(
+        "record_calls",
+        ValueKind::Bool,
+        "true",
+        "whether webhooks record calls (false exists only to benchmark the webhook path)",
+    )
+    .env("CALLPLANE_RECORD_CALLS"),
+];
+
+fn account_sid(sid: &str) -> Result<(), String> {
+    let valid = sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if valid {
+        Ok(())
+    } else {
+        Err("expected AC followed by 32 hex digits".to_owned())
+    }
+}
+
+fn not_empty(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        Err("the auth token is empty".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+/// The Twilio account, as the webhooks, the outbound API and `simulate` use it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// `TWILIO_ACCOUNT_SID`.
+    pub sid: String,
+    /// `TWILIO_AUTH_TOKEN`.
+    pub auth_token: Secret,
+    /// `TWILIO_API_BASE`, without a trailing slash.
+    pub api_base: String,
+}
+
+impl Account {
+    /// The account of the plugin's configuration.
+    pub fn of(config: &PluginConfig) -> Self {
+        Self {
+            sid: config.text("account_sid").to_owned(),
+            auth_token: config.secret("auth_token"),
+            api_base: config.text("api_base").to_owned(),
+        }
+    }
+}
+
+/// The production checks.
+pub const DEPLOY_CHECKS: &[DeployCheck] = &[
+    DeployCheck {
+        id: "CP101",
+        run: |_, config| {
+            (config.secret("auth_token").expose() == DEV_AUTH_TOKEN).then(|| {
+                (
+                    "TWILIO_AUTH_TOKEN is the development placeholder: real Twilio signatures will not validate"
+                        .to_owned(),
+                    "set TWILIO_AUTH_TOKEN to the account's auth token (from a secret store, not the config file)"
+                        .to_owned(),
+                )
+            })
+        },
+    },
+    DeployCheck {
+        id: "CP102",
+        run: |_, config| {
+            (config.text("account_sid") == DEV_ACCOUNT_SID).then(|| {
+                (
+                    "TWILIO_ACCOUNT_SID is the development placeholder: outbound calls will fail".to_owned(),
+                    "set TWILIO_ACCOUNT_SID to the account's SID (AC…)".to_owned(),
+                )
+            })
+        },
+    },
+    DeployCheck {
+        id: "CP109",
+        run: |_, config| {
+            (!config.boolean("record_calls")).then(|| {
+                (
+                    "call recording is disabled: webhooks are answered but no call is recorded".to_owned(),
+                    "remove CALLPLANE_RECORD_CALLS=false (it exists for benchmarks only)".to_owned(),
+                )
+            })
+        },
+    },
+    DeployCheck {
+        id: "CP110",
+        run: spool_dir_writable,
+    },
+];
+
+/// CP110: the spool is what keeps calls while the database is away; a directory it cannot write
+/// would lose them exactly then.
+fn spool_dir_writable(_: &Settings, config: &PluginConfig) -> Option<(String, String)> {
+    let dir = config.path("spool_dir");
+    check_dir_writable(&dir).err().map(|e| {
+        (
+            format!("the call spool directory {} cannot be written: {e}", dir.display()),
+            "create the directory and give the service user write access, or set CALLPLANE_SPOOL_DIR".to_owned(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_the_checks_fire_on_them() {
+        let config = PluginConfig::defaults(KEYS);
+        for key in KEYS {
+            assert!(key.parse(key.default).is_ok(), "{}", key.name);
+        }
+        let settings = Settings::default();
+        let fired: Vec<&str> = DEPLOY_CHECKS
+            .iter()
+            .filter(|c| (c.run)(&settings, &config).is_some())
+            .map(|c| c.id)
+            .collect();
+        assert!(fired.contains(&"CP101") && fired.contains(&"CP102"), "{fired:?}");
+        assert!(!fired.contains(&"CP109"));
+        assert_eq!(
+            KEYS[0].parse("XX1").unwrap_err(),
+            "expected AC followed by 32 hex digits"
+        );
+    }
+}
