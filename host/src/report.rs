@@ -1,7 +1,7 @@
 //! Text and JSON renderings shared by `serve`, `check`, `routes`, `plugins` and `config` (shapes in
 //! docs/cli.md).
 
-use callplane_plugin_api::{RoutePlugin, RouteSpec};
+use callplane_plugin_api::{RoutePlugin, RouteSpec, changes_state};
 use serde_json::{Value, json};
 
 use crate::boot::{BootPlan, PluginReport, PluginStatus};
@@ -49,6 +49,7 @@ pub fn routes_json(plan: &BootPlan) -> Value {
                 "plugin": r.plugin,
                 "access": r.access.to_string(),
                 "page": r.access.page(),
+                "level": r.access.page().map(|_| if changes_state(&r.method) { "write" } else { "read" }),
                 "critical": plan.route_is_critical(r),
             })
         })

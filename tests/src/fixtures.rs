@@ -60,6 +60,7 @@ impl AccessProvider for HeaderSessions {
                 business_id,
                 email: "fixture@example.com".into(),
                 role: if admin { "admin".into() } else { "agent".into() },
+                write_pages: pages.clone(),
                 pages,
                 admin,
             });

@@ -43,6 +43,14 @@ impl Access {
     }
 }
 
+/// Whether a request with `method` changes state: anything but `GET`, `HEAD` and `OPTIONS`. Such a
+/// request needs its `PageAccess` page at the write level (a grant can be read-only), and a
+/// cookie-authenticated one must come from the application's origin.
+pub fn changes_state(method: &actix_web::http::Method) -> bool {
+    use actix_web::http::Method;
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -120,8 +128,11 @@ pub struct Principal {
     pub email: String,
     /// The user's role (`owner`, `admin`, `agent`, `viewer`).
     pub role: String,
-    /// The pages the role is granted.
+    /// The pages the role is granted, to read or to change.
     pub pages: Vec<String>,
+    /// The pages among `pages` the role may change (a `POST`, `PUT`, `PATCH` or `DELETE` route
+    /// under `PageAccess(page)` needs the page here; a `GET` needs it in `pages`).
+    pub write_pages: Vec<String>,
     /// Whether the role may use the admin API.
     pub admin: bool,
 }

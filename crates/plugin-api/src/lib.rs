@@ -80,7 +80,7 @@ mod settings;
 pub mod testing;
 pub mod timestamps;
 
-pub use access::{Access, AccessProvider, Capability, Principal};
+pub use access::{Access, AccessProvider, Capability, Principal, changes_state};
 pub use command::{CommandContext, PluginCommand};
 pub use config::{ConfigKey, PluginConfig, ValueCheck, ValueKind, base_url};
 pub use deadline::{BODY_DEADLINE, edge, is_body_timeout, protective_headers, time_body};

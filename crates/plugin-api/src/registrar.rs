@@ -625,6 +625,7 @@ mod tests {
                     email: "a@example.com".into(),
                     role: "agent".into(),
                     pages: vec!["calls".into()],
+                    write_pages: vec![],
                     admin: false,
                 });
                 Ok(())

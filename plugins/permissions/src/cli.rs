@@ -3,7 +3,7 @@
 //! ```text
 //! callplane admin create-business --name "Dental Care" --phone +972501234567
 //! callplane admin create-user --business 1 --email dana@example.com --role owner   # password from stdin or a prompt
-//! callplane admin grant-page --business 1 --role agent --page settings
+//! callplane admin grant-page --business 1 --role agent --page settings [--level read]
 //! callplane admin list-businesses
 //! callplane admin unlock --email dana@example.com        # lift a sign-in lock (or --client 203.0.113.7)
 //! ```
@@ -16,7 +16,7 @@ use callplane_plugin_api::{CommandContext, PluginCommand};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::store::{Store, StoreError};
-use crate::{PAGES, ROLES, is_e164, normalise_email, password, session, throttle_bucket};
+use crate::{Level, PAGES, ROLES, is_e164, normalise_email, password, session, throttle_bucket};
 
 /// What callers hear when a business has no media stream.
 pub const DEFAULT_GREETING: &str = "Thank you for calling. Please hold while we connect you.";
@@ -68,6 +68,9 @@ enum AdminCommand {
         /// calendar, calls, leads or settings.
         #[arg(long, value_parser = PAGES)]
         page: String,
+        /// read (see only) or write (see and change).
+        #[arg(long, value_enum, default_value_t = Level::Write)]
+        level: Level,
     },
     /// List the businesses.
     ListBusinesses,
@@ -155,10 +158,28 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
                 user.id, user.email, user.role, business
             );
         }
-        AdminCommand::GrantPage { business, role, page } => {
-            store.grant_page(business, &role, &page).await.map_err(store_error)?;
-            let pages = store.pages(business, &role).await.map_err(store_error)?;
-            println!("business={business} role={role} pages={}", pages.join(","));
+        AdminCommand::GrantPage {
+            business,
+            role,
+            page,
+            level,
+        } => {
+            store
+                .grant_page(business, &role, &page, level)
+                .await
+                .map_err(store_error)?;
+            let grants = store.page_levels(business, &role).await.map_err(store_error)?;
+            let pages: Vec<&str> = grants.iter().map(|(p, _)| p.as_str()).collect();
+            let writable: Vec<&str> = grants
+                .iter()
+                .filter(|(_, l)| *l == Level::Write)
+                .map(|(p, _)| p.as_str())
+                .collect();
+            println!(
+                "business={business} role={role} pages={} write={}",
+                pages.join(","),
+                writable.join(",")
+            );
         }
         AdminCommand::Unlock { email, client } => {
             let mut subjects = Vec::new();

@@ -1,6 +1,7 @@
 //! The HTTP handlers. Access is enforced by the host before any of these runs; each handler scopes
 //! its queries to the caller's business.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
 
 use actix_web::http::StatusCode;
@@ -13,7 +14,7 @@ use serde_json::json;
 use crate::password::{self, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, Verified};
 use crate::session::{self, SESSION_TTL_SECS, SessionTokenHash};
 use crate::store::{Store, StoreError};
-use crate::{PAGES, ROLES, normalise_email};
+use crate::{Level, PAGES, ROLES, normalise_email};
 
 /// Failed logins allowed per account within [`THROTTLE_WINDOW_SECS`].
 pub const ACCOUNT_FAILURES: i64 = 5;
@@ -214,6 +215,7 @@ pub(crate) async fn login(
             "user": { "id": principal.user_id, "email": principal.email, "role": principal.role },
             "business_id": principal.business_id,
             "pages": principal.pages,
+            "write_pages": principal.write_pages,
         })))
 }
 
@@ -241,6 +243,7 @@ pub(crate) async fn me(who: Principal, state: web::Data<AuthState>) -> Result<Ht
         "business": { "id": business.id, "name": business.name, "phone_number": business.phone_number },
         "role": who.role,
         "pages": who.pages,
+        "write_pages": who.write_pages,
         "admin": who.admin,
     })))
 }
@@ -335,14 +338,29 @@ pub(crate) async fn deactivate_user(
 }
 
 /// `GET /api/permissions/roles`: every role's pages in the caller's business.
+/// `{"roles": {role: [page…]}, "levels": {role: {page: "read"|"write"}}, "pages": [every page]}`.
 pub(crate) async fn list_grants(who: Principal, state: web::Data<AuthState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(json!({ "roles": state.store.grants(who.business_id).await?, "pages": PAGES })))
+    let levels = state.store.grants(who.business_id).await?;
+    let roles: BTreeMap<&String, Vec<&String>> = levels
+        .iter()
+        .map(|(role, pages)| (role, pages.keys().collect()))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "roles": roles, "levels": levels, "pages": PAGES })))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Grants {
-    pages: Vec<String>,
+    pages: Vec<Grant>,
+}
+
+/// One grant in `PUT /api/permissions/roles/{role}`: a page name (read and write), or
+/// `{"page": …, "level": "read"|"write"}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Grant {
+    Page(String),
+    Level { page: String, level: Level },
 }
 
 /// `PUT /api/permissions/roles/{role} {pages}`: replaces a role's pages in the caller's business.
@@ -363,16 +381,26 @@ pub(crate) async fn set_grants(
         // An admin could otherwise lock the owners out of their own settings.
         return Err(ApiError::forbidden("only an owner may change the owner role's pages"));
     }
-    let mut pages = body.into_inner().pages;
-    if let Some(bad) = pages.iter().find(|p| !PAGES.contains(&p.as_str())) {
-        return Err(ApiError::unprocessable(format!(
-            "unknown page {bad:?}; pages are {}",
-            PAGES.join(", ")
-        )));
+    let mut grants: BTreeMap<String, Level> = BTreeMap::new();
+    for grant in body.into_inner().pages {
+        let (page, level) = match grant {
+            Grant::Page(page) => (page, Level::Write),
+            Grant::Level { page, level } => (page, level),
+        };
+        if !PAGES.contains(&page.as_str()) {
+            return Err(ApiError::unprocessable(format!(
+                "unknown page {page:?}; pages are {}",
+                PAGES.join(", ")
+            )));
+        }
+        // Listed twice: the wider grant counts.
+        let kept = grants.entry(page).or_insert(level);
+        *kept = (*kept).max(level);
     }
-    pages.sort();
-    pages.dedup();
-    state.store.set_pages(who.business_id, &role, &pages).await?;
-    tracing::info!(by = who.user_id, business_id = who.business_id, role = %role, pages = %pages.join(","), "[AUTH] pages granted");
-    Ok(HttpResponse::build(StatusCode::OK).json(json!({ "role": role, "pages": pages })))
+    let list: Vec<(String, Level)> = grants.iter().map(|(p, l)| (p.clone(), *l)).collect();
+    state.store.set_grants(who.business_id, &role, &list).await?;
+    let shown: Vec<String> = list.iter().map(|(p, l)| format!("{p}:{}", l.as_str())).collect();
+    tracing::info!(by = who.user_id, business_id = who.business_id, role = %role, pages = %shown.join(","), "[AUTH] pages granted");
+    let pages: Vec<&String> = grants.keys().collect();
+    Ok(HttpResponse::build(StatusCode::OK).json(json!({ "role": role, "pages": pages, "levels": grants })))
 }

@@ -55,6 +55,37 @@ pub fn default_pages(role: &str) -> &'static [&'static str] {
     }
 }
 
+/// What a grant of a page allows: reading it (`GET`), or changing it too (`POST`, `PUT`,
+/// `PATCH`, `DELETE` under `PageAccess(page)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Read only.
+    Read,
+    /// Read and change.
+    Write,
+}
+
+impl Level {
+    /// `read` or `write`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+
+    /// The stored text back as a level (anything unknown reads as `read`: never more than granted).
+    pub fn parse(text: &str) -> Self {
+        if text == "write" { Self::Write } else { Self::Read }
+    }
+
+    /// The level a new business grants `role` its default pages at: viewers read, others write.
+    pub fn default_for(role: &str) -> Self {
+        if role == "viewer" { Self::Read } else { Self::Write }
+    }
+}
+
 /// Declares the routes, the session provider and the migrations (the `admin` command is
 /// [`cli::ADMIN`], in the submission).
 ///
@@ -148,5 +179,8 @@ mod tests {
         assert_eq!(default_pages("owner"), PAGES);
         assert!(!default_pages("agent").contains(&"settings"));
         assert!(!default_pages("viewer").contains(&"calls"));
+        assert_eq!(Level::default_for("viewer"), Level::Read);
+        assert_eq!(Level::default_for("agent"), Level::Write);
+        assert_eq!(Level::parse("nonsense"), Level::Read, "never more than granted");
     }
 }

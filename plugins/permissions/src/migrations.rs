@@ -70,4 +70,56 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX login_failures_subject ON login_failures (scope, subject, failed_at);
     ",
     ),
+    // A grant is read-only or read-write; viewers, read-only by intent, become so.
+    Migration::portable(
+        3,
+        "page grants get a level; viewers read only",
+        "
+        ALTER TABLE role_pages ADD COLUMN level TEXT NOT NULL DEFAULT 'write' CHECK (level IN ('read', 'write'));
+        UPDATE role_pages SET level = 'read' WHERE role = 'viewer';
+    ",
+    ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use callplane_plugin_api::storage::sqlx::{self, Row as _};
+    use callplane_plugin_api::storage::{Db, PluginMigrations, migrate};
+
+    use super::MIGRATIONS;
+
+    /// A database from before page levels: its viewers become read-only, everyone else keeps
+    /// reading and writing.
+    #[actix_rt::test]
+    async fn existing_viewers_become_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect_lazy(&format!("sqlite://{}/m.db", dir.path().display())).unwrap();
+        let set = |migrations| {
+            [PluginMigrations {
+                plugin: "permissions",
+                migrations,
+            }]
+        };
+        migrate(&db, &set(&MIGRATIONS[..2])).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO businesses (name, phone_number, greeting, created_at) VALUES ('B', '+15550001', 'hi', 1);
+             INSERT INTO role_pages (business_id, role, page) VALUES (1, 'viewer', 'calendar'), (1, 'agent', 'calendar');",
+        )
+        .execute(db.pool())
+        .await
+        .unwrap();
+        migrate(&db, &set(MIGRATIONS)).await.unwrap();
+        let rows = sqlx::query("SELECT role, level FROM role_pages ORDER BY role")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        let levels: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(
+            levels,
+            [
+                ("agent".to_owned(), "write".to_owned()),
+                ("viewer".to_owned(), "read".to_owned())
+            ]
+        );
+    }
+}

@@ -2,7 +2,7 @@
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::ServiceRequest;
-use actix_web::http::{Method, StatusCode, header};
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpMessage, HttpResponse, ResponseError as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -124,7 +124,7 @@ impl AccessProvider for SessionProvider {
                     "a valid session is required",
                 ));
             }
-            let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+            let changes_state = callplane_plugin_api::changes_state(req.method());
             if from_cookie && changes_state {
                 // Exactly one Origin, and ours: with two, which one a check reads is arbitrary.
                 let mut origins = req.headers().get_all(header::ORIGIN);
@@ -163,7 +163,9 @@ impl AccessProvider for SessionProvider {
                     return Err(ApiError::unavailable("sessions cannot be checked right now", 5).error_response());
                 }
             };
+            // A page route that changes state needs the page at the write level.
             let allowed = match access {
+                Access::PageAccess(page) if changes_state => principal.write_pages.iter().any(|p| p == page),
                 Access::PageAccess(page) => principal.pages.iter().any(|p| p == page),
                 Access::Admin => principal.admin,
                 Access::Authenticated => true,
@@ -171,6 +173,12 @@ impl AccessProvider for SessionProvider {
             };
             if !allowed {
                 let message = match access {
+                    Access::PageAccess(page) if principal.pages.iter().any(|p| p == page) => {
+                        format!(
+                            "your role ({}) may read the {page} page but not change it",
+                            principal.role
+                        )
+                    }
                     Access::PageAccess(page) => {
                         format!("your role ({}) has no access to the {page} page", principal.role)
                     }

@@ -8,7 +8,7 @@ use callplane_plugin_api::storage::sqlx::{self, Row};
 use callplane_plugin_api::storage::{Db, StorageError};
 use serde::Serialize;
 
-use crate::{ADMIN_ROLES, ROLES, default_pages};
+use crate::{ADMIN_ROLES, Level, ROLES, default_pages};
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
@@ -128,10 +128,11 @@ impl Store {
         .try_get(0)?;
         for role in ROLES {
             for page in default_pages(role) {
-                sqlx::query("INSERT INTO role_pages (business_id, role, page) VALUES ($1, $2, $3)")
+                sqlx::query("INSERT INTO role_pages (business_id, role, page, level) VALUES ($1, $2, $3, $4)")
                     .bind(id)
                     .bind(role)
                     .bind(*page)
+                    .bind(Level::default_for(role).as_str())
                     .execute(&mut *tx)
                     .await?;
             }
@@ -320,7 +321,13 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let (user_id, business_id, email, role): (i64, i64, String, String) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-        let pages = self.pages(business_id, &role).await?;
+        let grants = self.page_levels(business_id, &role).await?;
+        let write_pages = grants
+            .iter()
+            .filter(|(_, level)| *level == Level::Write)
+            .map(|(page, _)| page.clone())
+            .collect();
+        let pages = grants.into_iter().map(|(page, _)| page).collect();
         let admin = ADMIN_ROLES.contains(&role.as_str());
         Ok(Some(Principal {
             user_id,
@@ -328,6 +335,7 @@ impl Store {
             email,
             role,
             pages,
+            write_pages,
             admin,
         }))
     }
@@ -350,66 +358,96 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn pages(&self, business_id: i64, role: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT page FROM role_pages WHERE business_id = $1 AND role = $2 ORDER BY page")
+        Ok(self
+            .page_levels(business_id, role)
+            .await?
+            .into_iter()
+            .map(|(page, _)| page)
+            .collect())
+    }
+
+    /// The pages `role` is granted in `business_id` and the level of each, sorted by page.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn page_levels(&self, business_id: i64, role: &str) -> Result<Vec<(String, Level)>, StoreError> {
+        let rows = sqlx::query("SELECT page, level FROM role_pages WHERE business_id = $1 AND role = $2 ORDER BY page")
             .bind(business_id)
             .bind(role)
             .fetch_all(self.db.pool())
             .await?;
-        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, Level::parse(&r.try_get::<String, _>(1)?))))
+            .collect()
     }
 
-    /// Every role's pages in `business_id` (every role listed, even with no page).
+    /// Every role's pages and their levels in `business_id` (every role listed, even with no
+    /// page).
     ///
     /// # Errors
     /// A database error.
-    pub async fn grants(&self, business_id: i64) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
-        let mut grants: BTreeMap<String, Vec<String>> = ROLES.iter().map(|r| (r.to_string(), Vec::new())).collect();
-        let rows = sqlx::query("SELECT role, page FROM role_pages WHERE business_id = $1 ORDER BY role, page")
+    pub async fn grants(&self, business_id: i64) -> Result<BTreeMap<String, BTreeMap<String, Level>>, StoreError> {
+        let mut grants: BTreeMap<String, BTreeMap<String, Level>> =
+            ROLES.iter().map(|r| (r.to_string(), BTreeMap::new())).collect();
+        let rows = sqlx::query("SELECT role, page, level FROM role_pages WHERE business_id = $1")
             .bind(business_id)
             .fetch_all(self.db.pool())
             .await?;
         for row in rows {
-            grants.entry(row.try_get(0)?).or_default().push(row.try_get(1)?);
+            grants
+                .entry(row.try_get(0)?)
+                .or_default()
+                .insert(row.try_get(1)?, Level::parse(&row.try_get::<String, _>(2)?));
         }
         Ok(grants)
     }
 
-    /// Replaces the pages of `role` in `business_id`.
+    /// Replaces the pages of `role` in `business_id`, each at the write level.
     ///
     /// # Errors
     /// A database error.
     pub async fn set_pages(&self, business_id: i64, role: &str, pages: &[String]) -> Result<(), StoreError> {
+        let grants: Vec<(String, Level)> = pages.iter().map(|p| (p.clone(), Level::Write)).collect();
+        self.set_grants(business_id, role, &grants).await
+    }
+
+    /// Replaces the grants of `role` in `business_id`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn set_grants(&self, business_id: i64, role: &str, grants: &[(String, Level)]) -> Result<(), StoreError> {
         let mut tx = self.db.pool().begin().await?;
         sqlx::query("DELETE FROM role_pages WHERE business_id = $1 AND role = $2")
             .bind(business_id)
             .bind(role)
             .execute(&mut *tx)
             .await?;
-        for page in pages {
+        for (page, level) in grants {
             // A concurrent replacement may have inserted it already.
-            sqlx::query("INSERT INTO role_pages (business_id, role, page) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(business_id)
-                .bind(role)
-                .bind(page)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO role_pages (business_id, role, page, level) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(business_id)
+            .bind(role)
+            .bind(page)
+            .bind(level.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Adds one page to `role` in `business_id` (idempotent).
+    /// Grants `role` in `business_id` one page at `level` (added, or its level changed).
     ///
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown business, or a database error.
-    pub async fn grant_page(&self, business_id: i64, role: &str, page: &str) -> Result<(), StoreError> {
+    pub async fn grant_page(&self, business_id: i64, role: &str, page: &str, level: Level) -> Result<(), StoreError> {
         self.business(business_id).await?;
-        let mut pages = self.pages(business_id, role).await?;
-        if !pages.iter().any(|p| p == page) {
-            pages.push(page.to_owned());
-            self.set_pages(business_id, role, &pages).await?;
-        }
-        Ok(())
+        let mut grants = self.page_levels(business_id, role).await?;
+        grants.retain(|(p, _)| p != page);
+        grants.push((page.to_owned(), level));
+        self.set_grants(business_id, role, &grants).await
     }
 
     /// Records a failed login of `subject` (an account or a client address) under `scope`, then

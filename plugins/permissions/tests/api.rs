@@ -502,3 +502,87 @@ async fn weak_hashes_are_upgraded_on_login() {
         creds.password_hash
     );
 }
+
+#[actix_rt::test]
+async fn viewers_read_pages_and_only_write_grants_change_them() {
+    let f = fixture().await;
+    let b = seed_business(&f, "+15550010").await;
+    seed_user(&f, b, "owner@example.com", "owner").await;
+    seed_user(&f, b, "viewer@example.com", "viewer").await;
+    let app = app!(f);
+    let owner = login(&app, "owner@example.com").await;
+    let viewer = login(&app, "viewer@example.com").await;
+    let read = |token: &str| bearer(TestRequest::get().uri("/test/calendar"), token).to_request();
+    let write = |token: &str| bearer(TestRequest::post().uri("/test/calendar"), token).to_request();
+
+    assert_eq!(app.call(read(&viewer)).await.unwrap().status(), StatusCode::OK);
+    let (status, body, _) = body_json(app.call(write(&viewer)).await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may read the calendar page but not change it"),
+        "{body}"
+    );
+    assert_eq!(app.call(write(&owner)).await.unwrap().status(), StatusCode::OK);
+    let (_, me, _) = body_json(
+        app.call(bearer(TestRequest::get().uri("/api/me"), &viewer).to_request())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(me["pages"], json!(["calendar", "leads"]));
+    assert_eq!(me["write_pages"], json!([]));
+
+    // The role API takes the level; a bare page name grants write.
+    let put = |pages: Value| {
+        bearer(TestRequest::put().uri("/api/permissions/roles/viewer"), &owner)
+            .set_json(json!({ "pages": pages }))
+            .to_request()
+    };
+    let (status, body, _) = body_json(
+        app.call(put(json!(["calendar", {"page": "leads", "level": "read"}])))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["levels"], json!({"calendar": "write", "leads": "read"}));
+    assert_eq!(app.call(write(&viewer)).await.unwrap().status(), StatusCode::OK);
+    let (_, grants, _) = body_json(
+        app.call(bearer(TestRequest::get().uri("/api/permissions/roles"), &owner).to_request())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        grants["levels"]["viewer"],
+        json!({"calendar": "write", "leads": "read"})
+    );
+    assert_eq!(grants["roles"]["viewer"], json!(["calendar", "leads"]));
+
+    let (status, _, _) = body_json(
+        app.call(put(json!([{"page": "calendar", "level": "read"}])))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.call(write(&viewer)).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.call(read(&viewer)).await.unwrap().status(), StatusCode::OK);
+    for bad in [
+        json!([{"page": "calendar", "level": "admin"}]),
+        json!([{"page": "calendar"}]),
+        json!([7]),
+    ] {
+        let (status, _, _) = body_json(app.call(put(bad.clone())).await.unwrap()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    assert_eq!(
+        f.store.page_levels(b, "viewer").await.unwrap(),
+        [("calendar".to_owned(), callplane_plugin_permissions::Level::Read)],
+        "refused bodies changed nothing"
+    );
+}
