@@ -295,6 +295,7 @@ pub fn plan(
         );
     }
     let mut active: Vec<ActivePlugin> = Vec::new();
+    let mut offered: BTreeMap<Capability, &'static str> = BTreeMap::new();
     for name in &order {
         let plugin = candidates[name];
         if let Some(missing) = plugin.requires.iter().find(|r| planner.out.contains_key(*r)) {
@@ -310,6 +311,11 @@ pub fn plan(
         );
         let outcome = catch_unwind(AssertUnwindSafe(|| (plugin.register)(&mut registrar)));
         let registration = registrar.finish();
+        // Who offers what, even if the registration then fails: a finding about a capability
+        // nobody provides can name the plugin that would have.
+        for (capability, _) in &registration.providers {
+            offered.entry(*capability).or_insert(plugin.name);
+        }
         let failure = match outcome {
             Ok(Ok(())) if registration.problems.is_empty() => None,
             Ok(Ok(())) => Some((
@@ -429,25 +435,29 @@ pub fn plan(
     }
     for (index, capability, routes) in unprovided {
         let plugin = active[index].plugin;
-        let provider = capability.provider_plugin();
-        let status = reports.get(provider).map(|r| r.status);
-        let why = match (candidates.contains_key(provider), planner.out.get(provider)) {
-            (true, Some((_, reason))) => format!("'{provider}' failed ({reason})"),
-            (true, None) => format!("'{provider}' registered no provider for it"),
-            (false, _) if status == Some(PluginStatus::Missing) || !by_name.contains_key(provider) => {
-                format!("'{provider}' is not in this binary")
+        let (source, hint) = match offered.get(&capability) {
+            Some(provider) => {
+                let why = planner
+                    .out
+                    .get(provider)
+                    .map_or_else(|| "it is not active".to_owned(), |(_, reason)| format!("it failed ({reason})"));
+                (
+                    format!("from plugin '{provider}', but {why}"),
+                    format!("fix plugin '{provider}' so it registers, or change the routes' access policy"),
+                )
             }
-            (false, _) => format!("'{provider}' is unusable"),
+            None => (
+                "but no plugin of this build provides it".to_owned(),
+                "link a plugin that provides it (one that registers an access provider for it), or change the routes' access policy".to_owned(),
+            ),
         };
         let message = format!(
-            "plugin '{}' has {} route(s) that need {} from plugin '{provider}', but {why}: {}",
+            "plugin '{}' has {} route(s) that need {} {source}: {}",
             plugin.name,
             routes.len(),
             capability.describe(),
             routes.join(", ")
         );
-        let hint =
-            format!("build with plugin-{provider} (and keep it registered), or change the routes' access policy");
         planner.refuse(plugin, "CP004", message, hint);
     }
     let out: BTreeSet<&str> = planner.out.keys().copied().collect();
@@ -1087,7 +1097,7 @@ mod tests {
         assert_eq!(ids(&plan), [("CP004", Level::Error, Some("lonely"))]);
         let message = &plan.findings[0].message;
         assert!(
-            message.contains("from plugin 'permissions', but 'permissions' is not in this binary"),
+            message.contains("need session and page-access resolution but no plugin of this build provides it"),
             "{message}"
         );
         assert!(message.contains("GET /api/notes/{id} (PageAccess(notes))"), "{message}");

@@ -119,7 +119,7 @@ fn the_default_build_holds_every_plugin_and_lists_the_calendar_routes() {
     let check = sandbox.run(Path::new(BIN), &["check"], &[]);
     assert_eq!(check.code, Some(0), "{}", all(&check));
     assert!(
-        check.stdout.contains("[BOOT] check passed: plugins=3"),
+        check.stdout.contains("[BOOT] check passed: plugins="),
         "{}",
         check.stdout
     );
@@ -166,10 +166,13 @@ fn the_default_build_holds_every_plugin_and_lists_the_calendar_routes() {
         .iter()
         .map(|p| (p["name"].as_str().unwrap(), p["status"].as_str().unwrap()))
         .collect();
-    assert_eq!(
-        statuses,
-        [("permissions", "active"), ("calendar", "active"), ("twilio", "active")]
-    );
+    // The bundled plugins are there and active; a build may link more (they are not counted).
+    for bundled in [("permissions", "active"), ("calendar", "active"), ("twilio", "active")] {
+        assert!(statuses.contains(&bundled), "{bundled:?} in {statuses:?}");
+    }
+    assert!(statuses.iter().all(|(_, status)| *status == "active"), "{statuses:?}");
+    let count = format!("[BOOT] check passed: plugins={} ", statuses.len());
+    assert!(check.stdout.contains(&count), "{count} in {}", check.stdout);
     let server = sandbox.serve(Path::new(BIN), &[]);
     assert_eq!(server.get("/readyz").status, 200);
 }

@@ -122,7 +122,7 @@ fn unmet_requirement_is_cp004() {
 fn page_access_without_permissions_is_cp004_before_serving() {
     let out = assert_refused("no-sessions", &env(&[("CALLPLANE_CRITICAL_PLUGINS", "")]), &["CP004"]);
     assert!(
-        out.contains("need session and page-access resolution from plugin 'permissions'"),
+        out.contains("need session and page-access resolution but no plugin of this build provides it"),
         "{out}"
     );
 }

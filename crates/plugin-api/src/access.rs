@@ -74,14 +74,6 @@ pub enum Capability {
 }
 
 impl Capability {
-    /// The bundled plugin that provides this capability, named in boot findings.
-    pub fn provider_plugin(self) -> &'static str {
-        match self {
-            Self::TwilioSignature => "twilio",
-            Self::Sessions => "permissions",
-        }
-    }
-
     /// A human description, used in findings.
     pub fn describe(self) -> &'static str {
         match self {
@@ -163,6 +155,5 @@ mod tests {
         assert_eq!(Access::Admin.capability(), Some(Capability::Sessions));
         assert_eq!(Access::PageAccess("calendar").to_string(), "PageAccess(calendar)");
         assert_eq!(Access::PageAccess("calendar").page(), Some("calendar"));
-        assert_eq!(Capability::Sessions.provider_plugin(), "permissions");
     }
 }

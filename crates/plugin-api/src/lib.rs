@@ -16,7 +16,9 @@
 //!
 //! # Example
 //!
-//! A complete plugin crate's `lib.rs`:
+//! A complete plugin crate's `lib.rs` (the database pool is the host's: handlers take it as
+//! `web::Data<Db>`; docs/plugins.md and the `examples/notes` crate show configuration keys, deploy
+//! checks and commands too):
 //!
 //! ```
 //! use actix_web::{HttpResponse, web};
@@ -48,7 +50,6 @@
 //! /// Declares the plugin's routes, migrations and state.
 //! pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
 //!     reg.migrations(MIGRATIONS);
-//!     reg.state(reg.db().clone());
 //!     reg.get("/api/notes", Access::PageAccess("calls"), list_notes);
 //!     Ok(())
 //! }
