@@ -7,10 +7,11 @@
 //! * [`Migration`] and [`migrate`] apply each plugin's versioned migrations, recording them in the
 //!   `callplane_schema_versions` table. Two instances booting at once migrate exactly once.
 //!
-//! * [`Db::open_sqlite_writer`] gives a dedicated writer thread its own SQLite connection
-//!   (`rusqlite`, the same SQLite library `sqlx` links), for statements executed without a hop
-//!   through `sqlx`'s connection thread (the call-record group commit), and checkpoints its log on
-//!   a thread of its own ([`writer`]).
+//! * [`GroupCommit`] commits what many writers hand it in batches, one transaction each, on a
+//!   thread of its own; a plugin says how a batch is written ([`Batched`]). On a SQLite file that
+//!   thread uses its own connection ([`Db::open_sqlite_writer`]: `rusqlite`, the same SQLite
+//!   library `sqlx` links), without a hop through `sqlx`'s connection thread, and checkpoints its
+//!   log on a thread of its own ([`writer`]).
 //! * [`Spool`] is the durable local spool: records that cannot reach the database wait there,
 //!   `fsync`ed, until they are replayed.
 //!
@@ -18,12 +19,14 @@
 
 mod db;
 mod error;
+mod group_commit;
 mod migrate;
 mod spool;
 pub mod writer;
 
 pub use db::{Db, DbKind, is_connection_error, redact_url};
 pub use error::StorageError;
+pub use group_commit::{Batched, GroupCommit, MAX_BATCH, PoolWrite};
 pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
 pub use rusqlite;
 pub use spool::Spool;

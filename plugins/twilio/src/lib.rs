@@ -11,6 +11,8 @@
 
 mod api;
 pub mod config;
+pub mod directory;
+pub mod event;
 mod migrations;
 mod outbound;
 pub mod params;
@@ -18,6 +20,7 @@ pub mod provider;
 pub mod records;
 pub mod signature;
 pub mod simulate;
+mod sql;
 pub mod twiml;
 mod webhooks;
 

@@ -1,0 +1,397 @@
+//! Group commit: many writers hand their rows to one writer thread, which commits everything
+//! queued so far (up to [`MAX_BATCH`]) in one transaction and tells every owner whether theirs is
+//! in. A plugin says how a batch is written ([`Batched`]: SQL for SQLite's own connection and for
+//! the pool); this module owns the rest: the queue, the thread, batching, retries and telling a
+//! broken connection from a bad row from a database that cannot take writes.
+//!
+//! There is no timer: a batch is what arrived while the previous commit ran (and while the writer
+//! yielded its CPU to the HTTP workers a few times, [`gather`]), so one item alone commits at once,
+//! and under load an item waits for at most the commit in progress plus its own. The writer has
+//! its own thread so that its work never queues behind HTTP requests on a worker.
+
+use std::cmp::Ordering;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Db, SqliteWriter, is_connection_error};
+
+/// The most items one transaction commits.
+pub const MAX_BATCH: usize = 256;
+/// Items waiting for the writer; an owner that finds the queue full waits (within its own
+/// timeout) and gives up when that runs out.
+const QUEUE: usize = 4096;
+/// A batch smaller than this is worth waiting for, see [`gather`].
+const GATHER_BELOW: usize = 32;
+/// How many times the writer yields its CPU for a small batch, see [`gather`].
+const GATHER_YIELDS: usize = 3;
+
+/// A pool write in progress.
+pub type PoolWrite<'a> = Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + 'a>>;
+
+/// How a batch of items is written. Writing an item twice must change nothing: a batch whose
+/// commit did not answer may be written again by its owner (from a spool, say).
+pub trait Batched: Send + Sync + 'static {
+    /// Writes `batch` in one transaction on the writer's own SQLite connection.
+    ///
+    /// # Errors
+    /// A SQLite error; nothing is committed then.
+    fn write_sqlite(conn: &mut rusqlite::Connection, batch: &[&Self]) -> rusqlite::Result<()>;
+
+    /// Writes `batch` in one transaction through the pool (PostgreSQL, or SQLite in memory).
+    fn write_pool<'a>(db: &'a Db, batch: &'a [&'a Self]) -> PoolWrite<'a>;
+
+    /// The order in which a batch is written: batches sharing keys lock their rows in the same
+    /// order in every instance, and cannot deadlock each other.
+    fn order(&self, other: &Self) -> Ordering;
+}
+
+/// A queue of items and the thread that commits them; clones share both.
+pub struct GroupCommit<T: Batched> {
+    db: Db,
+    name: &'static str,
+    timeout: Duration,
+    on_batch: Arc<dyn Fn(usize) + Send + Sync>,
+    /// Started on first use: commands that never write start no thread.
+    writer: Arc<Mutex<Option<mpsc::Sender<Pending<T>>>>>,
+}
+
+impl<T: Batched> Clone for GroupCommit<T> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            name: self.name,
+            timeout: self.timeout,
+            on_batch: self.on_batch.clone(),
+            writer: self.writer.clone(),
+        }
+    }
+}
+
+impl<T: Batched> std::fmt::Debug for GroupCommit<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An item waiting for the writer.
+struct Pending<T> {
+    item: T,
+    committed: oneshot::Sender<bool>,
+}
+
+/// Where the writer commits.
+enum Store {
+    /// A SQLite file, through the writer's own connection.
+    Sqlite(SqliteWriter),
+    /// PostgreSQL (or an in-memory SQLite database), through the pool.
+    Pool(Db),
+}
+
+/// Why a batch was not committed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The connection broke: the same batch may well succeed on another one.
+    #[error("connection lost: {0}")]
+    Connection(String),
+    /// A statement failed: one item of the batch may be at fault.
+    #[error("{0}")]
+    Statement(String),
+    /// The database cannot take writes now (locked, disk full, pool exhausted, …).
+    #[error("{0}")]
+    Unavailable(String),
+    /// No answer within the commit timeout.
+    #[error("timed out")]
+    TimedOut,
+}
+
+impl<T: Batched> GroupCommit<T> {
+    /// A group commit into `db`, its thread named `name`; a pool write that takes longer than
+    /// `timeout` counts as failed; `on_batch` hears the size of every batch (for a histogram).
+    pub fn new(
+        db: Db,
+        name: &'static str,
+        timeout: Duration,
+        on_batch: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            db,
+            name,
+            timeout,
+            on_batch: Arc::new(on_batch),
+            writer: Arc::default(),
+        }
+    }
+
+    /// Whether `item` was committed. `false` (or never answering, for the caller's own timeout)
+    /// means it may or may not be in the database: keep it elsewhere; writing it twice is harmless.
+    pub async fn write(&self, item: T) -> bool {
+        let Some(writer) = self.writer() else { return false };
+        let (committed, done) = oneshot::channel();
+        if writer.send(Pending { item, committed }).await.is_err() {
+            return false;
+        }
+        done.await.unwrap_or(false)
+    }
+
+    fn writer(&self) -> Option<mpsc::Sender<Pending<T>>> {
+        let mut slot = self.writer.lock().ok()?;
+        if slot.as_ref().is_none_or(mpsc::Sender::is_closed) {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let store = match self.db.open_sqlite_writer() {
+                Some(Ok(conn)) => Store::Sqlite(conn),
+                Some(Err(error)) => {
+                    tracing::warn!(writer = self.name, error = %error, "[STORAGE] the group-commit writer cannot open its SQLite connection; writing through the pool");
+                    Store::Pool(self.db.clone())
+                }
+                None => Store::Pool(self.db.clone()),
+            };
+            let mut runtime = tokio::runtime::Builder::new_current_thread();
+            // A SQLite writer does no network I/O: its thread sleeps on a futex, not in epoll.
+            match store {
+                Store::Sqlite(_) => runtime.enable_time(),
+                Store::Pool(_) => runtime.enable_all(),
+            };
+            let writer = Writer {
+                store,
+                name: self.name,
+                timeout: self.timeout,
+                on_batch: self.on_batch.clone(),
+            };
+            let spawned = runtime.build().and_then(|runtime| {
+                std::thread::Builder::new()
+                    .name(self.name.to_owned())
+                    .spawn(move || runtime.block_on(writer.run(rx)))
+            });
+            if let Err(error) = spawned {
+                tracing::error!(writer = self.name, error = %error, "[STORAGE] the group-commit writer cannot start");
+                return None;
+            }
+            *slot = Some(tx);
+        }
+        slot.clone()
+    }
+}
+
+/// The writer thread's side.
+struct Writer {
+    store: Store,
+    name: &'static str,
+    timeout: Duration,
+    on_batch: Arc<dyn Fn(usize) + Send + Sync>,
+}
+
+impl Writer {
+    /// Takes what is queued, commits it as one batch, answers, repeats.
+    async fn run<T: Batched>(mut self, mut queue: mpsc::Receiver<Pending<T>>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            gather(&mut queue, &mut batch);
+            // Owners that stopped waiting (their timeout ran out) have kept their item already.
+            batch.retain(|p: &Pending<T>| !p.committed.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            (self.on_batch)(batch.len());
+            self.commit(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    async fn write<T: Batched>(&mut self, items: &[&T]) -> Result<(), WriteError> {
+        match &mut self.store {
+            Store::Sqlite(conn) => T::write_sqlite(conn, items).map_err(|error| {
+                use rusqlite::ErrorCode as Code;
+                match error.sqlite_error_code() {
+                    Some(
+                        Code::DatabaseBusy
+                        | Code::DatabaseLocked
+                        | Code::DiskFull
+                        | Code::SystemIoFailure
+                        | Code::CannotOpen
+                        | Code::ReadOnly
+                        | Code::OutOfMemory,
+                    ) => WriteError::Unavailable(error.to_string()),
+                    _ => WriteError::Statement(error.to_string()),
+                }
+            }),
+            Store::Pool(db) => match tokio::time::timeout(self.timeout, T::write_pool(db, items)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) if is_connection_error(&error) => Err(WriteError::Connection(error.to_string())),
+                Ok(Err(sqlx::Error::Database(error))) => Err(WriteError::Statement(error.to_string())),
+                Ok(Err(error)) => Err(WriteError::Unavailable(error.to_string())),
+                Err(_) => Err(WriteError::TimedOut),
+            },
+        }
+    }
+
+    /// Commits `batch` in one transaction. A batch that lost its connection is tried once more
+    /// (the pool hands out another one); when a statement fails, each item is retried alone so
+    /// that one bad item cannot sink the others.
+    async fn commit<T: Batched>(&mut self, mut batch: Vec<Pending<T>>) {
+        batch.sort_by(|a, b| a.item.order(&b.item));
+        let items: Vec<&T> = batch.iter().map(|p| &p.item).collect();
+        let mut result = self.write(&items).await;
+        if let Err(WriteError::Connection(error)) = &result {
+            tracing::warn!(writer = self.name, error = %error, items = batch.len(), "[STORAGE] batch lost its connection; retrying once");
+            result = self.write(&items).await;
+        }
+        drop(items);
+        match result {
+            Ok(()) => {
+                for Pending { item, committed } in batch {
+                    // The owner frees what it shares with the item, on its own thread: not this
+                    // one, which every owner waits for.
+                    drop(item);
+                    let _ = committed.send(true);
+                }
+            }
+            Err(WriteError::Statement(error)) if batch.len() > 1 => {
+                tracing::warn!(writer = self.name, error = %error, items = batch.len(), "[STORAGE] batch failed; writing its items one by one");
+                for pending in batch {
+                    let ok = self.write(&[&pending.item]).await.is_ok();
+                    let _ = pending.committed.send(ok);
+                }
+            }
+            // Every owner hears a dropped sender and keeps its own item.
+            Err(error) => {
+                tracing::warn!(writer = self.name, error = %error, items = batch.len(), "[STORAGE] database write failed");
+            }
+        }
+    }
+}
+
+/// Lets a small batch grow before it is committed, without a timer: the writer yields its CPU (at
+/// most [`GATHER_YIELDS`] times), so that HTTP workers ready to run hand over their items first,
+/// and takes what they queued meanwhile. Much of a commit's cost is the same for one item as for
+/// many (the write lock, and the pages every commit rewrites), so this saved the call-record
+/// writer 15–25 % of its CPU per event under load (docs/performance.md). When nothing else is
+/// waiting for a CPU a yield returns at once: a lone item is not held up.
+fn gather<T>(queue: &mut mpsc::Receiver<Pending<T>>, batch: &mut Vec<Pending<T>>) {
+    for _ in 0..GATHER_YIELDS {
+        if batch.len() >= GATHER_BELOW {
+            return;
+        }
+        std::thread::yield_now();
+        while batch.len() < MAX_BATCH {
+            let Ok(pending) = queue.try_recv() else { break };
+            batch.push(pending);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
+    use sqlx::Row as _;
+
+    use super::*;
+
+    /// A row of a test table; the value 13 is refused by a CHECK (a bad row in a batch).
+    #[derive(Debug)]
+    struct Row(i64);
+
+    impl Batched for Row {
+        fn write_sqlite(conn: &mut rusqlite::Connection, batch: &[&Self]) -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for row in batch {
+                tx.execute("INSERT INTO t (n) VALUES (?1) ON CONFLICT DO NOTHING", [row.0])?;
+            }
+            tx.commit()
+        }
+
+        fn write_pool<'a>(db: &'a Db, batch: &'a [&'a Self]) -> PoolWrite<'a> {
+            Box::pin(async move {
+                let mut tx = db.pool().begin().await?;
+                for row in batch {
+                    sqlx::query("INSERT INTO t (n) VALUES ($1) ON CONFLICT DO NOTHING")
+                        .bind(row.0)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            })
+        }
+
+        fn order(&self, other: &Self) -> Ordering {
+            self.0.cmp(&other.0)
+        }
+    }
+
+    async fn rows(db: &Db) -> Vec<i64> {
+        sqlx::query("SELECT n FROM t ORDER BY n")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    fn pending(n: i64) -> Pending<Row> {
+        Pending {
+            item: Row(n),
+            committed: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_small_batch_takes_what_is_queued_and_a_large_one_is_left_alone() {
+        let below = i64::try_from(GATHER_BELOW).unwrap();
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        for n in 0..below + 10 {
+            tx.try_send(pending(n)).unwrap();
+        }
+        let mut batch = vec![rx.try_recv().unwrap()];
+        gather(&mut rx, &mut batch);
+        assert_eq!(batch.len(), GATHER_BELOW + 10, "everything queued joins a small batch");
+
+        for n in 0..5 {
+            tx.try_send(pending(n)).unwrap();
+        }
+        let mut large: Vec<Pending<Row>> = (0..below).map(pending).collect();
+        gather(&mut rx, &mut large);
+        assert_eq!(large.len(), GATHER_BELOW, "a batch of {GATHER_BELOW} commits as it is");
+        assert_eq!(rx.len(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_commit_in_batches_and_a_bad_row_sinks_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in [format!("sqlite://{}/g.db", dir.path().display())] {
+            let db = Db::connect_lazy(&url).unwrap();
+            db.prepare().unwrap();
+            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS t (n BIGINT PRIMARY KEY CHECK (n <> 13))")
+                .execute(db.pool())
+                .await
+                .unwrap();
+            let batches = Arc::new(AtomicUsize::new(0));
+            let counted = batches.clone();
+            let group = GroupCommit::new(db.clone(), "test-writer", Duration::from_secs(5), move |_| {
+                counted.fetch_add(1, AtomicOrdering::Relaxed);
+            });
+            let writes = (0..40).map(|n| {
+                let group = group.clone();
+                tokio::spawn(async move { (n, group.write(Row(n)).await) })
+            });
+            let mut outcomes = Vec::new();
+            for write in writes {
+                outcomes.push(write.await.unwrap());
+            }
+            for (n, committed) in &outcomes {
+                assert_eq!(*committed, *n != 13, "{url}: row {n}");
+            }
+            let stored = rows(&db).await;
+            assert_eq!(stored.len(), 39, "{url}: {stored:?}");
+            assert!(!stored.contains(&13));
+            assert!(group.write(Row(5)).await, "{url}: writing a row twice is harmless");
+            let batches = batches.load(AtomicOrdering::Relaxed);
+            assert!((1..=41).contains(&batches), "{batches} batches");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The business directory: which business a called number belongs to, cached so that a slow or
+//! absent database still answers calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix_web::web::Bytes;
+use callplane_plugin_api::storage::Db;
+use callplane_plugin_api::storage::sqlx::{self, Row};
+
+use crate::twiml;
+
+/// How long a business lookup waits before falling back to the cache.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a cached business is used without asking the database again.
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// A business as the webhooks need it, as read from the database ([`Business::new`] renders its
+/// greeting; the business is shared read-only from then on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Business {
+    /// Id.
+    pub id: i64,
+    /// What callers hear.
+    pub greeting: String,
+    /// Optional media-stream URL.
+    pub media_stream_url: Option<String>,
+    /// The greeting as TwiML, rendered (and escaped) once when the business is read: every call
+    /// to the number is answered with it.
+    greeting_twiml: Bytes,
+}
+
+impl Business {
+    /// A business, its greeting rendered.
+    pub fn new(id: i64, greeting: String, media_stream_url: Option<String>) -> Self {
+        Self {
+            greeting_twiml: twiml::say(&greeting, false).into(),
+            id,
+            greeting,
+            media_stream_url,
+        }
+    }
+
+    /// What a caller hears: the business's media stream, else its greeting.
+    pub fn answer(&self, call_sid: &str) -> Bytes {
+        match &self.media_stream_url {
+            Some(url) => twiml::stream(url, call_sid, self.id).into(),
+            None => self.greeting_twiml.clone(),
+        }
+    }
+}
+
+/// The answer of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The number belongs to this business.
+    Known(Arc<Business>),
+    /// No business has this number.
+    Unknown,
+    /// The database did not answer and nothing is cached.
+    Unavailable,
+}
+
+/// A number's business (or its absence) and when that was read.
+type CacheEntry = (Option<Arc<Business>>, Instant);
+
+/// Businesses by phone number, cached so that a database outage does not silence known numbers.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    db: Db,
+    cache: Arc<RwLock<HashMap<String, CacheEntry>>>,
+}
+
+impl Directory {
+    /// A directory over `db`.
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The business that owns `number`.
+    pub async fn by_number(&self, number: &str) -> Lookup {
+        let cached = self.cache.read().ok().and_then(|c| c.get(number).cloned());
+        if let Some((entry, at)) = &cached
+            && at.elapsed() < CACHE_TTL
+        {
+            return entry.clone().map_or(Lookup::Unknown, Lookup::Known);
+        }
+        let query = sqlx::query("SELECT id, greeting, media_stream_url FROM businesses WHERE phone_number = $1")
+            .bind(number)
+            .fetch_optional(self.db.pool());
+        match tokio::time::timeout(LOOKUP_TIMEOUT, query).await {
+            Ok(Ok(row)) => {
+                let business = row.and_then(|r| {
+                    Some(Arc::new(Business::new(
+                        r.try_get(0).ok()?,
+                        r.try_get(1).ok()?,
+                        r.try_get(2).ok()?,
+                    )))
+                });
+                if let Ok(mut cache) = self.cache.write() {
+                    cache.insert(number.to_owned(), (business.clone(), Instant::now()));
+                }
+                business.map_or(Lookup::Unknown, Lookup::Known)
+            }
+            _ => {
+                tracing::warn!(number = %number, cached = cached.is_some(), "[TWILIO] business lookup failed; using the cache");
+                match cached {
+                    Some((entry, _)) => entry.map_or(Lookup::Unknown, Lookup::Known),
+                    None => Lookup::Unavailable,
+                }
+            }
+        }
+    }
+
+    /// The business with `id` (for outbound webhooks, which carry it).
+    pub async fn by_id(&self, id: i64) -> Option<Business> {
+        let query = sqlx::query("SELECT id, greeting, media_stream_url FROM businesses WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool());
+        let row = tokio::time::timeout(LOOKUP_TIMEOUT, query).await.ok()?.ok()??;
+        Some(Business::new(
+            row.try_get(0).ok()?,
+            row.try_get(1).ok()?,
+            row.try_get(2).ok()?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_business_answers_with_its_greeting_rendered_once_or_its_stream() {
+        let business = Business::new(7, "Tom & Jerry's".into(), None);
+        let answer = business.answer("CA1");
+        assert!(
+            answer.ends_with(b"<Say>Tom &amp; Jerry&apos;s</Say></Response>"),
+            "{answer:?}"
+        );
+        assert_eq!(
+            answer.as_ptr(),
+            business.answer("CA2").as_ptr(),
+            "every call shares the rendered greeting"
+        );
+        let streamed = Business::new(7, "hi".into(), Some("wss://media.example/s".into()));
+        let answer = String::from_utf8(streamed.answer("CA3").to_vec()).unwrap();
+        assert!(
+            answer.contains(r#"<Stream url="wss://media.example/s"><Parameter name="call_sid" value="CA3"/>"#),
+            "{answer}"
+        );
+    }
+}

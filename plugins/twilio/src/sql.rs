@@ -1,0 +1,320 @@
+//! How call events are written: the SQL for both engines, one transaction per group-commit batch
+//! ([`QueuedEvent`] is what the storage crate's [`GroupCommit`] commits).
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use callplane_plugin_api::storage::sqlx;
+use callplane_plugin_api::storage::{Batched, Db, DbKind, PoolWrite, rusqlite};
+
+#[cfg(doc)]
+use callplane_plugin_api::storage::GroupCommit;
+
+use crate::event::{CallEvent, EventKind};
+
+/// An event on its way to the database, its stored parameters serialised by its owner (the
+/// HTTP workers run in parallel; the one writer is what every webhook waits for).
+#[derive(Debug)]
+pub(crate) struct QueuedEvent {
+    /// Shared with the owner, who spools it if the commit does not answer in time.
+    pub(crate) event: Arc<CallEvent>,
+    /// [`CallEvent::payload`].
+    pub(crate) params_json: String,
+}
+
+impl QueuedEvent {
+    pub(crate) fn new(event: Arc<CallEvent>) -> Self {
+        let params_json = event.payload();
+        Self { event, params_json }
+    }
+}
+
+impl std::ops::Deref for QueuedEvent {
+    type Target = CallEvent;
+
+    fn deref(&self) -> &CallEvent {
+        &self.event
+    }
+}
+
+impl Batched for QueuedEvent {
+    fn write_sqlite(conn: &mut rusqlite::Connection, batch: &[&Self]) -> rusqlite::Result<()> {
+        write_sqlite(conn, batch)
+    }
+
+    fn write_pool<'a>(db: &'a Db, batch: &'a [&'a Self]) -> PoolWrite<'a> {
+        Box::pin(write_events(db, batch))
+    }
+
+    /// By CallSid: two batches sharing CallSids lock their rows in the same order.
+    fn order(&self, other: &Self) -> Ordering {
+        self.call_sid.cmp(&other.call_sid)
+    }
+}
+
+/// A statement inserting any number of rows: `head`, then `row` once per row, then `tail`.
+/// Written with `?` placeholders; [`MultiRow::sql`] numbers them for PostgreSQL.
+struct MultiRow {
+    head: &'static str,
+    row: &'static str,
+    tail: &'static str,
+}
+
+impl MultiRow {
+    fn sql(&self, kind: DbKind, rows: usize) -> String {
+        format!("{} VALUES {} {}", self.head, values(kind, self.row, rows), self.tail)
+    }
+}
+
+/// An outbound call whose CallSid never reached its record: the webhook that brings it (its URL
+/// carries the record's `req_id`) attaches it.
+const ATTACH_CALL_SID: &str = "UPDATE calls SET call_sid = ? WHERE req_id = ? AND call_sid IS NULL
+   AND NOT EXISTS (SELECT 1 FROM calls WHERE call_sid = ?)";
+
+/// One row per CallSid: created by its first event, and given its tenant and lead by any event
+/// that knows them. The tenant, when the webhook did not know it, is looked up by the business's
+/// number (the called number of an inbound call, the caller of an outbound one), so a call spooled
+/// while the database was down still lands in its business.
+const UPSERT_CALLS: MultiRow = MultiRow {
+    head: "INSERT INTO calls (call_sid, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)",
+    row: "(?, COALESCE(?, (SELECT id FROM businesses WHERE phone_number = ?)), ?, ?, ?, ?, ?, -1, ?, ?)",
+    tail: "ON CONFLICT (call_sid) DO UPDATE SET
+           business_id = COALESCE(calls.business_id, excluded.business_id),
+           lead_id = COALESCE(calls.lead_id, excluded.lead_id)
+         WHERE (calls.business_id IS NULL AND excluded.business_id IS NOT NULL)
+            OR (calls.lead_id IS NULL AND excluded.lead_id IS NOT NULL)",
+};
+
+/// A status callback moves its call forward, never back: only a newer SequenceNumber applies.
+const UPDATE_STATUS: &str =
+    "UPDATE calls SET status = ?, last_sequence = ?, updated_at = ? WHERE call_sid = ? AND last_sequence < ?";
+
+/// Every event once, under its call's row id (the call row is upserted first, in the same
+/// transaction): a retry of the same (call, kind, sequence) is skipped.
+const INSERT_EVENTS: MultiRow = MultiRow {
+    head: "INSERT INTO call_events (call_id, kind, status, sequence, request_id, payload, received_at)",
+    row: "((SELECT id FROM calls WHERE call_sid = ?), ?, ?, ?, ?, ?, ?)",
+    tail: "ON CONFLICT (call_id, kind, sequence) DO NOTHING",
+};
+
+impl CallEvent {
+    /// The business whose number this call is on: the called number of an inbound call, the
+    /// caller of an outbound one.
+    fn business_number(&self) -> &str {
+        if self.direction == "outbound" {
+            &self.from
+        } else {
+            &self.to
+        }
+    }
+
+    /// The sequence a status callback moves its call to.
+    fn status_sequence(&self) -> i64 {
+        self.sequence.unwrap_or(-1).max(0)
+    }
+
+    /// The stored parameters: a JSON array of `[name, value]` pairs.
+    fn payload(&self) -> String {
+        serde_json::to_string(&self.params).unwrap_or_else(|_| "[]".to_owned())
+    }
+}
+
+/// Writes `events` through the pool in one transaction: the call rows (once per CallSid), each
+/// status when its sequence is newer, and the events (once per CallSid, kind and sequence).
+/// Applying an event twice changes nothing, so a batch may hold retries of each other. Calls and
+/// events go in one multi-row statement each: on PostgreSQL a statement is a network round trip.
+/// (A SQLite file is written by the group-commit writer's own connection, [`write_sqlite`].)
+///
+/// # Errors
+/// A database error; nothing is committed then.
+async fn write_events(db: &Db, events: &[&QueuedEvent]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.pool().begin().await?;
+    for event in events {
+        if let Some(req_id) = &event.req_id {
+            sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), ATTACH_CALL_SID, 1)))
+                .bind(&event.call_sid)
+                .bind(req_id)
+                .bind(&event.call_sid)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    upsert_calls(&mut tx, db.kind(), events).await?;
+    // Status updates in CallSid order, like the rows above (see `QueuedEvent::order`).
+    let mut statuses: Vec<&&QueuedEvent> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
+    statuses.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
+    for event in statuses {
+        sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), UPDATE_STATUS, 1)))
+            .bind(&event.status)
+            .bind(event.status_sequence())
+            .bind(event.received_at)
+            .bind(&event.call_sid)
+            .bind(event.status_sequence())
+            .execute(&mut *tx)
+            .await?;
+    }
+    insert_events(&mut tx, db.kind(), events).await?;
+    tx.commit().await
+}
+
+/// `rows` copies of `row` (a tuple whose `?` are parameters), separated by commas. PostgreSQL gets
+/// them numbered (`$1`, `$2`, …); SQLite keeps plain `?`, because numbered names cost it a linear
+/// search per parameter (quadratic in a multi-row statement).
+fn values(kind: DbKind, row: &str, rows: usize) -> String {
+    let mut out = String::with_capacity((row.len() + 24) * rows);
+    let mut n = 0;
+    for i in 0..rows {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for ch in row.chars() {
+            if ch == '?' && kind == DbKind::Postgres {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(ch);
+            }
+        }
+    }
+    out
+}
+
+/// [`UPSERT_CALLS`] for every CallSid of `events`, in one statement.
+async fn upsert_calls(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: DbKind,
+    events: &[&QueuedEvent],
+) -> Result<(), sqlx::Error> {
+    // PostgreSQL refuses to upsert one row twice in a statement: one entry per CallSid.
+    let mut calls: Vec<(&QueuedEvent, Option<i64>, Option<&String>)> = Vec::with_capacity(events.len());
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+    for event in events {
+        match index.get(event.call_sid.as_str()) {
+            Some(&i) => {
+                let (_, business, lead) = &mut calls[i];
+                *business = business.or(event.business_id);
+                *lead = lead.or(event.lead_id.as_ref());
+            }
+            None => {
+                index.insert(&event.call_sid, calls.len());
+                calls.push((event, event.business_id, event.lead_id.as_ref()));
+            }
+        }
+    }
+    let sql = UPSERT_CALLS.sql(kind, calls.len());
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for (event, business, lead) in calls {
+        query = query
+            .bind(&event.call_sid)
+            .bind(business)
+            .bind(event.business_number())
+            .bind(&event.direction)
+            .bind(&event.from)
+            .bind(&event.to)
+            .bind(&event.status)
+            .bind(lead)
+            .bind(event.received_at)
+            .bind(event.received_at);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// [`INSERT_EVENTS`] for every event, in one statement.
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: DbKind,
+    events: &[&QueuedEvent],
+) -> Result<(), sqlx::Error> {
+    let sql = INSERT_EVENTS.sql(kind, events.len());
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for event in events {
+        query = query
+            .bind(&event.call_sid)
+            .bind(event.kind.as_str())
+            .bind(&event.status)
+            .bind(event.sequence.unwrap_or(-1))
+            .bind(&event.request_id)
+            .bind(&event.params_json)
+            .bind(event.received_at);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Writes `events` to a SQLite file in one transaction, with the same statements and the same
+/// effect as [`write_events`], one row at a time: on the writer's own connection a cached
+/// single-row statement costs no parsing and no hop to another thread, so rows are cheaper one by
+/// one than in a multi-row statement parsed for every batch. `BEGIN IMMEDIATE` takes the write
+/// lock up front (waiting for it within the busy timeout) instead of failing to upgrade a read.
+///
+/// # Errors
+/// A SQLite error; nothing is committed then.
+fn write_sqlite(conn: &mut rusqlite::Connection, events: &[&QueuedEvent]) -> rusqlite::Result<()> {
+    static UPSERT_ONE: LazyLock<String> = LazyLock::new(|| UPSERT_CALLS.sql(DbKind::Sqlite, 1));
+    static INSERT_ONE: LazyLock<String> = LazyLock::new(|| INSERT_EVENTS.sql(DbKind::Sqlite, 1));
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut attach = tx.prepare_cached(ATTACH_CALL_SID)?;
+        for event in events {
+            if let Some(req_id) = &event.req_id {
+                attach.execute(rusqlite::params![event.call_sid, req_id, event.call_sid])?;
+            }
+        }
+        let mut upsert = tx.prepare_cached(&UPSERT_ONE)?;
+        for event in events {
+            upsert.execute(rusqlite::params![
+                event.call_sid,
+                event.business_id,
+                event.business_number(),
+                event.direction,
+                event.from,
+                event.to,
+                event.status,
+                event.lead_id,
+                event.received_at,
+                event.received_at,
+            ])?;
+        }
+        let mut status = tx.prepare_cached(UPDATE_STATUS)?;
+        for event in events.iter().filter(|e| e.kind == EventKind::Status) {
+            status.execute(rusqlite::params![
+                event.status,
+                event.status_sequence(),
+                event.received_at,
+                event.call_sid,
+                event.status_sequence(),
+            ])?;
+        }
+        let mut insert = tx.prepare_cached(&INSERT_ONE)?;
+        for event in events {
+            insert.execute(rusqlite::params![
+                event.call_sid,
+                event.kind.as_str(),
+                event.status,
+                event.sequence.unwrap_or(-1),
+                event.request_id,
+                event.params_json,
+                event.received_at,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_row_placeholders_follow_the_engine() {
+        assert_eq!(values(DbKind::Postgres, "(?, ?)", 3), "($1, $2), ($3, $4), ($5, $6)");
+        assert_eq!(values(DbKind::Sqlite, "(?, f(?))", 2), "(?, f(?)), (?, f(?))");
+        assert_eq!(values(DbKind::Postgres, "(?, -1)", 1), "($1, -1)");
+    }
+}
