@@ -51,7 +51,7 @@ impl Recorder {
             "Call events committed per database transaction (group commit)",
             batch_sizes.clone(),
         );
-        debug_assert!(MAX_BATCH <= 1 << 8, "the histogram's buckets cover a batch");
+        const { assert!(MAX_BATCH <= 1 << 8, "the histogram's buckets cover a batch") };
         let group = GroupCommit::new(db, "call-recorder", DB_WRITE_TIMEOUT, move |size| {
             batch_sizes.observe(size as f64);
         });
