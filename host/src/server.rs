@@ -11,13 +11,10 @@ use actix_web::ResponseError as _;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::AppConfig;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpRequest, HttpResponse, web};
+use actix_web::web;
+use callplane_plugin_api::app::{self, AppParts, StateInstaller};
 use callplane_plugin_api::telemetry::value::truncated;
-use callplane_plugin_api::{
-    AccessProvider, ApiError, Capability, MAX_BODY, RouteSpec, StateInstaller, edge, extractor_configs, mount,
-    protective_headers,
-};
+use callplane_plugin_api::{ApiError, MAX_BODY, protective_headers};
 use callplane_telemetry::request::REQUEST_ID_HEADER;
 use callplane_telemetry::{
     BOOT_TARGET, Console, HttpMetrics, HttpTelemetry, LogGuard, LogSettings, RequestId, RequestScope,
@@ -38,13 +35,6 @@ const GRACEFUL_TIMEOUT_SECS: u64 = 30;
 
 /// How long a client may take to send a request's head.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What every worker's app is built from (created once, shared by the per-worker factory).
-struct AppParts {
-    routes: Vec<RouteSpec>,
-    providers: std::collections::BTreeMap<Capability, Arc<dyn AccessProvider>>,
-    states: Vec<StateInstaller>,
-}
 
 /// Installs logging for `serve`: console plus the rolling files. An unusable log directory is a
 /// CP105 error (without a log file the call trace would be lost); logging then falls back to the
@@ -179,35 +169,25 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         .collect();
     let plugin_count = plan.active.len();
     let route_count = plan.routes.len();
+    let host = web::Data::new(HostState::new(db.clone(), plan.plugins, checks, registry));
+    let host_state = host.clone();
+    let mut states: Vec<StateInstaller> = plan
+        .active
+        .iter()
+        .flat_map(|a| a.registration.states.iter().cloned())
+        .collect();
+    states.push(Arc::new(move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(host_state.clone());
+    }));
+    // Built once; every worker builds its app from it, with the same function the tests use.
     let parts = Arc::new(AppParts {
-        states: plan
-            .active
-            .iter()
-            .flat_map(|a| a.registration.states.iter().cloned())
-            .collect(),
         routes: plan.routes,
         providers: plan.providers,
+        states,
+        telemetry,
+        db: web::Data::new(db.clone()),
     });
-    let host = web::Data::new(HostState::new(db.clone(), plan.plugins, checks, registry));
-    let db_data = web::Data::new(db.clone());
-
-    let factory_host = host.clone();
-    let app = move || {
-        let parts = parts.clone();
-        App::new()
-            .app_data(telemetry.clone())
-            .app_data(factory_host.clone())
-            .app_data(db_data.clone())
-            .configure(extractor_configs)
-            .configure(move |cfg| {
-                for install in &parts.states {
-                    install(cfg);
-                }
-                mount(cfg, &parts.routes, &parts.providers);
-            })
-            .default_service(web::to(not_found))
-            .wrap(from_fn(edge))
-    };
+    let app = move || app::build(&parts);
     let server = match http_server(listener, app) {
         Ok(server) => server,
         Err(error) => {
@@ -347,11 +327,6 @@ impl From<BodyTooLarge> for Response<BoxBody> {
     fn from(refused: BodyTooLarge) -> Self {
         refused.0
     }
-}
-
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    use actix_web::ResponseError as _;
-    ApiError::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
 }
 
 /// First SIGTERM/SIGINT: readiness goes 503 at once and the instance keeps serving for the drain

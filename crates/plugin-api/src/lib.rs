@@ -5,7 +5,7 @@
 //! `register` with a [`Registrar`], and gets back **data**: a route table in which every route
 //! carries its [`Access`] policy, the plugin's migrations, shared state, access providers and
 //! readiness checks. The host validates that whole table before anything is served, then mounts
-//! it with [`mount`]. `callplane check` and `callplane routes` use the same table without binding a
+//! it ([`app::build`], which the test kit uses too). `callplane check` and `callplane routes` use the same table without binding a
 //! port.
 //!
 //! Handlers never check access themselves. The host wraps each route with the [`AccessProvider`]
@@ -72,6 +72,7 @@
 //! plugins.
 
 mod access;
+pub mod app;
 mod command;
 mod config;
 mod deadline;
@@ -84,12 +85,9 @@ pub mod timestamps;
 pub use access::{Access, AccessProvider, Capability, Principal, changes_state};
 pub use command::{CommandContext, PluginCommand};
 pub use config::{ConfigKey, PluginConfig, ValueCheck, ValueKind, base_url};
-pub use deadline::{BODY_DEADLINE, edge, is_body_timeout, protective_headers, time_body};
-pub use error::{ApiError, MAX_BODY, RegisterError, extractor_configs, paging};
-pub use registrar::{
-    BackgroundTask, HandlerFactory, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartHook,
-    StateInstaller, mount,
-};
+pub use deadline::{BODY_DEADLINE, is_body_timeout, protective_headers};
+pub use error::{ApiError, MAX_BODY, RegisterError, paging};
+pub use registrar::{BackgroundTask, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartHook};
 pub use settings::{Secret, Settings};
 
 pub use callplane_storage as storage;

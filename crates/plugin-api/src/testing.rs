@@ -11,16 +11,13 @@ use std::sync::Arc;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::middleware::from_fn;
 use actix_web::{App, Error, web};
 use callplane_storage::{Db, PluginMigrations, migrate};
 use callplane_telemetry::{HttpMetrics, HttpTelemetry, TrustedProxies};
 use prometheus_client::registry::Registry;
 
-use crate::{
-    AccessProvider, BackgroundTask, Capability, Registrar, RoutePlugin, RouteSpec, Settings, StartHook, StateInstaller,
-    edge, extractor_configs, mount,
-};
+use crate::app::{AppParts, StateInstaller, build};
+use crate::{AccessProvider, BackgroundTask, Capability, Registrar, RoutePlugin, RouteSpec, Settings, StartHook};
 
 /// Plugins registered and migrated, ready to be mounted in an `actix_web::test` app.
 pub struct TestHost {
@@ -109,7 +106,7 @@ impl TestHost {
         self.tasks.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone())
     }
 
-    /// The app, built as the host builds it.
+    /// The app, built by the same function the host builds it with ([`crate::app::build`]).
     pub fn app(
         &self,
     ) -> App<
@@ -121,22 +118,16 @@ impl TestHost {
             InitError = (),
         > + use<>,
     > {
-        let telemetry = web::Data::new(HttpTelemetry {
-            proxies: TrustedProxies::default(),
-            metrics: HttpMetrics::register(&mut Registry::default()),
-        });
-        let (routes, providers, states) = (self.routes.clone(), self.providers.clone(), self.states.clone());
-        App::new()
-            .app_data(telemetry)
-            .app_data(web::Data::new(self.db.clone()))
-            .configure(extractor_configs)
-            .configure(move |cfg| {
-                for install in &states {
-                    install(cfg);
-                }
-                mount(cfg, &routes, &providers);
-            })
-            .wrap(from_fn(edge))
+        build(&AppParts {
+            routes: self.routes.clone(),
+            providers: self.providers.clone(),
+            states: self.states.clone(),
+            telemetry: web::Data::new(HttpTelemetry {
+                proxies: TrustedProxies::default(),
+                metrics: HttpMetrics::register(&mut Registry::default()),
+            }),
+            db: web::Data::new(self.db.clone()),
+        })
     }
 }
 
