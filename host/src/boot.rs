@@ -176,7 +176,10 @@ impl Planner<'_> {
     }
 }
 
-/// Discovers, orders, registers and validates `linked` plugins plus the host's own routes.
+/// Discovers, orders, registers and validates `linked` plugins plus the host's own routes, in
+/// phases: [`Planner::discover`] (names, the critical manifest, requirements), [`Planner::register`]
+/// (in dependency order), [`Planner::link`] (what plugins share: capabilities, commands, state)
+/// and the route table ([`check_routes`]), then [`Planner::finish`] (reports, finding order).
 pub fn plan(
     config: &Config,
     linked: &[&'static RoutePlugin],
@@ -189,321 +192,373 @@ pub fn plan(
         findings: Vec::new(),
         out: BTreeMap::new(),
     };
-    let mut reports: BTreeMap<String, PluginReport> = BTreeMap::new();
+    let mut found = planner.discover(linked);
+    let (order, active, offered) = planner.register(&found, db, registry);
+    let (active, providers) = planner.link(active, &offered);
 
-    // Names: valid and unique.
-    let mut by_name: BTreeMap<&'static str, Vec<&'static RoutePlugin>> = BTreeMap::new();
-    for &plugin in linked {
-        by_name.entry(plugin.name).or_default().push(plugin);
-    }
-    let mut candidates: BTreeMap<&'static str, &'static RoutePlugin> = BTreeMap::new();
-    for (name, copies) in &by_name {
-        let first = copies[0];
-        reports.insert(name.to_string(), report(first, planner.critical(first)));
-        if !is_valid_plugin_name(name) {
-            planner.findings.push(Finding::error(
-                "CP006",
-                Some(name),
-                format!("plugin name {name:?} is invalid"),
-                "plugin names are lowercase [a-z0-9_-], starting with a letter",
-            ));
-            planner
-                .out
-                .insert(name, (PluginStatus::Failed, "invalid name".to_owned()));
-        } else if copies.len() > 1 {
-            let versions: Vec<&str> = copies.iter().map(|p| p.version).collect();
-            planner.findings.push(Finding::error(
-                "CP002",
-                Some(name),
-                format!(
-                    "{} plugins share the name '{name}' (versions {})",
-                    copies.len(),
-                    versions.join(", ")
-                ),
-                "each plugin crate submits one RoutePlugin with a unique name; remove or rename the duplicate",
-            ));
-            planner
-                .out
-                .insert(name, (PluginStatus::Failed, "duplicate name".to_owned()));
-        } else {
-            candidates.insert(name, first);
-        }
-    }
-
-    // The critical manifest: a plugin cannot announce its own absence.
-    for name in &config.critical_plugins {
-        if !by_name.contains_key(name.as_str()) {
-            planner.findings.push(Finding::error(
-                "CP001",
-                Some(name),
-                format!("critical plugin '{name}' is missing: not compiled into this binary"),
-                missing_plugin_hint(name, by_name.keys().copied()),
-            ));
-            reports.insert(
-                name.clone(),
-                PluginReport {
-                    name: name.clone(),
-                    version: String::new(),
-                    summary: String::new(),
-                    critical: true,
-                    requires: Vec::new(),
-                    status: PluginStatus::Missing,
-                    routes: 0,
-                    reason: Some("not compiled into this binary".to_owned()),
-                },
-            );
-        }
-    }
-
-    // Requirement cycles, then absent requirements (propagated to whoever needs a plugin that is out).
-    for cycle in find_cycles(&candidates) {
-        let path = cycle
-            .iter()
-            .chain(cycle.first())
-            .map(|n| format!("'{n}'"))
-            .collect::<Vec<_>>()
-            .join(" → ");
-        for name in &cycle {
-            planner
-                .out
-                .insert(name, (PluginStatus::Failed, format!("requirement cycle {path}")));
-        }
-        planner.findings.push(Finding::error(
-            "CP005",
-            Some(cycle[0]),
-            format!("plugin requirements form a cycle: {path}"),
-            "requirements must form a tree: move the shared part into a plugin both can require",
-        ));
-    }
-    propagate_requirements(&mut planner, &candidates);
-
-    // Registration in dependency order.
-    let order = boot_order(&candidates, &planner.out);
-    // Every plugin still in the running must have a place in the order; one without would be
-    // silently absent. (Cycles were removed above, so this is a safety net, not a path.)
-    let unordered: Vec<&'static str> = candidates
-        .keys()
-        .filter(|n| !planner.out.contains_key(*n) && !order.contains(n))
-        .copied()
-        .collect();
-    for name in unordered {
-        planner.refuse(
-            candidates[name],
-            "CP005",
-            format!("plugin '{name}' could not be ordered after its requirements"),
-            "check the plugin's requires list".to_owned(),
-        );
-    }
-    let mut active: Vec<ActivePlugin> = Vec::new();
-    let mut offered: BTreeMap<Capability, &'static str> = BTreeMap::new();
-    for name in &order {
-        let plugin = candidates[name];
-        if let Some(missing) = plugin.requires.iter().find(|r| planner.out.contains_key(*r)) {
-            let (message, hint) = requirement_finding(plugin, missing, "failed to register");
-            planner.refuse(plugin, "CP004", message, hint);
-            continue;
-        }
-        let mut registrar = Registrar::new(
-            plugin.name,
-            &config.settings,
-            db,
-            registry.sub_registry_with_prefix(plugin.name.replace('-', "_")),
-        );
-        let outcome = catch_unwind(AssertUnwindSafe(|| (plugin.register)(&mut registrar)));
-        let registration = registrar.finish();
-        // Who offers what, even if the registration then fails: a finding about a capability
-        // nobody provides can name the plugin that would have.
-        for (capability, _) in &registration.providers {
-            offered.entry(*capability).or_insert(plugin.name);
-        }
-        let failure = match outcome {
-            Ok(Ok(())) if registration.problems.is_empty() => None,
-            Ok(Ok(())) => Some((
-                "CP006",
-                format!("made invalid declarations: {}", registration.problems.join("; ")),
-            )),
-            Ok(Err(RegisterError::Config { key, message })) => Some((
-                "CP010",
-                format!("configuration key {key} is invalid for plugin '{name}': {message}"),
-            )),
-            Ok(Err(error)) => Some(("CP006", format!("registration returned an error: {error}"))),
-            Err(panic) => Some(("CP006", format!("registration panicked: {}", panic_message(&panic)))),
-        };
-        match failure {
-            None => active.push(ActivePlugin {
-                plugin,
-                critical: planner.critical(plugin),
-                registration,
-            }),
-            Some((id, message)) => {
-                let hint = if id == "CP010" {
-                    "fix the configuration value named above".to_owned()
-                } else if planner.critical(plugin) {
-                    format!(
-                        "fix plugin '{name}' or its configuration; a critical plugin that cannot register stops the boot"
-                    )
-                } else {
-                    format!(
-                        "plugin '{name}' is not critical, so the host starts without it (DEGRADED); fix it to restore its routes"
-                    )
-                };
-                if id == "CP010" {
-                    planner.refuse(plugin, id, message, hint);
-                } else {
-                    planner.fail(plugin, id, message, hint);
-                }
-            }
-        }
-    }
-
-    // Capability providers: exactly one each, and present for every route that needs one.
-    let mut providers: BTreeMap<Capability, (&'static str, Arc<dyn AccessProvider>)> = BTreeMap::new();
-    for a in &active {
-        for (capability, provider) in &a.registration.providers {
-            if let Some((first, _)) = providers.get(capability) {
-                planner.findings.push(Finding::error(
-                    "CP002",
-                    Some(a.plugin.name),
-                    format!(
-                        "plugins '{first}' and '{}' both provide {}",
-                        a.plugin.name,
-                        capability.describe()
-                    ),
-                    "exactly one plugin may enforce each access capability; drop one of them",
-                ));
-            } else {
-                providers.insert(*capability, (a.plugin.name, provider.clone()));
-            }
-        }
-    }
-    // Command-line commands: one name, one command (the host's own included).
-    let mut command_owners: BTreeMap<String, &'static str> = crate::cli::host_command_names()
-        .into_iter()
-        .map(|name| (name, "host"))
-        .collect();
-    for a in &active {
-        for command in a.plugin.commands {
-            match command_owners.get(command.name) {
-                Some(first) => planner.findings.push(Finding::error(
-                    "CP002",
-                    Some(a.plugin.name),
-                    format!(
-                        "plugin '{}' defines the command `callplane {}`, which '{first}' already defines",
-                        a.plugin.name, command.name
-                    ),
-                    "give the plugin's command a name of its own",
-                )),
-                None => {
-                    command_owners.insert(command.name.to_owned(), a.plugin.name);
-                }
-            }
-        }
-    }
-
-    // Shared state: one value per type in the app, or the later plugin's shadows the earlier's.
-    let mut state_owners: BTreeMap<std::any::TypeId, &'static str> = BTreeMap::new();
-    for a in &active {
-        for (type_id, type_name) in &a.registration.state_types {
-            match state_owners.get(type_id) {
-                Some(first) if *first != a.plugin.name => planner.findings.push(Finding::error(
-                    "CP002",
-                    Some(a.plugin.name),
-                    format!(
-                        "plugins '{first}' and '{}' both share state of type {type_name}: handlers would see only one",
-                        a.plugin.name
-                    ),
-                    "wrap the state in a type of the plugin's own (a newtype) so each plugin's handlers get theirs",
-                )),
-                _ => {
-                    state_owners.insert(*type_id, a.plugin.name);
-                }
-            }
-        }
-    }
-    let mut unprovided: Vec<(usize, Capability, Vec<String>)> = Vec::new();
-    for (index, a) in active.iter().enumerate() {
-        let mut needs: BTreeMap<Capability, Vec<String>> = BTreeMap::new();
-        for route in &a.registration.routes {
-            if let Some(capability) = route.access.capability().filter(|c| !providers.contains_key(c)) {
-                needs
-                    .entry(capability)
-                    .or_default()
-                    .push(format!("{} {} ({})", route.method, route.path, route.access));
-            }
-        }
-        unprovided.extend(needs.into_iter().map(|(c, routes)| (index, c, routes)));
-    }
-    for (index, capability, routes) in unprovided {
-        let plugin = active[index].plugin;
-        let (source, hint) = match offered.get(&capability) {
-            Some(provider) => {
-                let why = planner
-                    .out
-                    .get(provider)
-                    .map_or_else(|| "it is not active".to_owned(), |(_, reason)| format!("it failed ({reason})"));
-                (
-                    format!("from plugin '{provider}', but {why}"),
-                    format!("fix plugin '{provider}' so it registers, or change the routes' access policy"),
-                )
-            }
-            None => (
-                "but no plugin of this build provides it".to_owned(),
-                "link a plugin that provides it (one that registers an access provider for it), or change the routes' access policy".to_owned(),
-            ),
-        };
-        let message = format!(
-            "plugin '{}' has {} route(s) that need {} {source}: {}",
-            plugin.name,
-            routes.len(),
-            capability.describe(),
-            routes.join(", ")
-        );
-        planner.refuse(plugin, "CP004", message, hint);
-    }
-    let out: BTreeSet<&str> = planner.out.keys().copied().collect();
-    active.retain(|a| !out.contains(a.plugin.name));
-
-    // The route table.
     let mut routes: Vec<RouteSpec> = host_routes;
     for a in &active {
         routes.extend(a.registration.routes.iter().cloned());
     }
     check_routes(&routes, &mut planner.findings);
-
-    // Reports and deterministic finding order.
-    for a in &active {
-        if let Some(r) = reports.get_mut(a.plugin.name) {
-            r.status = PluginStatus::Active;
-            r.routes = a.registration.routes.len();
-        }
-    }
-    for (name, (status, reason)) in &planner.out {
-        if let Some(r) = reports.get_mut(*name) {
-            r.status = *status;
-            r.reason = Some(reason.clone());
-        }
-    }
-    let display: Vec<String> = order
-        .iter()
-        .map(|n| n.to_string())
-        .chain(reports.keys().filter(|n| !order.contains(&n.as_str())).cloned())
-        .collect();
-    let rank = |plugin: &Option<String>| match plugin {
-        None => 0,
-        Some(p) if p == HOST => display.len() + 1,
-        Some(p) => display.iter().position(|n| n == p).map_or(display.len() + 1, |i| i + 1),
-    };
-    let mut findings = planner.findings;
-    findings.sort_by_key(|f| (rank(&f.plugin), f.id));
-    let plugins = display.iter().filter_map(|n| reports.remove(n)).collect();
-    let providers = providers.into_iter().map(|(c, (_, p))| (c, p)).collect();
-
+    let (findings, plugins) = planner.finish(&order, &active, &mut found.reports);
     BootPlan {
         findings,
         plugins,
         active,
         routes,
         providers,
+    }
+}
+
+/// What discovery found: the plugins still in the running, and a report
+/// for every plugin named anywhere (linked or in the critical manifest).
+struct Discovered {
+    candidates: BTreeMap<&'static str, &'static RoutePlugin>,
+    reports: BTreeMap<String, PluginReport>,
+}
+
+/// Who offered each capability while registering, even a plugin whose registration then failed.
+type Offered = BTreeMap<Capability, &'static str>;
+
+/// One access provider per capability, with the plugin that provides it.
+type Providers = BTreeMap<Capability, (&'static str, Arc<dyn AccessProvider>)>;
+
+impl Planner<'_> {
+    /// Names (CP002, CP006), the critical manifest (CP001), requirement cycles (CP005) and absent
+    /// requirements (CP004).
+    fn discover(&mut self, linked: &[&'static RoutePlugin]) -> Discovered {
+        let mut reports: BTreeMap<String, PluginReport> = BTreeMap::new();
+        // Names: valid and unique.
+        let mut by_name: BTreeMap<&'static str, Vec<&'static RoutePlugin>> = BTreeMap::new();
+        for &plugin in linked {
+            by_name.entry(plugin.name).or_default().push(plugin);
+        }
+        let mut candidates: BTreeMap<&'static str, &'static RoutePlugin> = BTreeMap::new();
+        for (name, copies) in &by_name {
+            let first = copies[0];
+            reports.insert(name.to_string(), report(first, self.critical(first)));
+            if !is_valid_plugin_name(name) {
+                self.findings.push(Finding::error(
+                    "CP006",
+                    Some(name),
+                    format!("plugin name {name:?} is invalid"),
+                    "plugin names are lowercase [a-z0-9_-], starting with a letter",
+                ));
+                self.out.insert(name, (PluginStatus::Failed, "invalid name".to_owned()));
+            } else if copies.len() > 1 {
+                let versions: Vec<&str> = copies.iter().map(|p| p.version).collect();
+                self.findings.push(Finding::error(
+                    "CP002",
+                    Some(name),
+                    format!(
+                        "{} plugins share the name '{name}' (versions {})",
+                        copies.len(),
+                        versions.join(", ")
+                    ),
+                    "each plugin crate submits one RoutePlugin with a unique name; remove or rename the duplicate",
+                ));
+                self.out
+                    .insert(name, (PluginStatus::Failed, "duplicate name".to_owned()));
+            } else {
+                candidates.insert(name, first);
+            }
+        }
+
+        // The critical manifest: a plugin cannot announce its own absence.
+        for name in &self.config.critical_plugins {
+            if !by_name.contains_key(name.as_str()) {
+                self.findings.push(Finding::error(
+                    "CP001",
+                    Some(name),
+                    format!("critical plugin '{name}' is missing: not compiled into this binary"),
+                    missing_plugin_hint(name, by_name.keys().copied()),
+                ));
+                reports.insert(
+                    name.clone(),
+                    PluginReport {
+                        name: name.clone(),
+                        version: String::new(),
+                        summary: String::new(),
+                        critical: true,
+                        requires: Vec::new(),
+                        status: PluginStatus::Missing,
+                        routes: 0,
+                        reason: Some("not compiled into this binary".to_owned()),
+                    },
+                );
+            }
+        }
+
+        // Requirement cycles, then absent requirements (propagated to whoever needs a plugin that is out).
+        for cycle in find_cycles(&candidates) {
+            let path = cycle
+                .iter()
+                .chain(cycle.first())
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(" → ");
+            for name in &cycle {
+                self.out
+                    .insert(name, (PluginStatus::Failed, format!("requirement cycle {path}")));
+            }
+            self.findings.push(Finding::error(
+                "CP005",
+                Some(cycle[0]),
+                format!("plugin requirements form a cycle: {path}"),
+                "requirements must form a tree: move the shared part into a plugin both can require",
+            ));
+        }
+        propagate_requirements(self, &candidates);
+
+        Discovered { candidates, reports }
+    }
+
+    /// Orders the plugins still in the running and registers each (CP004 when a requirement
+    /// failed first, CP006 or CP010 when its registration fails).
+    fn register(
+        &mut self,
+        found: &Discovered,
+        db: &Db,
+        registry: &mut Registry,
+    ) -> (Vec<&'static str>, Vec<ActivePlugin>, Offered) {
+        let candidates = &found.candidates;
+        // Registration in dependency order.
+        let order = boot_order(candidates, &self.out);
+        // Every plugin still in the running must have a place in the order; one without would be
+        // silently absent. (Cycles were removed above, so this is a safety net, not a path.)
+        let unordered: Vec<&'static str> = candidates
+            .keys()
+            .filter(|n| !self.out.contains_key(*n) && !order.contains(n))
+            .copied()
+            .collect();
+        for name in unordered {
+            self.refuse(
+                candidates[name],
+                "CP005",
+                format!("plugin '{name}' could not be ordered after its requirements"),
+                "check the plugin's requires list".to_owned(),
+            );
+        }
+        let mut active: Vec<ActivePlugin> = Vec::new();
+        let mut offered: BTreeMap<Capability, &'static str> = BTreeMap::new();
+        for name in &order {
+            let plugin = candidates[name];
+            if let Some(missing) = plugin.requires.iter().find(|r| self.out.contains_key(*r)) {
+                let (message, hint) = requirement_finding(plugin, missing, "failed to register");
+                self.refuse(plugin, "CP004", message, hint);
+                continue;
+            }
+            let mut registrar = Registrar::new(
+                plugin.name,
+                &self.config.settings,
+                db,
+                registry.sub_registry_with_prefix(plugin.name.replace('-', "_")),
+            );
+            let outcome = catch_unwind(AssertUnwindSafe(|| (plugin.register)(&mut registrar)));
+            let registration = registrar.finish();
+            // Who offers what, even if the registration then fails: a finding about a capability
+            // nobody provides can name the plugin that would have.
+            for (capability, _) in &registration.providers {
+                offered.entry(*capability).or_insert(plugin.name);
+            }
+            let failure = match outcome {
+                Ok(Ok(())) if registration.problems.is_empty() => None,
+                Ok(Ok(())) => Some((
+                    "CP006",
+                    format!("made invalid declarations: {}", registration.problems.join("; ")),
+                )),
+                Ok(Err(RegisterError::Config { key, message })) => Some((
+                    "CP010",
+                    format!("configuration key {key} is invalid for plugin '{name}': {message}"),
+                )),
+                Ok(Err(error)) => Some(("CP006", format!("registration returned an error: {error}"))),
+                Err(panic) => Some(("CP006", format!("registration panicked: {}", panic_message(&panic)))),
+            };
+            match failure {
+                None => active.push(ActivePlugin {
+                    plugin,
+                    critical: self.critical(plugin),
+                    registration,
+                }),
+                Some((id, message)) => {
+                    let hint = if id == "CP010" {
+                        "fix the configuration value named above".to_owned()
+                    } else if self.critical(plugin) {
+                        format!(
+                            "fix plugin '{name}' or its configuration; a critical plugin that cannot register stops the boot"
+                        )
+                    } else {
+                        format!(
+                            "plugin '{name}' is not critical, so the host starts without it (DEGRADED); fix it to restore its routes"
+                        )
+                    };
+                    if id == "CP010" {
+                        self.refuse(plugin, id, message, hint);
+                    } else {
+                        self.fail(plugin, id, message, hint);
+                    }
+                }
+            }
+        }
+
+        (order, active, offered)
+    }
+
+    /// What plugins share: one provider per capability (CP002) and one for every route that needs
+    /// it (CP004), one owner per command name and per state type (CP002). Plugins refused here
+    /// leave `active`.
+    fn link(
+        &mut self,
+        mut active: Vec<ActivePlugin>,
+        offered: &Offered,
+    ) -> (Vec<ActivePlugin>, BTreeMap<Capability, Arc<dyn AccessProvider>>) {
+        // Capability providers: exactly one each, and present for every route that needs one.
+        let mut providers: Providers = BTreeMap::new();
+        for a in &active {
+            for (capability, provider) in &a.registration.providers {
+                if let Some((first, _)) = providers.get(capability) {
+                    self.findings.push(Finding::error(
+                        "CP002",
+                        Some(a.plugin.name),
+                        format!(
+                            "plugins '{first}' and '{}' both provide {}",
+                            a.plugin.name,
+                            capability.describe()
+                        ),
+                        "exactly one plugin may enforce each access capability; drop one of them",
+                    ));
+                } else {
+                    providers.insert(*capability, (a.plugin.name, provider.clone()));
+                }
+            }
+        }
+        // Command-line commands: one name, one command (the host's own included).
+        let mut command_owners: BTreeMap<String, &'static str> = crate::cli::host_command_names()
+            .into_iter()
+            .map(|name| (name, "host"))
+            .collect();
+        for a in &active {
+            for command in a.plugin.commands {
+                match command_owners.get(command.name) {
+                    Some(first) => self.findings.push(Finding::error(
+                        "CP002",
+                        Some(a.plugin.name),
+                        format!(
+                            "plugin '{}' defines the command `callplane {}`, which '{first}' already defines",
+                            a.plugin.name, command.name
+                        ),
+                        "give the plugin's command a name of its own",
+                    )),
+                    None => {
+                        command_owners.insert(command.name.to_owned(), a.plugin.name);
+                    }
+                }
+            }
+        }
+
+        // Shared state: one value per type in the app, or the later plugin's shadows the earlier's.
+        let mut state_owners: BTreeMap<std::any::TypeId, &'static str> = BTreeMap::new();
+        for a in &active {
+            for (type_id, type_name) in &a.registration.state_types {
+                match state_owners.get(type_id) {
+                    Some(first) if *first != a.plugin.name => self.findings.push(Finding::error(
+                        "CP002",
+                        Some(a.plugin.name),
+                        format!(
+                            "plugins '{first}' and '{}' both share state of type {type_name}: handlers would see only one",
+                            a.plugin.name
+                        ),
+                        "wrap the state in a type of the plugin's own (a newtype) so each plugin's handlers get theirs",
+                    )),
+                    _ => {
+                        state_owners.insert(*type_id, a.plugin.name);
+                    }
+                }
+            }
+        }
+        let mut unprovided: Vec<(usize, Capability, Vec<String>)> = Vec::new();
+        for (index, a) in active.iter().enumerate() {
+            let mut needs: BTreeMap<Capability, Vec<String>> = BTreeMap::new();
+            for route in &a.registration.routes {
+                if let Some(capability) = route.access.capability().filter(|c| !providers.contains_key(c)) {
+                    needs
+                        .entry(capability)
+                        .or_default()
+                        .push(format!("{} {} ({})", route.method, route.path, route.access));
+                }
+            }
+            unprovided.extend(needs.into_iter().map(|(c, routes)| (index, c, routes)));
+        }
+        for (index, capability, routes) in unprovided {
+            let plugin = active[index].plugin;
+            let (source, hint) = match offered.get(&capability) {
+                Some(provider) => {
+                    let why = self
+                        .out
+                        .get(provider)
+                        .map_or_else(|| "it is not active".to_owned(), |(_, reason)| format!("it failed ({reason})"));
+                    (
+                        format!("from plugin '{provider}', but {why}"),
+                        format!("fix plugin '{provider}' so it registers, or change the routes' access policy"),
+                    )
+                }
+                None => (
+                    "but no plugin of this build provides it".to_owned(),
+                    "link a plugin that provides it (one that registers an access provider for it), or change the routes' access policy".to_owned(),
+                ),
+            };
+            let message = format!(
+                "plugin '{}' has {} route(s) that need {} {source}: {}",
+                plugin.name,
+                routes.len(),
+                capability.describe(),
+                routes.join(", ")
+            );
+            self.refuse(plugin, "CP004", message, hint);
+        }
+        let out: BTreeSet<&str> = self.out.keys().copied().collect();
+        active.retain(|a| !out.contains(a.plugin.name));
+
+        let providers = providers.into_iter().map(|(c, (_, p))| (c, p)).collect();
+        (active, providers)
+    }
+
+    /// The plugin reports in boot order, and the findings in a deterministic order (by plugin in
+    /// boot order, then id).
+    fn finish(
+        self,
+        order: &[&'static str],
+        active: &[ActivePlugin],
+        reports: &mut BTreeMap<String, PluginReport>,
+    ) -> (Vec<Finding>, Vec<PluginReport>) {
+        // Reports and deterministic finding order.
+        for a in active {
+            if let Some(r) = reports.get_mut(a.plugin.name) {
+                r.status = PluginStatus::Active;
+                r.routes = a.registration.routes.len();
+            }
+        }
+        for (name, (status, reason)) in &self.out {
+            if let Some(r) = reports.get_mut(*name) {
+                r.status = *status;
+                r.reason = Some(reason.clone());
+            }
+        }
+        let display: Vec<String> = order
+            .iter()
+            .map(|n| n.to_string())
+            .chain(reports.keys().filter(|n| !order.contains(&n.as_str())).cloned())
+            .collect();
+        let rank = |plugin: &Option<String>| match plugin {
+            None => 0,
+            Some(p) if p == HOST => display.len() + 1,
+            Some(p) => display.iter().position(|n| n == p).map_or(display.len() + 1, |i| i + 1),
+        };
+        let mut findings = self.findings;
+        findings.sort_by_key(|f| (rank(&f.plugin), f.id));
+        let plugins = display.iter().filter_map(|n| reports.remove(n)).collect();
+        (findings, plugins)
     }
 }
 
