@@ -4,6 +4,7 @@
 //!   daily rolling files written by a **lossless** non-blocking writer (a full buffer makes the
 //!   logging thread wait; a line is never dropped). The returned [`LogGuard`] flushes on drop and
 //!   must live as long as the process.
+//! * [`format`]: the text and JSON line formats.
 //! * [`request`]: the per-request middleware — a request id (a fresh UUID, or the incoming
 //!   `X-Request-Id` when the peer is a trusted proxy) echoed in the response and carried by the
 //!   request's [`RequestScope`] into every log line of that request together with the client's
@@ -15,6 +16,7 @@
 //!
 //! Architecture invariant: nothing here knows about plugins or the database.
 
+pub mod format;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
