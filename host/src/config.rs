@@ -291,6 +291,7 @@ pub fn load(
     };
 
     let plugin_keys = plugin_keys(plugins);
+    loader.findings.extend(declaration_problems(&plugin_keys));
     let mut raw: BTreeMap<String, Raw> = BTreeMap::new();
     if let Some(path) = &path {
         match read_file(path) {
@@ -341,6 +342,46 @@ pub fn load(
     }
     config.platform_variables = loader.platform_variables;
     (config, loader.findings)
+}
+
+/// Keys declared wrong (CP006, naming the plugin): a name that is not `[a-z0-9_]`, a key declared
+/// twice, a variable two keys claim, a default its own key refuses. Found when the configuration is
+/// read, so `check` reports them rather than a later `serve`.
+fn declaration_problems(keys: &[PluginKey]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut problem = |pk: &PluginKey, message: String| {
+        findings.push(Finding::error(
+            "CP006",
+            Some(pk.plugin),
+            format!(
+                "plugin '{}' declares configuration key `{}` wrongly: {message}",
+                pk.plugin, pk.key.name
+            ),
+            "fix the plugin's ConfigKey declarations",
+        ));
+    };
+    for (i, pk) in keys.iter().enumerate() {
+        let valid_name = !pk.key.name.is_empty()
+            && pk
+                .key
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_name {
+            problem(pk, "names are lowercase [a-z0-9_]".to_owned());
+        }
+        if let Some(first) = keys[..i].iter().find(|k| k.file == pk.file) {
+            problem(pk, format!("declared twice (both as `{}`)", first.file));
+        } else if let Some(first) = keys[..i].iter().find(|k| k.env == pk.env) {
+            problem(pk, format!("its variable {} is also `{}`'s", pk.env, first.file));
+        } else if KEYS.iter().any(|k| k.env == pk.env) {
+            problem(pk, format!("its variable {} is one of the host's", pk.env));
+        }
+        if let Err(e) = pk.key.parse(pk.key.default) {
+            problem(pk, format!("its default {:?} is refused: {e}", pk.key.default));
+        }
+    }
+    findings
 }
 
 /// A plugin key's value as text: a string, or a number or boolean written bare in the file.
@@ -805,6 +846,39 @@ mod tests {
             5,
             "plugin defaults filled in"
         );
+    }
+
+    #[test]
+    fn keys_declared_wrong_are_cp006_naming_the_plugin() {
+        static CLASHING: RoutePlugin = RoutePlugin {
+            name: "clash",
+            config: &[
+                ConfigKey::new("colour", ValueKind::Text, "red", "a colour"),
+                ConfigKey::new("colour", ValueKind::Text, "blue", "the same key"),
+                ConfigKey::new("Bad-Name", ValueKind::Text, "", "a bad name"),
+                ConfigKey::new("size", ValueKind::Integer { min: 1, max: 9 }, "10", "a bad default"),
+                ConfigKey::new("bind", ValueKind::Text, "", "the host's variable").env("CALLPLANE_BIND"),
+                ConfigKey::new("sid", ValueKind::Text, "", "Twilio's variable").env("TWILIO_ACCOUNT_SID"),
+            ],
+            ..TWILIO_LIKE
+        };
+        let (_, findings) = super::load(Some(file("").path()), &env(&[]), &[&TWILIO_LIKE, &CLASHING]);
+        let messages: Vec<&str> = findings.iter().map(|f| f.message.as_str()).collect();
+        assert!(
+            findings
+                .iter()
+                .all(|f| f.id == "CP006" && f.plugin.as_deref() == Some("clash")),
+            "{messages:?}"
+        );
+        for needle in [
+            "`colour` wrongly: declared twice",
+            "`Bad-Name` wrongly: names are lowercase",
+            "`size` wrongly: its default \"10\" is refused",
+            "`bind` wrongly: its variable CALLPLANE_BIND is one of the host's",
+            "`sid` wrongly: its variable TWILIO_ACCOUNT_SID is also `twilio.account_sid`'s",
+        ] {
+            assert!(messages.iter().any(|m| m.contains(needle)), "{needle}: {messages:?}");
+        }
     }
 
     #[test]
