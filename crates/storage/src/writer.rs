@@ -185,7 +185,10 @@ mod tests {
                 tx.execute("INSERT INTO t VALUES (zeroblob(4000))", []).unwrap();
             }
             tx.commit().unwrap();
-            std::thread::sleep(Duration::from_millis(5));
+            // Paced so that the checkpoint thread, possibly asleep for IDLE_EVERY when the writes
+            // start, wakes while the log is still far below twice the restart threshold (at 5 ms
+            // the 40 transactions could all land within one idle sleep on a busy machine).
+            std::thread::sleep(Duration::from_millis(20));
         }
         let log = dir.path().join("w.db-wal");
         assert!(
