@@ -1,6 +1,7 @@
 //! Hostile input against the real binary: webhooks nobody signed (or signed for something else),
-//! malformed bodies, oversized and endless ones, and slow clients. Every case has its expected
-//! status; none may produce a 5xx, a panic or a hang, and none may write a call record.
+//! malformed bodies (400, or 415 for a content type Twilio never sends, whatever the signature),
+//! oversized and endless ones, and slow clients. Every case has its expected status; none may
+//! produce a 5xx, a panic or a hang, and none may write a call record.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
@@ -100,7 +101,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
                 &[form_type, ("X-Twilio-Signature", forged)],
                 b"CallSid=CA%ZZ%&To=%2&From=%%%",
             ),
-            403,
+            400,
         ),
         (
             "non-UTF-8 body",
@@ -109,7 +110,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
                 &[form_type, ("X-Twilio-Signature", forged)],
                 b"CallSid=\xff\xfe\xfd&To=\xc3\x28",
             ),
-            403,
+            400,
         ),
         (
             "body over the 64 KiB limit",
@@ -219,7 +220,7 @@ fn hostile_webhooks_are_refused_and_write_nothing() {
                 &[("Content-Type", "text/plain"), ("X-Twilio-Signature", forged)],
                 body.as_bytes(),
             ),
-            403,
+            415,
         ),
     ];
     let tried = cases.len();

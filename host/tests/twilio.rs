@@ -118,7 +118,10 @@ fn inbound_and_outbound_end_to_end_with_the_trace_lines_in_order() {
     let forged = server.request(
         "POST",
         "/webhook/incoming_call",
-        &[("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")],
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        ],
         Some("CallSid=CA1"),
     );
     assert_eq!(forged.status, 403);

@@ -78,6 +78,20 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(retry_after_secs)
     }
 
+    /// The answer to a database error, the one mapping every plugin uses: 503 `unavailable` with
+    /// `Retry-After` when the database could not be reached or cannot take the work now (a broken
+    /// or refused connection, an exhausted or closed pool, a locked SQLite file, a PostgreSQL
+    /// server shutting down or out of connections); anything else is a bug, not an outage: 500
+    /// with the request id. Either way the cause is logged under `what` (never sent).
+    pub fn database(what: &str, error: &callplane_storage::sqlx::Error) -> Self {
+        if is_unavailable(error) {
+            tracing::warn!(error = %error, "[DB] {what}: the database is unavailable");
+            Self::unavailable("the database is unavailable; try again shortly", 5)
+        } else {
+            Self::internal(format!("{what}: {error}"))
+        }
+    }
+
     /// Adds a `Retry-After` header (seconds).
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
@@ -130,6 +144,24 @@ impl ResponseError for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// Whether a database error means "not now" rather than "wrong": see [`ApiError::database`].
+fn is_unavailable(error: &callplane_storage::sqlx::Error) -> bool {
+    use callplane_storage::sqlx::Error as E;
+    match error {
+        E::PoolTimedOut | E::PoolClosed => true,
+        E::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            // SQLite BUSY (5) and LOCKED (6) with their extended codes; PostgreSQL connection
+            // exceptions (08…), shutdown and start-up (57P01–57P03), too many connections (53300).
+            matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6))
+                || code.starts_with("08")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+        }
+        other => callplane_storage::is_connection_error(other),
     }
 }
 
@@ -285,6 +317,46 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("\"code\":\"internal\""), "{text}");
+    }
+
+    #[test]
+    fn database_outages_are_503_and_bugs_are_500() {
+        use callplane_storage::sqlx::Error as E;
+        let outage = ApiError::database("listing", &E::PoolTimedOut);
+        assert_eq!(outage.status().as_u16(), 503);
+        assert_eq!(outage.error_response().headers().get("retry-after").unwrap(), "5");
+        let io = E::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert_eq!(ApiError::database("listing", &io).status().as_u16(), 503);
+        let decoding = E::ColumnNotFound("business_id".into());
+        let bug = ApiError::database("listing", &decoding);
+        assert_eq!(bug.status().as_u16(), 500, "a decoding bug is not an outage");
+        assert!(
+            bug.message().contains("business_id"),
+            "the cause is logged: {}",
+            bug.message()
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_constraint_violation_is_a_500_not_an_outage() {
+        use callplane_storage::{Db, sqlx};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/e.db", dir.path().display());
+        let db = Db::connect_lazy(&url).unwrap();
+        db.prepare().unwrap();
+        sqlx::raw_sql("CREATE TABLE t (n BIGINT PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        sqlx::raw_sql("INSERT INTO t VALUES (1)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let duplicate = sqlx::raw_sql("INSERT INTO t VALUES (1)")
+            .execute(db.pool())
+            .await
+            .unwrap_err();
+        assert_eq!(ApiError::database("inserting", &duplicate).status().as_u16(), 500);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
 }
 
 fn database(error: &sqlx::Error) -> ApiError {
-    ApiError::unavailable(format!("notes cannot be reached right now ({error})"), 5)
+    ApiError::database("[NOTES] notes", error)
 }
 
 /// `GET /api/notes`: the caller's business's notes, newest first.

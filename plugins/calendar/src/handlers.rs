@@ -47,8 +47,7 @@ fn with_etag(mut res: HttpResponse, version: i64) -> HttpResponse {
 }
 
 fn db_error(e: &callplane_plugin_api::storage::sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "[CALENDAR] database error");
-    ApiError::unavailable("the database is unavailable; try again shortly", 5)
+    ApiError::database("[CALENDAR] appointments", e)
 }
 
 fn write_error(e: WriteError) -> HttpResponse {

@@ -50,10 +50,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::Duplicate(what) => ApiError::conflict(format!("{what} already exists")),
             StoreError::NotFound => ApiError::not_found("no such resource"),
-            StoreError::Database(e) => {
-                tracing::error!(error = %e, "[AUTH] database error");
-                ApiError::unavailable("the database is unavailable; try again shortly", 5)
-            }
+            StoreError::Database(e) => ApiError::database("[AUTH] sessions and accounts", &e),
         }
     }
 }

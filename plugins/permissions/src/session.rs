@@ -158,10 +158,7 @@ impl AccessProvider for SessionProvider {
                         "the session is invalid or expired",
                     ));
                 }
-                Err(error) => {
-                    tracing::error!(error = %error, "[AUTH] session lookup failed");
-                    return Err(ApiError::unavailable("sessions cannot be checked right now", 5).error_response());
-                }
+                Err(error) => return Err(ApiError::from(error).error_response()),
             };
             // A page route that changes state needs the page at the write level.
             let allowed = match access {

@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 pub(crate) const MAX_LIMIT: i64 = 200;
 
 fn db_error(e: sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "[TWILIO] call query failed");
-    ApiError::unavailable("the database is unavailable; try again shortly", 5)
+    ApiError::database("[TWILIO] calls query", &e)
 }
 
 #[derive(Debug, Deserialize)]

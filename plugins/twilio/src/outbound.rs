@@ -108,8 +108,7 @@ fn is_e164(number: &str) -> bool {
 }
 
 fn db_unavailable(e: &sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "[OUTBOUND] database error");
-    ApiError::unavailable("the database is unavailable; try again shortly", 5)
+    ApiError::database("[OUTBOUND] call record", e)
 }
 
 /// An error answer that also names the outbound request and, when Twilio gave one, its code.

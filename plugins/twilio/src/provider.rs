@@ -189,11 +189,13 @@ impl AccessProvider for SignatureProvider {
                 [] => Some(None),
                 _ => None,
             };
-            let is_json = req
+            let media_type = req
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|c| c.starts_with("application/json"));
+                .map(|c| c.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+            let is_json = media_type.as_deref() == Some("application/json");
+            let is_form = media_type.as_deref() == Some("application/x-www-form-urlencoded");
             let (http, payload) = req.parts_mut();
             let body = match Bytes::from_request(http, payload).await {
                 Ok(body) if body.len() <= MAX_WEBHOOK_BODY => body,
@@ -206,15 +208,52 @@ impl AccessProvider for SignatureProvider {
                     return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE));
                 }
             };
+            // Only what Twilio sends: a form body decoded strictly, or JSON (signed through its
+            // `bodySHA256`). Anything else is refused whatever its signature says, after the `hit`
+            // line (shown as leniently decoded).
+            let (params, refusal) = if is_json {
+                (Params::default(), None)
+            } else if is_form {
+                match Params::parse_strict(&body) {
+                    Ok(params) => (params, None),
+                    Err(malformed) => (
+                        Params::parse(&body),
+                        Some((StatusCode::BAD_REQUEST, malformed.to_string())),
+                    ),
+                }
+            } else {
+                let shown = media_type.as_deref().unwrap_or("none");
+                (
+                    Params::default(),
+                    Some((
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!(
+                            "content type {} is not a Twilio webhook's",
+                            log_value(&truncated(shown, MAX_TRACE_VALUE))
+                        ),
+                    )),
+                )
+            };
             let hook = Webhook {
-                params: if is_json {
-                    Params::default()
-                } else {
-                    Params::parse(&body)
-                },
+                params,
                 query: Params::parse(query_string.as_bytes()),
             };
             log_hit(path, &hook, signature_present);
+            if let Some((status, problem)) = refusal {
+                self.webhooks
+                    .get_or_create(&WebhookLabels {
+                        route: route.clone(),
+                        signature: "not_checked",
+                    })
+                    .inc();
+                let call_sid = &*shown(hook.get("CallSid"));
+                tracing::warn!(
+                    target: TRACE_TARGET,
+                    path, call_sid, status = status.as_u16(),
+                    "{prefix} refused: {problem} call_sid={call_sid} recorded=false (answered {})", status.as_u16()
+                );
+                return Err(refuse(status));
+            }
 
             let url = if query_string.is_empty() {
                 format!("{}{called_path}", self.public_base_url)
