@@ -137,15 +137,17 @@ pub fn main() -> ExitCode {
     // explicitly, so a second provider compiled in can never make the first TLS use panic.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let matches = command_line().get_matches();
-    match matches.subcommand() {
-        Some((name, sub)) if Cli::command().find_subcommand(name).is_none() => {
-            let Some(command) = plugin_command(name) else {
-                unreachable!("clap only accepts the subcommands it was given")
-            };
+    // A plugin's command, unless the host has one of that name (then the plugin's was left out).
+    let plugin = matches
+        .subcommand()
+        .filter(|(name, _)| Cli::command().find_subcommand(name).is_none())
+        .and_then(|(name, sub)| Some((plugin_command(name)?, sub.clone())));
+    match plugin {
+        Some((command, sub)) => {
             let file = matches.get_one::<PathBuf>("config").cloned();
-            run_plugin(command, sub.clone(), file.as_deref())
+            run_plugin(command, sub, file.as_deref())
         }
-        _ => run(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()), started),
+        None => run(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()), started),
     }
 }
 

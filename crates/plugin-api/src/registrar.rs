@@ -1,5 +1,5 @@
-//! The [`Registrar`] a plugin declares itself through, the resulting [`Registration`] (data), and
-//! (mounted by [`crate::app`]).
+//! The [`Registrar`] a plugin declares itself through, and the resulting [`Registration`]: data
+//! the host validates, and mounts with [`crate::app`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -281,9 +281,8 @@ impl<'a> Registrar<'a> {
     /// Declares the plugin's migrations (versions strictly increasing: anything else is a
     /// problem `check` reports, not a failure of the first `serve`).
     pub fn migrations(&mut self, migrations: &[Migration]) -> &mut Self {
-        self.out.migrations.extend_from_slice(migrations);
-        let mut previous = 0;
-        for m in &self.out.migrations {
+        let mut previous = self.out.migrations.last().map_or(0, |m| m.version);
+        for m in migrations {
             if m.version <= previous {
                 self.out.problems.push(format!(
                     "migration version {} follows version {previous}: versions must increase",
@@ -292,6 +291,7 @@ impl<'a> Registrar<'a> {
             }
             previous = previous.max(m.version);
         }
+        self.out.migrations.extend_from_slice(migrations);
         self
     }
 
