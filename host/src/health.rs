@@ -27,6 +27,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct HostState {
     draining: AtomicBool,
     draining_gauge: Gauge,
+    database_up: Gauge,
     db: Db,
     plugins: Vec<PluginReport>,
     checks: Vec<(String, String, ReadinessCheck)>,
@@ -83,9 +84,16 @@ impl HostState {
             "1 while the instance drains before stopping",
             draining_gauge.clone(),
         );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "1 while the database answered the last readiness probe, 0 after it did not",
+            database_up.clone(),
+        );
         Self {
             draining: AtomicBool::new(false),
             draining_gauge,
+            database_up,
             db,
             plugins,
             checks,
@@ -121,6 +129,7 @@ impl HostState {
             .last_probe
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((std::time::Instant::now(), reachable));
+        self.database_up.set(i64::from(reachable));
         reachable
     }
 
@@ -148,33 +157,48 @@ async fn readyz(state: web::Data<HostState>) -> HttpResponse {
     let db_reachable = state.database_reachable().await;
     let mut checks = serde_json::Map::new();
     let mut checks_ready = true;
+    let mut keep_without_database = true;
     for (plugin, name, check) in &state.checks {
         let report = tokio::time::timeout(CHECK_TIMEOUT, check()).await.unwrap_or_else(|_| {
             tracing::warn!(plugin = %plugin, check = %name, "[HEALTH] readiness check timed out");
             callplane_plugin_api::ReadinessReport {
                 ready: false,
+                without_database: false,
                 detail: json!("timed out"),
             }
         });
         checks_ready &= report.ready;
+        keep_without_database &= report.without_database;
         checks.insert(
             format!("{plugin}.{name}"),
-            json!({ "ready": report.ready, "detail": report.detail }),
+            json!({ "ready": report.ready, "without_database": report.without_database, "detail": report.detail }),
         );
     }
     let critical_down = state
         .plugins
         .iter()
         .any(|p| p.critical && p.status != PluginStatus::Active);
-    let degraded = state.plugins.iter().any(|p| p.status != PluginStatus::Active);
-    let ready = !draining && db_reachable && !critical_down && checks_ready;
-    let status = match (ready, degraded) {
+    // "Send me traffic": an instance whose database is away stays in rotation while every plugin
+    // still keeps its promises without it (calls go to the spool); it leaves when draining, when a
+    // critical plugin is down, or when something could no longer be kept.
+    let mut degraded: Vec<String> = state
+        .plugins
+        .iter()
+        .filter(|p| p.status != PluginStatus::Active)
+        .map(|p| format!("plugin:{}", p.name))
+        .collect();
+    if !db_reachable {
+        degraded.insert(0, "database".to_owned());
+    }
+    let ready = !draining && !critical_down && checks_ready && (db_reachable || keep_without_database);
+    let status = match (ready, degraded.is_empty()) {
         (false, _) => "not_ready",
-        (true, true) => "degraded",
-        (true, false) => "ready",
+        (true, false) => "degraded",
+        (true, true) => "ready",
     };
     let body = json!({
         "status": status,
+        "degraded": degraded,
         "draining": draining,
         "database": {
             "kind": state.db.kind().as_str(),
@@ -255,13 +279,65 @@ mod tests {
         let (status, _) = probe(sqlite(), vec![plugin("c", true, PluginStatus::Failed)], false).await;
         assert_eq!(status, 503, "a critical plugin that is not active");
 
-        let down = Db::connect_lazy("postgres://nobody:pw@127.0.0.1:1/none").unwrap();
-        let (status, body) = probe(down, vec![], false).await;
-        assert_eq!(status, 503);
+        let down = || Db::connect_lazy("postgres://nobody:pw@127.0.0.1:1/none").unwrap();
+        let (status, body) = probe(down(), vec![], false).await;
+        assert_eq!(
+            status, 200,
+            "a database away alone does not take the instance out: {body}"
+        );
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["degraded"], json!(["database"]));
         assert_eq!(body["database"]["reachable"], false);
         assert!(
             !body.to_string().contains("pw@"),
             "no credentials in the answer: {body}"
         );
+    }
+
+    fn check(ready: bool, without_database: bool) -> (String, String, ReadinessCheck) {
+        let check: ReadinessCheck = std::sync::Arc::new(move || {
+            Box::pin(async move {
+                callplane_plugin_api::ReadinessReport {
+                    ready,
+                    without_database,
+                    detail: json!(null),
+                }
+            })
+        });
+        ("p".to_owned(), "c".to_owned(), check)
+    }
+
+    async fn probe_checks(db: Db, checks: Vec<(String, String, ReadinessCheck)>) -> (u16, Value, String) {
+        let state = web::Data::new(HostState::new(db, vec![], checks, Registry::default()));
+        let app = atest::init_service(
+            App::new()
+                .app_data(state)
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics)),
+        )
+        .await;
+        let res = atest::call_service(&app, atest::TestRequest::get().uri("/readyz").to_request()).await;
+        let status = res.status().as_u16();
+        let body = atest::read_body_json(res).await;
+        let metrics = atest::call_service(&app, atest::TestRequest::get().uri("/metrics").to_request()).await;
+        let text = String::from_utf8(atest::read_body(metrics).await.to_vec()).unwrap();
+        (status, body, text)
+    }
+
+    #[actix_web::test]
+    async fn without_a_database_the_instance_stays_only_while_every_check_keeps_its_promises() {
+        let down = || Db::connect_lazy("postgres://nobody:pw@127.0.0.1:1/none").unwrap();
+        let (status, body, metrics) = probe_checks(down(), vec![check(true, true)]).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("degraded")), "{body}");
+        assert!(metrics.contains("database_up 0"), "{metrics}");
+        let (status, body, _) = probe_checks(down(), vec![check(true, true), check(true, false)]).await;
+        assert_eq!((status, body["status"].as_str()), (503, Some("not_ready")), "{body}");
+        // With the database up, a check's answer without it does not matter.
+        let (status, body, metrics) =
+            probe_checks(Db::connect_lazy("sqlite::memory:").unwrap(), vec![check(true, false)]).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
+        assert!(metrics.contains("database_up 1"), "{metrics}");
+        let (status, _, _) = probe_checks(Db::connect_lazy("sqlite::memory:").unwrap(), vec![check(false, true)]).await;
+        assert_eq!(status, 503, "a check that is not ready");
     }
 }

@@ -266,9 +266,18 @@ fn postgres_stopped_mid_stream_loses_no_call() {
         );
         assert!(started.elapsed() < Duration::from_secs(10), "within Twilio's timeout");
     }
+    // Still in rotation: every call it answers is kept in the spool.
     let ready = server.get("/readyz");
-    assert_eq!(ready.status, 503, "not ready without a database");
-    assert_eq!(ready.json()["checks"]["twilio.spool"]["detail"]["backlog"], 10);
+    assert_eq!(ready.status, 200, "degraded, not out: {}", ready.body);
+    let body = ready.json();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["degraded"][0], "database");
+    assert_eq!(body["checks"]["twilio.spool"]["detail"]["backlog"], 10);
+    assert_eq!(body["checks"]["twilio.spool"]["without_database"], true);
+    let metrics = server.get("/metrics").body;
+    for series in ["callplane_database_up 0", "callplane_twilio_spool_backlog 10"] {
+        assert!(metrics.contains(series), "{series} in:\n{metrics}");
+    }
     pg.admin(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", pg.name()));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -280,6 +289,14 @@ fn postgres_stopped_mid_stream_loses_no_call() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(pg.scalar("SELECT COUNT(*) FROM calls"), 15, "zero calls lost");
+    let metrics = server.get("/metrics").body;
+    for series in [
+        "callplane_database_up 1",
+        "callplane_twilio_spool_backlog 0",
+        "callplane_twilio_spool_oldest_seconds 0",
+    ] {
+        assert!(metrics.contains(series), "{series} in:\n{metrics}");
+    }
     server.signal("TERM");
     let (_, output) = server.wait();
     assert!(output.contains("recorded=spooled"), "{output}");

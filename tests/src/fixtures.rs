@@ -149,6 +149,7 @@ pub fn register_notes(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
             Box::pin(async {
                 ReadinessReport {
                     ready: true,
+                    without_database: false,
                     detail: json!({ "backlog": 0 }),
                 }
             })

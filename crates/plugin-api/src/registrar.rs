@@ -36,6 +36,11 @@ pub type StartHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 pub struct ReadinessReport {
     /// Whether this check lets the instance take traffic.
     pub ready: bool,
+    /// Whether the plugin keeps its promises while the database is unreachable (its work waits
+    /// durably elsewhere, as the twilio plugin's calls wait in the spool). While every check says
+    /// so, an instance whose database is away stays in rotation (`/readyz` 200, `degraded`):
+    /// taking every instance out together would drop what each could still keep.
+    pub without_database: bool,
     /// Details shown in `/readyz` (e.g. a spool backlog).
     pub detail: serde_json::Value,
 }

@@ -71,6 +71,35 @@ impl Spool {
         file.sync_data()
     }
 
+    /// How many bytes wait (0 when the file does not exist yet).
+    ///
+    /// # Errors
+    /// When the file's size cannot be read.
+    pub fn size(&self) -> std::io::Result<u64> {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The oldest record waiting, if any (the first line; the rest of the file is not read).
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub async fn oldest(&self) -> std::io::Result<Option<String>> {
+        let _guard = self.lock.lock().await;
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut first = String::new();
+        BufReader::new(file).read_line(&mut first)?;
+        let first = first.trim_end();
+        Ok((!first.is_empty()).then(|| first.to_owned()))
+    }
+
     /// How many records wait.
     ///
     /// # Errors
@@ -150,6 +179,11 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing created");
         spool.prepare().unwrap();
         assert!(spool.path().is_file());
+        assert_eq!((spool.size().unwrap(), spool.oldest().await.unwrap()), (0, None));
+        spool.append("{\"n\":1}").await.unwrap();
+        spool.append("{\"n\":2}").await.unwrap();
+        assert_eq!(spool.oldest().await.unwrap().as_deref(), Some("{\"n\":1}"));
+        assert_eq!(spool.size().unwrap(), 16);
     }
 
     #[tokio::test]

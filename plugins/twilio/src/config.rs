@@ -45,6 +45,15 @@ pub const KEYS: &[ConfigKey] = &[
     )
     .env("CALLPLANE_SPOOL_DIR"),
     ConfigKey::new(
+        "spool_max_bytes",
+        ValueKind::Integer {
+            min: 1024,
+            max: 1 << 40,
+        },
+        "1073741824",
+        "the spool's bound in bytes: past it a call could not be kept while the database is away, and the instance leaves rotation",
+    ),
+    ConfigKey::new(
         "record_calls",
         ValueKind::Bool,
         "true",

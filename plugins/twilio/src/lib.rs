@@ -17,6 +17,7 @@ mod migrations;
 mod outbound;
 pub mod params;
 pub mod provider;
+pub mod readiness;
 pub mod records;
 pub mod signature;
 pub mod simulate;
@@ -28,8 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callplane_plugin_api::storage::Spool;
-use callplane_plugin_api::{Access, Capability, ReadinessReport, RegisterError, Registrar, RoutePlugin};
-use serde_json::json;
+use callplane_plugin_api::{Access, Capability, RegisterError, Registrar, RoutePlugin};
 
 /// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
 pub const PLUGIN: RoutePlugin = RoutePlugin {
@@ -60,6 +60,8 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     let settings = reg.settings().clone();
     let account = config::Account::of(reg.config());
     let record_calls = reg.config().boolean("record_calls");
+    let spool_max_bytes = reg.config().integer("spool_max_bytes");
+    let gauges = readiness::SpoolGauges::register(reg.metrics());
     let spool = Arc::new(Spool::at(reg.config().path("spool_dir").join(SPOOL_FILE)));
     let preparing = spool.clone();
     reg.on_start(
@@ -102,30 +104,17 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     .post("/api/calls/outbound", Access::PageAccess("calls"), outbound::create)
     .get("/api/calls", Access::PageAccess("calls"), api::list_calls)
     .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call);
-    let replayer = recorder.clone();
+    let (replayer, replay_gauges) = (recorder.clone(), gauges.clone());
     reg.background(
         "spool-replay",
-        Arc::new(move || Box::pin(replayer.clone().replay_forever(REPLAY_EVERY))),
+        Arc::new(move || Box::pin(replayer.clone().replay_forever(REPLAY_EVERY, replay_gauges.clone()))),
     );
     let checker = recorder;
     reg.readiness(
         "spool",
         Arc::new(move || {
-            let recorder = checker.clone();
-            Box::pin(async move {
-                // A backlog is reported, not a reason to take the instance out: it still answers
-                // every webhook and keeps every record.
-                match recorder.spool().backlog().await {
-                    Ok(backlog) => ReadinessReport {
-                        ready: true,
-                        detail: json!({ "backlog": backlog }),
-                    },
-                    Err(_) => ReadinessReport {
-                        ready: false,
-                        detail: json!({ "error": "spool unreadable" }),
-                    },
-                }
-            })
+            let (recorder, gauges) = (checker.clone(), gauges.clone());
+            Box::pin(async move { readiness::spool_readiness(recorder.spool(), &gauges, spool_max_bytes).await })
         }),
     );
     Ok(())

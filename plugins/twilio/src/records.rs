@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 pub use crate::directory::{Business, Directory, Lookup};
 pub use crate::event::{CallEvent, EventKind, Recorded, now};
+use crate::readiness::SpoolGauges;
 use crate::sql::QueuedEvent;
 
 /// How long a webhook waits for the database before it spools instead: Twilio gives up after 15 s.
@@ -132,11 +133,15 @@ impl Recorder {
             .await
     }
 
-    /// Replays the spool every `every` while the server runs.
-    pub async fn replay_forever(self, every: Duration) {
+    /// Replays the spool every `every` while the server runs, keeping `gauges` current.
+    pub async fn replay_forever(self, every: Duration, gauges: SpoolGauges) {
         loop {
             tokio::time::sleep(every).await;
-            match self.replay().await {
+            let replayed = self.replay().await;
+            if let Err(error) = gauges.update(&self.spool).await {
+                tracing::warn!(error = %error, "[TWILIO] the spool gauges cannot be read");
+            }
+            match replayed {
                 Ok(0) => {}
                 Ok(n) => {
                     let left = self.spool.backlog().await.unwrap_or(0);
