@@ -32,29 +32,7 @@ impl Params {
     /// `url::form_urlencoded`, which replaces each name's and value's invalid sequences with
     /// U+FFFD: the result is the same either way, and the usual input costs one pass.
     pub fn parse(input: &[u8]) -> Self {
-        let mut bytes = Vec::with_capacity(input.len());
-        // A pair takes at least two bytes (`a&`).
-        let mut ends = Vec::with_capacity(input.len().div_ceil(16).min(64));
-        for pair in input.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(at) => (&pair[..at], &pair[at + 1..]),
-                None => (pair, &[][..]),
-            };
-            decode_into(&mut bytes, name);
-            let name_end = bytes.len();
-            decode_into(&mut bytes, value);
-            ends.push((name_end, bytes.len()));
-        }
-        match String::from_utf8(bytes) {
-            Ok(text)
-                if ends.iter().all(|&(name_end, value_end)| {
-                    text.is_char_boundary(name_end) && text.is_char_boundary(value_end)
-                }) =>
-            {
-                Self { text, ends }
-            }
-            _ => url::form_urlencoded::parse(input).collect(),
-        }
+        Self::decode(input, false).unwrap_or_else(|_| url::form_urlencoded::parse(input).collect())
     }
 
     /// Decodes a form body as Twilio writes it, or says why it is not one: raw bytes that are
@@ -69,14 +47,23 @@ impl Params {
         if !input.is_ascii() && std::str::from_utf8(input).is_err() {
             return Err(Malformed::RawNotUtf8);
         }
+        Self::decode(input, true)
+    }
+
+    /// Percent-decodes every name and value straight into one buffer, then checks it for UTF-8
+    /// once (and, with `strict`, every escape for its two hex digits). Fails where the pair-by-pair
+    /// decoding would differ: invalid UTF-8, or a character straddling a name and its value or two
+    /// pairs.
+    fn decode(input: &[u8], strict: bool) -> Result<Self, Malformed> {
         let mut bytes = Vec::with_capacity(input.len());
+        // A pair takes at least two bytes (`a&`).
         let mut ends = Vec::with_capacity(input.len().div_ceil(16).min(64));
         for pair in input.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
             let (name, value) = match pair.iter().position(|&b| b == b'=') {
                 Some(at) => (&pair[..at], &pair[at + 1..]),
                 None => (pair, &[][..]),
             };
-            if !escapes_are_whole(name) || !escapes_are_whole(value) {
+            if strict && !(escapes_are_whole(name) && escapes_are_whole(value)) {
                 return Err(Malformed::BadEscape);
             }
             decode_into(&mut bytes, name);
