@@ -15,6 +15,8 @@ use tokio::sync::Mutex;
 #[derive(Debug)]
 pub struct Spool {
     path: PathBuf,
+    /// The most bytes the file may hold; an append past it fails (the record is not kept).
+    max_bytes: u64,
     /// Held while the file is read, appended to or rewritten.
     lock: Mutex<()>,
     /// Held for a whole replay: one replay at a time.
@@ -27,9 +29,16 @@ impl Spool {
     pub fn at(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            max_bytes: u64::MAX,
             lock: Mutex::new(()),
             replaying: Mutex::new(()),
         }
+    }
+
+    /// The same spool, bounded: an append that would take the file past `max_bytes` fails.
+    #[must_use]
+    pub fn with_max_bytes(self, max_bytes: u64) -> Self {
+        Self { max_bytes, ..self }
     }
 
     /// Creates the spool's directory and file if they do not exist.
@@ -63,12 +72,26 @@ impl Spool {
     ///
     /// # Errors
     /// An I/O error (disk full, …): the record is not durable and the caller must say so.
+    /// A record that would take the file past its bound is refused (`StorageFull`). A write that
+    /// fails halfway (disk full) is cut back to the last whole line, so the next record does not
+    /// glue onto a partial one.
     pub async fn append(&self, line: &str) -> std::io::Result<()> {
         debug_assert!(!line.contains('\n'), "one record per line");
         let _guard = self.lock.lock().await;
         let mut file = OpenOptions::new().create(true).append(true).open(&self.path)?;
-        file.write_all(format!("{line}\n").as_bytes())?;
-        file.sync_data()
+        let whole = file.metadata()?.len();
+        let record = format!("{line}\n");
+        if whole.saturating_add(record.len() as u64) > self.max_bytes {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("the spool is full ({whole} of {} bytes)", self.max_bytes),
+            ));
+        }
+        let written = file.write_all(record.as_bytes()).and_then(|()| file.sync_data());
+        if written.is_err() {
+            let _ = file.set_len(whole);
+        }
+        written
     }
 
     /// How many bytes wait (0 when the file does not exist yet).
@@ -184,6 +207,20 @@ mod tests {
         spool.append("{\"n\":2}").await.unwrap();
         assert_eq!(spool.oldest().await.unwrap().as_deref(), Some("{\"n\":1}"));
         assert_eq!(spool.size().unwrap(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_a_record_and_keeps_the_ones_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("s.jsonl")).unwrap().with_max_bytes(20);
+        spool.append("{\"n\":1}").await.unwrap();
+        spool.append("{\"n\":2}").await.unwrap();
+        let full = spool.append("{\"n\":3}").await.unwrap_err();
+        assert_eq!(full.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(std::fs::read_to_string(spool.path()).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
+        let applied = spool.replay(|_| async { Ok::<(), ()>(()) }).await.unwrap();
+        assert_eq!(applied, 2);
+        spool.append("{\"n\":3}").await.unwrap();
     }
 
     #[tokio::test]

@@ -60,9 +60,9 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     let settings = reg.settings().clone();
     let account = config::Account::of(reg.config());
     let record_calls = reg.config().boolean("record_calls");
-    let spool_max_bytes = reg.config().integer("spool_max_bytes");
     let gauges = readiness::SpoolGauges::register(reg.metrics());
-    let spool = Arc::new(Spool::at(reg.config().path("spool_dir").join(SPOOL_FILE)));
+    let spool_max_bytes = reg.config().integer("spool_max_bytes");
+    let spool = Arc::new(Spool::at(reg.config().path("spool_dir").join(SPOOL_FILE)).with_max_bytes(spool_max_bytes));
     let preparing = spool.clone();
     reg.on_start(
         "spool",

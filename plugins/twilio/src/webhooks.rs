@@ -78,6 +78,18 @@ fn log_outcome(path: &str, call_sid: &str, tenant: &str, recorded: Recorded) {
     }
 }
 
+/// The answer to a webhook whose event could be kept neither in the database nor in the spool:
+/// 503, so that Twilio retries it or turns to the number's fallback URL. Never a 200 for a call
+/// that was not kept.
+fn unkept() -> HttpResponse {
+    let mut res = xml(StatusCode::SERVICE_UNAVAILABLE, twiml::empty());
+    res.headers_mut().insert(
+        actix_web::http::header::RETRY_AFTER,
+        actix_web::http::header::HeaderValue::from_static("5"),
+    );
+    res
+}
+
 fn bad_request(path: &str, problem: &str) -> HttpResponse {
     tracing::warn!(target: TRACE_TARGET, path, problem, "{} refused: {problem}", trace_prefix(path));
     xml(StatusCode::BAD_REQUEST, twiml::empty())
@@ -102,6 +114,9 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
+    if recorded == Recorded::Lost {
+        return unkept();
+    }
     let body = match lookup {
         Lookup::Known(business) => business.answer(&call_sid),
         Lookup::Unknown => {
@@ -138,6 +153,9 @@ pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookStat
         })
         .await;
     log_outcome(path, &call_sid, &business_id.to_string(), recorded);
+    if recorded == Recorded::Lost {
+        return unkept();
+    }
     let body = business.map_or_else(
         || twiml::say(twiml::FALLBACK_GREETING, true).into(),
         |b| b.answer(&call_sid),
@@ -168,5 +186,8 @@ pub(crate) async fn call_status(req: HttpRequest, state: web::Data<WebhookState>
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
+    if recorded == Recorded::Lost {
+        return unkept();
+    }
     xml(StatusCode::OK, twiml::empty())
 }

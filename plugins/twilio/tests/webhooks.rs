@@ -36,6 +36,11 @@ async fn fixture() -> Fixture {
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 
 async fn fixture_with_api(api_base: &str) -> Fixture {
+    fixture_with(&[("api_base", api_base)]).await
+}
+
+/// A fixture whose twilio plugin has `keys` set beyond the test defaults.
+async fn fixture_with(keys: &[(&str, &str)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect_lazy(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
     let mut settings = Settings {
@@ -45,8 +50,11 @@ async fn fixture_with_api(api_base: &str) -> Fixture {
     settings
         .set("twilio", "spool_dir", dir.path().join("spool").display().to_string())
         .set("twilio", "auth_token", TOKEN)
-        .set("twilio", "api_base", api_base)
+        .set("twilio", "api_base", "http://127.0.0.1:9")
         .set("twilio", "account_sid", ACCOUNT);
+    for (key, value) in keys {
+        settings.set("twilio", key, *value);
+    }
     let host = TestHost::new(
         settings,
         db.clone(),
@@ -455,6 +463,40 @@ async fn bodies_twilio_never_sends_are_refused_even_when_signed() {
     }
     assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 0, "recorded nowhere");
     assert_eq!(count(&f.db, "SELECT COUNT(*) FROM call_events").await, 0);
+}
+
+/// A call that can be kept neither in the database nor in the spool (full) is never answered 200:
+/// 503, so that Twilio retries it or turns to the fallback URL.
+#[actix_rt::test]
+async fn a_call_that_cannot_be_kept_is_answered_503_never_200() {
+    let f = fixture_with(&[("spool_max_bytes", "2048")]).await;
+    let app = app!(f);
+    sqlx::raw_sql("ALTER TABLE calls RENAME TO calls_away; ALTER TABLE call_events RENAME TO call_events_away")
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let res = app
+            .call(
+                signed(
+                    "/webhook/incoming_call",
+                    &inbound(&format!("CA{i:032x}"), BUSINESS_NUMBER),
+                )
+                .to_request(),
+            )
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "5");
+        }
+    }
+    let kept = statuses.iter().filter(|s| **s == 200).count();
+    assert!(kept >= 1 && statuses[kept..].iter().all(|s| *s == 503), "{statuses:?}");
+    assert_eq!(spool_lines(&f), kept, "every 200 is a spooled call, every 503 none");
+    let spool = std::fs::read_to_string(f.dir.path().join("spool").join(callplane_plugin_twilio::SPOOL_FILE)).unwrap();
+    assert!(spool.len() <= 2048 && spool.ends_with('\n'), "bounded, whole lines");
 }
 
 #[actix_rt::test]
