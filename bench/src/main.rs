@@ -650,8 +650,8 @@ fn stop(mut child: Child) -> anyhow::Result<()> {
 
 async fn count_calls(url: &str) -> anyhow::Result<i64> {
     let db = Db::connect_lazy(url)?;
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM calls")
-        .fetch_one(db.pool())
+    let (n,): (i64,) = db
+        .run(|pool| sqlx::query_as("SELECT COUNT(*) FROM calls").fetch_one(pool))
         .await?;
     db.close().await;
     Ok(n)

@@ -113,12 +113,14 @@ struct NewNote {
 }
 
 async fn list_notes(who: Principal, db: web::Data<Db>) -> Result<HttpResponse, ApiError> {
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, body FROM fixture_notes WHERE business_id = $1 ORDER BY id")
-            .bind(who.business_id)
-            .fetch_all(db.pool())
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let rows: Vec<(i64, String)> = db
+        .run(|pool| {
+            sqlx::query_as("SELECT id, body FROM fixture_notes WHERE business_id = $1 ORDER BY id")
+                .bind(who.business_id)
+                .fetch_all(pool)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -126,12 +128,14 @@ async fn add_note(who: Principal, db: web::Data<Db>, note: web::Json<NewNote>) -
     if note.body.is_empty() || note.body.len() > 1000 {
         return Err(ApiError::unprocessable("body must be 1–1000 bytes"));
     }
-    sqlx::query("INSERT INTO fixture_notes (business_id, body) VALUES ($1, $2)")
-        .bind(who.business_id)
-        .bind(&note.body)
-        .execute(db.pool())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    db.run(|pool| {
+        sqlx::query("INSERT INTO fixture_notes (business_id, body) VALUES ($1, $2)")
+            .bind(who.business_id)
+            .bind(&note.body)
+            .execute(pool)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(HttpResponse::Created().finish())
 }
 

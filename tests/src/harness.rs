@@ -486,8 +486,8 @@ impl PgDatabase {
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let db = Db::connect_lazy(&url).expect("a postgres URL");
-                let value: (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                    .fetch_one(db.pool())
+                let value: (i64,) = db
+                    .run(|pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_one(pool))
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
                 db.close().await;

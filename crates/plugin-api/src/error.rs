@@ -344,16 +344,14 @@ mod tests {
         let url = format!("sqlite://{}/e.db", dir.path().display());
         let db = Db::connect_lazy(&url).unwrap();
         db.prepare().unwrap();
-        sqlx::raw_sql("CREATE TABLE t (n BIGINT PRIMARY KEY)")
-            .execute(db.pool())
+        db.run(|pool| sqlx::raw_sql("CREATE TABLE t (n BIGINT PRIMARY KEY)").execute(pool))
             .await
             .unwrap();
-        sqlx::raw_sql("INSERT INTO t VALUES (1)")
-            .execute(db.pool())
+        db.run(|pool| sqlx::raw_sql("INSERT INTO t VALUES (1)").execute(pool))
             .await
             .unwrap();
-        let duplicate = sqlx::raw_sql("INSERT INTO t VALUES (1)")
-            .execute(db.pool())
+        let duplicate = db
+            .run(|pool| sqlx::raw_sql("INSERT INTO t VALUES (1)").execute(pool))
             .await
             .unwrap_err();
         assert_eq!(ApiError::database("inserting", &duplicate).status().as_u16(), 500);

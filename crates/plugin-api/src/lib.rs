@@ -56,9 +56,9 @@
 //!
 //! async fn list_notes(who: Principal, db: web::Data<Db>) -> Result<HttpResponse, ApiError> {
 //!     let rows: Vec<(i64, String)> =
-//!         sqlx::query_as("SELECT id, body FROM notes WHERE business_id = $1 ORDER BY id")
+//!         db.run(|pool| sqlx::query_as("SELECT id, body FROM notes WHERE business_id = $1 ORDER BY id")
 //!             .bind(who.business_id)
-//!             .fetch_all(db.pool())
+//!             .fetch_all(pool))
 //!             .await
 //!             .map_err(|e| ApiError::internal(format!("listing notes: {e}")))?;
 //!     Ok(HttpResponse::Ok().json(rows))

@@ -221,8 +221,7 @@ fn admin_sql(url: &str, sql: String) {
             .expect("a runtime for administrative SQL");
         runtime.block_on(async move {
             let db = Db::connect_lazy(&url).expect("TEST_POSTGRES_URL is a postgres:// URL");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-                .execute(db.pool())
+            db.run(|pool| sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(pool))
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
             db.close().await;

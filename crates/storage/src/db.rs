@@ -1,7 +1,22 @@
-//! The connection pool.
+//! The connection pool, and the runtime its connections live on.
+//!
+//! Every actix worker runs a current-thread Tokio runtime of its own. A connection registers its
+//! socket (and its timers) with the runtime that was current when it was opened, so a pooled
+//! PostgreSQL connection opened on worker A and later handed to worker B depended on A: it stalled
+//! while A was busy (nobody polled A's reactor) and broke when A's runtime stopped during a graceful
+//! shutdown. [`Db`] therefore owns a runtime of its own, with one thread that does nothing but drive
+//! the database's sockets and timers, and every query runs *inside its context* ([`Db::run`]): the
+//! connection opened, the socket registered and the background tasks `sqlx` spawns (returning a
+//! connection to the pool, the reaper) all belong to that runtime, whichever worker polls the query.
+//! The query's own future still runs on the caller's task, so it may borrow, and costs one enter per
+//! poll rather than a hop to another thread.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -43,10 +58,11 @@ impl DbKind {
     }
 }
 
-/// A database pool: cheap to clone, shared by every plugin.
+/// A database pool: cheap to clone, shared by every plugin. Queries go through [`Db::run`].
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    runtime: Arc<DbRuntime>,
     kind: DbKind,
     redacted_url: String,
     /// The database file of a file-backed SQLite URL.
@@ -84,6 +100,9 @@ impl Db {
     /// An unsupported or unparsable URL.
     pub fn connect_lazy(url: &str) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
+        let runtime = Arc::new(DbRuntime::start()?);
+        // The pool's maintenance tasks are spawned when it is built: on the database runtime.
+        let _entered = runtime.handle.enter();
         let kind = DbKind::from_url(url)?;
         let effective = match kind {
             DbKind::Sqlite => prepare_sqlite_url(url)?,
@@ -109,15 +128,30 @@ impl Db {
             .connect_lazy_with(options);
         Ok(Self {
             pool,
+            runtime,
             kind,
             redacted_url: redact_url(url),
             sqlite_file: sqlite_file(url),
         })
     }
 
-    /// The underlying pool, for queries.
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// Runs the query that `query` builds over the pool in the context of the database runtime
+    /// (see the module documentation): the connection it uses lives as long as the pool, not as
+    /// long as the worker that happens to run it.
+    ///
+    /// ```no_run
+    /// # async fn f(db: &callplane_storage::Db, id: i64) -> Result<(), sqlx::Error> {
+    /// let (name,): (String,) = db
+    ///     .run(|pool| sqlx::query_as("SELECT name FROM businesses WHERE id = $1").bind(id).fetch_one(pool))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn run<'a, F: Future>(&'a self, query: impl FnOnce(&'a AnyPool) -> F) -> OnDbRuntime<F> {
+        let _entered = self.runtime.handle.enter();
+        OnDbRuntime {
+            handle: self.runtime.handle.clone(),
+            inner: Some(Box::pin(query(&self.pool))),
+        }
     }
 
     /// The engine behind this pool.
@@ -170,7 +204,10 @@ impl Db {
     /// The connection or query error, or [`StorageError::Timeout`].
     pub async fn ping(&self, timeout: Duration) -> Result<(), StorageError> {
         self.prepare()?;
-        match tokio::time::timeout(timeout, self.pool.execute("SELECT 1")).await {
+        match self
+            .run(|pool| tokio::time::timeout(timeout, pool.execute("SELECT 1")))
+            .await
+        {
             Ok(result) => result.map(drop).map_err(StorageError::from),
             Err(_) => Err(StorageError::Timeout(timeout)),
         }
@@ -178,7 +215,85 @@ impl Db {
 
     /// Closes every connection; later queries fail.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.run(AnyPool::close).await;
+    }
+}
+
+/// The runtime that owns the database's connections: one thread, which drives their sockets and
+/// timers and runs the few tasks `sqlx` spawns. Stopped when the last [`Db`] clone goes.
+#[derive(Debug)]
+struct DbRuntime {
+    handle: tokio::runtime::Handle,
+    /// Taken on drop.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl DbRuntime {
+    const THREAD: &'static str = "callplane-db";
+
+    fn start() -> Result<Self, StorageError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(Self::THREAD)
+            .enable_all()
+            .build()
+            .map_err(|source| StorageError::Thread {
+                name: Self::THREAD,
+                source,
+            })?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for DbRuntime {
+    fn drop(&mut self) {
+        // The last clone may go inside another runtime, where a blocking shutdown would panic.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A query running in the context of the database runtime ([`Db::run`]). Dropping it unfinished
+/// (a client that went away) drops the query in that context too, so the connection it held goes
+/// back to the pool through the database runtime.
+#[must_use = "a query does nothing unless awaited"]
+pub struct OnDbRuntime<F> {
+    handle: tokio::runtime::Handle,
+    inner: Option<Pin<Box<F>>>,
+}
+
+impl<F> std::fmt::Debug for OnDbRuntime<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnDbRuntime").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for OnDbRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _entered = this.handle.enter();
+        let Some(inner) = this.inner.as_mut() else {
+            panic!("OnDbRuntime polled after it finished");
+        };
+        let output = std::task::ready!(inner.as_mut().poll(cx));
+        // Whatever the query still holds (its connection) is released in this context.
+        this.inner = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F> Drop for OnDbRuntime<F> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let _entered = self.handle.enter();
+            drop(inner);
+        }
     }
 }
 
@@ -198,9 +313,7 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
 }
 
 /// Whether `error` broke the connection rather than the statement (I/O, protocol, a crashed
-/// SQLite worker): the same read on another connection may well succeed. Each actix worker runs
-/// its own Tokio runtime and pooled connections belong to the runtime that opened them, so a
-/// connection can die with a worker during a graceful stop while another worker still holds it.
+/// SQLite worker): the database is unreachable or went away, rather than refusing this statement.
 pub fn is_connection_error(error: &sqlx::Error) -> bool {
     matches!(
         error,
@@ -255,14 +368,19 @@ mod tests {
     async fn the_writer_connection_sees_what_the_pool_sees() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect_lazy(&format!("sqlite://{}/w.db", dir.path().display())).unwrap();
-        sqlx::query("CREATE TABLE t (v TEXT)").execute(db.pool()).await.unwrap();
+        db.run(|pool| sqlx::query("CREATE TABLE t (v TEXT)").execute(pool))
+            .await
+            .unwrap();
         let conn = db.open_sqlite_writer().unwrap().unwrap();
         conn.execute("INSERT INTO t VALUES ('from the writer')", []).unwrap();
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
         let pages: u32 = conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
         assert_eq!(pages, crate::writer::WRITER_CHECKPOINT_PAGES);
-        let (v,): (String,) = sqlx::query_as("SELECT v FROM t").fetch_one(db.pool()).await.unwrap();
+        let (v,): (String,) = db
+            .run(|pool| sqlx::query_as("SELECT v FROM t").fetch_one(pool))
+            .await
+            .unwrap();
         assert_eq!(v, "from the writer");
         assert!(
             Db::connect_lazy("sqlite::memory:")
@@ -275,6 +393,109 @@ mod tests {
                 .unwrap()
                 .open_sqlite_writer()
                 .is_none()
+        );
+    }
+
+    /// A current-thread runtime, as each actix worker runs.
+    fn worker() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Which PostgreSQL backend (connection) answered.
+    type Backend = Result<Result<i32, sqlx::Error>, tokio::time::error::Elapsed>;
+
+    /// Worker A opens a connection and releases it to the pool, then is busy (its runtime alive
+    /// but not polled), then stops. Worker B queries during each and says which backend answered.
+    fn busy_then_stopped_worker(
+        pool: &AnyPool,
+        query: impl Fn() -> Pin<Box<dyn Future<Output = Result<i32, sqlx::Error>> + Send>> + Send + Sync,
+    ) -> (i32, Backend, Backend) {
+        let (released, busy) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            let a = scope.spawn(|| {
+                let runtime = worker();
+                let backend = runtime.block_on(async {
+                    let backend = query().await.unwrap();
+                    while pool.num_idle() == 0 {
+                        // Lets the task that returns the connection to the pool run.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    backend
+                });
+                released.wait();
+                // Busy: a long synchronous stretch, nobody polls this runtime's reactor.
+                std::thread::sleep(Duration::from_millis(1500));
+                busy.wait();
+                drop(runtime);
+                backend
+            });
+            released.wait();
+            let b = worker();
+            let while_busy = b.block_on(async { tokio::time::timeout(Duration::from_secs(1), query()).await });
+            busy.wait();
+            let a_backend = a.join().unwrap();
+            let after_stop = b.block_on(async { tokio::time::timeout(Duration::from_secs(5), query()).await });
+            (a_backend, while_busy, after_stop)
+        })
+    }
+
+    fn postgres_url(test: &str) -> Option<String> {
+        let url = std::env::var("TEST_POSTGRES_URL").ok();
+        if url.is_none() {
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("SKIPPED {test}: TEST_POSTGRES_URL is not set (PostgreSQL tests run in .ci/run)\n").as_bytes(),
+            );
+        }
+        url
+    }
+
+    const BACKEND: &str = "SELECT pg_backend_pid()";
+
+    #[test]
+    fn a_connection_outlives_the_worker_that_opened_it() {
+        let Some(url) = postgres_url("a_connection_outlives_the_worker_that_opened_it") else {
+            return;
+        };
+        let db = Db::connect_lazy(&url).unwrap();
+        let query = || -> Pin<Box<dyn Future<Output = Result<i32, sqlx::Error>> + Send>> {
+            let db = db.clone();
+            Box::pin(async move { db.run(|pool| sqlx::query_scalar(BACKEND).fetch_one(pool)).await })
+        };
+        let (opened, while_busy, after_stop) = busy_then_stopped_worker(&db.pool, query);
+        assert_eq!(
+            while_busy.expect("no stall while the opening worker is busy").unwrap(),
+            opened,
+            "the connection worker A opened answers worker B at once"
+        );
+        assert_eq!(
+            after_stop.expect("answers after the opening worker stopped").unwrap(),
+            opened,
+            "the connection outlived worker A's runtime"
+        );
+
+        // The same sequence on a bare pool shows what the database runtime prevents: the
+        // connection stalls while its worker is busy and is lost when that worker stops.
+        // (No reaper, which would need a runtime to be built in.)
+        let bare = AnyPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy(&url)
+            .unwrap();
+        let query = || -> Pin<Box<dyn Future<Output = Result<i32, sqlx::Error>> + Send>> {
+            let bare = bare.clone();
+            Box::pin(async move { sqlx::query_scalar(BACKEND).fetch_one(&bare).await })
+        };
+        let (opened, while_busy, after_stop) = busy_then_stopped_worker(&bare, query);
+        assert!(while_busy.is_err(), "a bare pool's connection stalls with its worker");
+        assert!(
+            !matches!(after_stop, Ok(Ok(backend)) if backend == opened),
+            "a bare pool's connection dies with its worker"
         );
     }
 
@@ -326,8 +547,8 @@ mod tests {
         assert!(!file.exists(), "lazy pool must not touch the disk");
         db.ping(Duration::from_secs(5)).await.unwrap();
         assert!(file.exists());
-        let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
-            .fetch_one(db.pool())
+        let mode: (String,) = db
+            .run(|pool| sqlx::query_as("PRAGMA journal_mode").fetch_one(pool))
             .await
             .unwrap();
         assert_eq!(mode.0.to_lowercase(), "wal");

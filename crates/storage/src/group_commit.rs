@@ -41,7 +41,8 @@ pub trait Batched: Send + Sync + 'static {
     /// A SQLite error; nothing is committed then.
     fn write_sqlite(conn: &mut rusqlite::Connection, batch: &[&Self]) -> rusqlite::Result<()>;
 
-    /// Writes `batch` in one transaction through the pool (PostgreSQL, or SQLite in memory).
+    /// Writes `batch` in one transaction through the pool (PostgreSQL, or SQLite in memory), with
+    /// [`Db::run`] like every query.
     fn write_pool<'a>(db: &'a Db, batch: &'a [&'a Self]) -> PoolWrite<'a>;
 
     /// The order in which a batch is written: batches sharing keys lock their rows in the same
@@ -151,12 +152,10 @@ impl<T: Batched> GroupCommit<T> {
                 }
                 None => Store::Pool(self.db.clone()),
             };
+            // No I/O driver: a pool write's sockets belong to the database runtime ([`Db::run`]);
+            // this thread sleeps on a futex, not in epoll.
             let mut runtime = tokio::runtime::Builder::new_current_thread();
-            // A SQLite writer does no network I/O: its thread sleeps on a futex, not in epoll.
-            match store {
-                Store::Sqlite(_) => runtime.enable_time(),
-                Store::Pool(_) => runtime.enable_all(),
-            };
+            runtime.enable_time();
             let writer = Writer {
                 store,
                 name: self.name,
@@ -229,17 +228,13 @@ impl Writer {
         }
     }
 
-    /// Commits `batch` in one transaction. A batch that lost its connection is tried once more
-    /// (the pool hands out another one); when a statement fails, each item is retried alone so
-    /// that one bad item cannot sink the others.
+    /// Commits `batch` in one transaction. When a statement fails, each item is retried alone so
+    /// that one bad item cannot sink the others; any other failure leaves every item with its
+    /// owner.
     async fn commit<T: Batched>(&mut self, mut batch: Vec<Pending<T>>) {
         batch.sort_by(|a, b| a.item.order(&b.item));
         let items: Vec<&T> = batch.iter().map(|p| &p.item).collect();
-        let mut result = self.write(&items).await;
-        if let Err(WriteError::Connection(error)) = &result {
-            tracing::warn!(writer = self.name, error = %error, items = batch.len(), "[STORAGE] batch lost its connection; retrying once");
-            result = self.write(&items).await;
-        }
+        let result = self.write(&items).await;
         drop(items);
         match result {
             Ok(()) => {
@@ -306,8 +301,8 @@ mod tests {
         }
 
         fn write_pool<'a>(db: &'a Db, batch: &'a [&'a Self]) -> PoolWrite<'a> {
-            Box::pin(async move {
-                let mut tx = db.pool().begin().await?;
+            Box::pin(db.run(|pool| async move {
+                let mut tx = pool.begin().await?;
                 for row in batch {
                     sqlx::query("INSERT INTO t (n) VALUES ($1) ON CONFLICT DO NOTHING")
                         .bind(row.0)
@@ -315,7 +310,7 @@ mod tests {
                         .await?;
                 }
                 tx.commit().await
-            })
+            }))
         }
 
         fn order(&self, other: &Self) -> Ordering {
@@ -324,8 +319,7 @@ mod tests {
     }
 
     async fn rows(db: &Db) -> Vec<i64> {
-        sqlx::query("SELECT n FROM t ORDER BY n")
-            .fetch_all(db.pool())
+        db.run(|pool| sqlx::query("SELECT n FROM t ORDER BY n").fetch_all(pool))
             .await
             .unwrap()
             .iter()
@@ -366,10 +360,11 @@ mod tests {
         for url in [format!("sqlite://{}/g.db", dir.path().display())] {
             let db = Db::connect_lazy(&url).unwrap();
             db.prepare().unwrap();
-            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS t (n BIGINT PRIMARY KEY CHECK (n <> 13))")
-                .execute(db.pool())
-                .await
-                .unwrap();
+            db.run(|pool| {
+                sqlx::raw_sql("CREATE TABLE IF NOT EXISTS t (n BIGINT PRIMARY KEY CHECK (n <> 13))").execute(pool)
+            })
+            .await
+            .unwrap();
             let batches = Arc::new(AtomicUsize::new(0));
             let counted = batches.clone();
             let group = GroupCommit::new(db.clone(), "test-writer", Duration::from_secs(5), move |_| {

@@ -94,8 +94,15 @@ pub async fn migrate(db: &Db, sets: &[PluginMigrations<'_>]) -> Result<Vec<Appli
         check_order(set)?;
     }
     db.prepare()?;
-    let kind = db.kind();
-    let mut conn = db.pool().acquire().await?;
+    db.run(|pool| apply(pool, db.kind(), sets)).await
+}
+
+async fn apply(
+    pool: &sqlx::AnyPool,
+    kind: DbKind,
+    sets: &[PluginMigrations<'_>],
+) -> Result<Vec<AppliedMigration>, StorageError> {
+    let mut conn = pool.acquire().await?;
     let mut tx = match kind {
         DbKind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
         DbKind::Postgres => {
@@ -236,10 +243,12 @@ mod tests {
     }
 
     async fn versions(db: &Db) -> Vec<(String, i64)> {
-        sqlx::query_as("SELECT plugin, version FROM callplane_schema_versions ORDER BY plugin, version")
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
+        db.run(|pool| {
+            sqlx::query_as("SELECT plugin, version FROM callplane_schema_versions ORDER BY plugin, version")
+                .fetch_all(pool)
+        })
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
@@ -259,12 +268,14 @@ mod tests {
         assert_eq!(applied[0].version, 2);
         assert!(migrate(&db, &second).await.unwrap().is_empty());
         assert_eq!(versions(&db).await, vec![("notes".into(), 1), ("notes".into(), 2)]);
-        sqlx::query("INSERT INTO notes (body, author) VALUES ($1, $2)")
-            .bind("hello")
-            .bind("me")
-            .execute(db.pool())
-            .await
-            .unwrap();
+        db.run(|pool| {
+            sqlx::query("INSERT INTO notes (body, author) VALUES ($1, $2)")
+                .bind("hello")
+                .bind("me")
+                .execute(pool)
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -322,8 +333,8 @@ mod tests {
             matches!(err, StorageError::MigrationFailed { ref plugin, .. } if plugin == "bad"),
             "{err}"
         );
-        let tables: Vec<(String,)> = sqlx::query_as("SELECT name FROM sqlite_master WHERE name = 'notes'")
-            .fetch_all(db.pool())
+        let tables: Vec<(String,)> = db
+            .run(|pool| sqlx::query_as("SELECT name FROM sqlite_master WHERE name = 'notes'").fetch_all(pool))
             .await
             .unwrap();
         assert!(tables.is_empty(), "the good plugin's migration must be rolled back too");
@@ -411,8 +422,8 @@ mod postgres_tests {
             };
             let admin = Db::connect_lazy(&base).unwrap();
             let name = unique_name();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(admin.pool())
+            admin
+                .run(|pool| sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(pool))
                 .await
                 .unwrap();
             let mut url = url::Url::parse(&base).unwrap();
@@ -445,11 +456,14 @@ mod postgres_tests {
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(admin.pool())
-                    .await;
+                    let _ = admin
+                        .run(|pool| {
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            )))
+                            .execute(pool)
+                        })
+                        .await;
                 });
             })
             .join()
@@ -475,16 +489,18 @@ mod postgres_tests {
             1,
             "exactly one instance applied it"
         );
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT plugin, version FROM callplane_schema_versions")
-            .fetch_all(a.pool())
+        let rows: Vec<(String, i64)> = a
+            .run(|pool| sqlx::query_as("SELECT plugin, version FROM callplane_schema_versions").fetch_all(pool))
             .await
             .unwrap();
         assert_eq!(rows, [("items".to_owned(), 1)]);
-        sqlx::query("INSERT INTO items (name) VALUES ($1)")
-            .bind("x")
-            .execute(a.pool())
-            .await
-            .unwrap();
+        a.run(|pool| {
+            sqlx::query("INSERT INTO items (name) VALUES ($1)")
+                .bind("x")
+                .execute(pool)
+        })
+        .await
+        .unwrap();
         a.close().await;
         b.close().await;
     }

@@ -91,13 +91,16 @@ fn database(error: &sqlx::Error) -> ApiError {
 
 /// `GET /api/notes`: the caller's business's notes, newest first.
 async fn list(who: Principal, db: web::Data<Db>) -> Result<HttpResponse, ApiError> {
-    let rows = sqlx::query(
-        "SELECT id, call_sid, body, author_id FROM notes WHERE business_id = $1 ORDER BY id DESC LIMIT 100",
-    )
-    .bind(who.business_id)
-    .fetch_all(db.pool())
-    .await
-    .map_err(|e| database(&e))?;
+    let rows = db
+        .run(|pool| {
+            sqlx::query(
+                "SELECT id, call_sid, body, author_id FROM notes WHERE business_id = $1 ORDER BY id DESC LIMIT 100",
+            )
+            .bind(who.business_id)
+            .fetch_all(pool)
+        })
+        .await
+        .map_err(|e| database(&e))?;
     let notes: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -137,7 +140,7 @@ async fn create(
     if call_sid.len() != 34 || !call_sid.starts_with("CA") {
         return Err(ApiError::unprocessable("call_sid must be a CallSid (CA…)"));
     }
-    let id: i64 = sqlx::query(
+    let id: i64 = db.run(|pool| sqlx::query(
         "INSERT INTO notes (business_id, author_id, call_sid, body, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
     .bind(who.business_id)
@@ -145,7 +148,7 @@ async fn create(
     .bind(&call_sid)
     .bind(body.trim())
     .bind(callplane_plugin_api::timestamps::now())
-    .fetch_one(db.pool())
+    .fetch_one(pool))
     .await
     .map_err(|e| database(&e))?
     .get(0);
@@ -183,9 +186,13 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
     let cli = NotesCli::from_arg_matches(&ctx.matches).map_err(|e| e.to_string())?;
     match cli.command {
         NotesCommand::Count { business } => {
-            let count: i64 = sqlx::query("SELECT COUNT(*) FROM notes WHERE business_id = $1")
-                .bind(business)
-                .fetch_one(ctx.db.pool())
+            let count: i64 = ctx
+                .db
+                .run(|pool| {
+                    sqlx::query("SELECT COUNT(*) FROM notes WHERE business_id = $1")
+                        .bind(business)
+                        .fetch_one(pool)
+                })
                 .await
                 .map_err(|e| e.to_string())?
                 .get(0);

@@ -48,8 +48,8 @@ pub(crate) fn sqlite_rows(sandbox: &Sandbox, table: &str) -> i64 {
     let sql = format!("SELECT COUNT(*) FROM {table}");
     actix_web::rt::System::new().block_on(async move {
         let db = Db::connect_lazy(&url).expect("a SQLite URL");
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(db.pool())
+        let (n,): (i64,) = db
+            .run(|pool| sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(pool))
             .await
             .expect("count rows");
         db.close().await;

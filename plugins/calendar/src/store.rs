@@ -88,14 +88,18 @@ impl Store {
             "SELECT {COLUMNS} FROM appointments WHERE business_id = $1 AND starts_at < $2 AND ends_at > $3
                AND ($4 IS NULL OR status = $4) ORDER BY starts_at, id LIMIT $5 OFFSET $6"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(business)
-            .bind(range.to)
-            .bind(range.from)
-            .bind(range.status.clone())
-            .bind(range.limit)
-            .bind(range.offset)
-            .fetch_all(self.db.pool())
+        let rows = self
+            .db
+            .run(|pool| {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(business)
+                    .bind(range.to)
+                    .bind(range.from)
+                    .bind(range.status.clone())
+                    .bind(range.limit)
+                    .bind(range.offset)
+                    .fetch_all(pool)
+            })
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -103,10 +107,14 @@ impl Store {
     /// One appointment of `business`.
     pub(crate) async fn get(&self, business: i64, id: i64) -> Result<Option<Appointment>, sqlx::Error> {
         let sql = format!("SELECT {COLUMNS} FROM appointments WHERE id = $1 AND business_id = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(business)
-            .fetch_optional(self.db.pool())
+        let row = self
+            .db
+            .run(|pool| {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(business)
+                    .fetch_optional(pool)
+            })
             .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -119,23 +127,27 @@ impl Store {
             &'c mut sqlx::Transaction<'_, sqlx::Any>,
         ) -> futures_util_box::BoxFuture<'c, Result<T, WriteError>>,
     {
-        let mut conn = self.db.pool().acquire().await?;
-        let mut tx = match self.db.kind() {
-            DbKind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
-            DbKind::Postgres => {
-                let mut tx = conn.begin().await?;
-                // Key: the business id in the calendar's own lock space (folded into 31 bits; a
-                // collision only serialises two businesses' writes).
-                sqlx::query("SELECT pg_advisory_xact_lock(7100, CAST(($1 % 2147483647) AS INTEGER))")
-                    .bind(business)
-                    .execute(&mut *tx)
-                    .await?;
-                tx
-            }
-        };
-        let result = write(&mut tx).await?;
-        tx.commit().await?;
-        Ok(result)
+        self.db
+            .run(|pool| async move {
+                let mut conn = pool.acquire().await?;
+                let mut tx = match self.db.kind() {
+                    DbKind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+                    DbKind::Postgres => {
+                        let mut tx = conn.begin().await?;
+                        // Key: the business id in the calendar's own lock space (folded into 31 bits; a
+                        // collision only serialises two businesses' writes).
+                        sqlx::query("SELECT pg_advisory_xact_lock(7100, CAST(($1 % 2147483647) AS INTEGER))")
+                            .bind(business)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx
+                    }
+                };
+                let result = write(&mut tx).await?;
+                tx.commit().await?;
+                Ok(result)
+            })
+            .await
     }
 
     /// Creates an appointment after the overlap check (scheduled ones only).

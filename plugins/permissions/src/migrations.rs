@@ -101,16 +101,15 @@ mod tests {
             }]
         };
         migrate(&db, &set(&MIGRATIONS[..2])).await.unwrap();
-        sqlx::raw_sql(
+        db.run(|pool| sqlx::raw_sql(
             "INSERT INTO businesses (name, phone_number, greeting, created_at) VALUES ('B', '+15550001', 'hi', 1);
              INSERT INTO role_pages (business_id, role, page) VALUES (1, 'viewer', 'calendar'), (1, 'agent', 'calendar');",
-        )
-        .execute(db.pool())
+        ).execute(pool))
         .await
         .unwrap();
         migrate(&db, &set(MIGRATIONS)).await.unwrap();
-        let rows = sqlx::query("SELECT role, level FROM role_pages ORDER BY role")
-            .fetch_all(db.pool())
+        let rows = db
+            .run(|pool| sqlx::query("SELECT role, level FROM role_pages ORDER BY role").fetch_all(pool))
             .await
             .unwrap();
         let levels: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();

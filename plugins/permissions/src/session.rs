@@ -6,14 +6,12 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpMessage, HttpResponse, ResponseError as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use callplane_plugin_api::storage::is_connection_error;
 use callplane_plugin_api::{Access, AccessProvider, ApiError};
 use futures_util::future::LocalBoxFuture;
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::Store;
-use crate::store::StoreError;
 
 /// The session cookie.
 pub const COOKIE: &str = "callplane_session";
@@ -141,15 +139,7 @@ impl AccessProvider for SessionProvider {
                 }
             }
             let hash = token_hash(&token);
-            let mut lookup = self.store.session_principal(&hash, now()).await;
-            if let Err(StoreError::Database(error)) = &lookup
-                && is_connection_error(error)
-            {
-                // A read: safe to repeat, and the pool hands out another connection.
-                tracing::warn!(error = %error, "[AUTH] session lookup lost its connection; retrying once");
-                lookup = self.store.session_principal(&hash, now()).await;
-            }
-            let principal = match lookup {
+            let principal = match self.store.session_principal(&hash, now()).await {
                 Ok(Some(principal)) => principal,
                 Ok(None) => {
                     return Err(deny(

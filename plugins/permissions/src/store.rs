@@ -113,32 +113,35 @@ impl Store {
         stream: Option<&str>,
         now: i64,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO businesses (name, phone_number, greeting, media_stream_url, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(name)
-        .bind(phone)
-        .bind(greeting)
-        .bind(stream)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| if unique_violation(&e) { StoreError::Duplicate("a business with this phone number") } else { e.into() })?
-        .try_get(0)?;
-        for role in ROLES {
-            for page in default_pages(role) {
-                sqlx::query("INSERT INTO role_pages (business_id, role, page, level) VALUES ($1, $2, $3, $4)")
-                    .bind(id)
-                    .bind(role)
-                    .bind(*page)
-                    .bind(Level::default_for(role).as_str())
-                    .execute(&mut *tx)
-                    .await?;
+        self.db.run(|pool| async move {
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query(
+                "INSERT INTO businesses (name, phone_number, greeting, media_stream_url, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(name)
+            .bind(phone)
+            .bind(greeting)
+            .bind(stream)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| if unique_violation(&e) { StoreError::Duplicate("a business with this phone number") } else { e.into() })?
+            .try_get(0)?;
+            for role in ROLES {
+                for page in default_pages(role) {
+                    sqlx::query("INSERT INTO role_pages (business_id, role, page, level) VALUES ($1, $2, $3, $4)")
+                        .bind(id)
+                        .bind(role)
+                        .bind(*page)
+                        .bind(Level::default_for(role).as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(id)
+            tx.commit().await?;
+            Ok(id)
+        })
+        .await
     }
 
     /// Every business, by id.
@@ -146,8 +149,12 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn list_businesses(&self) -> Result<Vec<Business>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, phone_number, greeting, media_stream_url FROM businesses ORDER BY id")
-            .fetch_all(self.db.pool())
+        let rows = self
+            .db
+            .run(|pool| {
+                sqlx::query("SELECT id, name, phone_number, greeting, media_stream_url FROM businesses ORDER BY id")
+                    .fetch_all(pool)
+            })
             .await?;
         rows.iter().map(business_from_row).collect()
     }
@@ -157,12 +164,15 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], or a database error.
     pub async fn business(&self, id: i64) -> Result<Business, StoreError> {
-        let row =
-            sqlx::query("SELECT id, name, phone_number, greeting, media_stream_url FROM businesses WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.db.pool())
-                .await?
-                .ok_or(StoreError::NotFound)?;
+        let row = self
+            .db
+            .run(|pool| {
+                sqlx::query("SELECT id, name, phone_number, greeting, media_stream_url FROM businesses WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(pool)
+            })
+            .await?
+            .ok_or(StoreError::NotFound)?;
         business_from_row(&row)
     }
 
@@ -180,7 +190,7 @@ impl Store {
         now: i64,
     ) -> Result<User, StoreError> {
         self.business(business_id).await?;
-        let id: i64 = sqlx::query(
+        let id: i64 = self.db.run(|pool| sqlx::query(
             "INSERT INTO users (business_id, email, password_hash, role, active, created_at) VALUES ($1, $2, $3, $4, 1, $5) RETURNING id",
         )
         .bind(business_id)
@@ -188,7 +198,7 @@ impl Store {
         .bind(password_hash)
         .bind(role)
         .bind(now)
-        .fetch_one(self.db.pool())
+        .fetch_one(pool))
         .await
         .map_err(|e| if unique_violation(&e) { StoreError::Duplicate("a user with this e-mail address") } else { e.into() })?
         .try_get(0)?;
@@ -206,11 +216,14 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn list_users(&self, business_id: i64) -> Result<Vec<User>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, business_id, email, role, active FROM users WHERE business_id = $1 ORDER BY id")
-                .bind(business_id)
-                .fetch_all(self.db.pool())
-                .await?;
+        let rows = self
+            .db
+            .run(|pool| {
+                sqlx::query("SELECT id, business_id, email, role, active FROM users WHERE business_id = $1 ORDER BY id")
+                    .bind(business_id)
+                    .fetch_all(pool)
+            })
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(User {
@@ -229,23 +242,27 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] when the user is not in that business, or a database error.
     pub async fn deactivate_user(&self, business_id: i64, user_id: i64, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        let changed = sqlx::query("UPDATE users SET active = 0 WHERE id = $1 AND business_id = $2")
-            .bind(user_id)
-            .bind(business_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if changed == 0 {
-            return Err(StoreError::NotFound);
-        }
-        sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
-            .bind(now)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.db
+            .run(|pool| async move {
+                let mut tx = pool.begin().await?;
+                let changed = sqlx::query("UPDATE users SET active = 0 WHERE id = $1 AND business_id = $2")
+                    .bind(user_id)
+                    .bind(business_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if changed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+                    .bind(now)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     /// What login needs about the account with this (normalised) e-mail address.
@@ -253,9 +270,13 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
-        let row = sqlx::query("SELECT id, password_hash, active FROM users WHERE email = $1")
-            .bind(email)
-            .fetch_optional(self.db.pool())
+        let row = self
+            .db
+            .run(|pool| {
+                sqlx::query("SELECT id, password_hash, active FROM users WHERE email = $1")
+                    .bind(email)
+                    .fetch_optional(pool)
+            })
             .await?;
         row.map(|r| {
             Ok(Credentials {
@@ -272,10 +293,13 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn set_password_hash(&self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(password_hash)
-            .bind(user_id)
-            .execute(self.db.pool())
+        self.db
+            .run(|pool| {
+                sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+                    .bind(password_hash)
+                    .bind(user_id)
+                    .execute(pool)
+            })
             .await?;
         Ok(())
     }
@@ -291,16 +315,24 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
-            .bind(now - 24 * 60 * 60)
-            .execute(self.db.pool())
+        self.db
+            .run(|pool| {
+                sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
+                    .bind(now - 24 * 60 * 60)
+                    .execute(pool)
+            })
             .await?;
-        sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(token_hash)
-            .bind(user_id)
-            .bind(now)
-            .bind(expires_at)
-            .execute(self.db.pool())
+        self.db
+            .run(|pool| {
+                sqlx::query(
+                    "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(token_hash)
+                .bind(user_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(pool)
+            })
             .await?;
         Ok(())
     }
@@ -310,14 +342,18 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn session_principal(&self, token_hash: &str, now: i64) -> Result<Option<Principal>, StoreError> {
-        let row = sqlx::query(
-            "SELECT u.id, u.business_id, u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+        let row = self
+            .db
+            .run(|pool| {
+                sqlx::query(
+                    "SELECT u.id, u.business_id, u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.active = 1",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(self.db.pool())
-        .await?;
+                )
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(pool)
+            })
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let (user_id, business_id, email, role): (i64, i64, String, String) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
@@ -345,10 +381,13 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn revoke_session(&self, token_hash: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL")
-            .bind(now)
-            .bind(token_hash)
-            .execute(self.db.pool())
+        self.db
+            .run(|pool| {
+                sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL")
+                    .bind(now)
+                    .bind(token_hash)
+                    .execute(pool)
+            })
             .await?;
         Ok(())
     }
@@ -371,10 +410,14 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn page_levels(&self, business_id: i64, role: &str) -> Result<Vec<(String, Level)>, StoreError> {
-        let rows = sqlx::query("SELECT page, level FROM role_pages WHERE business_id = $1 AND role = $2 ORDER BY page")
-            .bind(business_id)
-            .bind(role)
-            .fetch_all(self.db.pool())
+        let rows = self
+            .db
+            .run(|pool| {
+                sqlx::query("SELECT page, level FROM role_pages WHERE business_id = $1 AND role = $2 ORDER BY page")
+                    .bind(business_id)
+                    .bind(role)
+                    .fetch_all(pool)
+            })
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, Level::parse(&r.try_get::<String, _>(1)?))))
@@ -389,9 +432,13 @@ impl Store {
     pub async fn grants(&self, business_id: i64) -> Result<BTreeMap<String, BTreeMap<String, Level>>, StoreError> {
         let mut grants: BTreeMap<String, BTreeMap<String, Level>> =
             ROLES.iter().map(|r| (r.to_string(), BTreeMap::new())).collect();
-        let rows = sqlx::query("SELECT role, page, level FROM role_pages WHERE business_id = $1")
-            .bind(business_id)
-            .fetch_all(self.db.pool())
+        let rows = self
+            .db
+            .run(|pool| {
+                sqlx::query("SELECT role, page, level FROM role_pages WHERE business_id = $1")
+                    .bind(business_id)
+                    .fetch_all(pool)
+            })
             .await?;
         for row in rows {
             grants
@@ -416,26 +463,29 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn set_grants(&self, business_id: i64, role: &str, grants: &[(String, Level)]) -> Result<(), StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query("DELETE FROM role_pages WHERE business_id = $1 AND role = $2")
-            .bind(business_id)
-            .bind(role)
-            .execute(&mut *tx)
-            .await?;
-        for (page, level) in grants {
-            // A concurrent replacement may have inserted it already.
-            sqlx::query(
-                "INSERT INTO role_pages (business_id, role, page, level) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(business_id)
-            .bind(role)
-            .bind(page)
-            .bind(level.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.db.run(|pool| async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM role_pages WHERE business_id = $1 AND role = $2")
+                .bind(business_id)
+                .bind(role)
+                .execute(&mut *tx)
+                .await?;
+            for (page, level) in grants {
+                // A concurrent replacement may have inserted it already.
+                sqlx::query(
+                    "INSERT INTO role_pages (business_id, role, page, level) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(business_id)
+                .bind(role)
+                .bind(page)
+                .bind(level.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Grants `role` in `business_id` one page at `level` (added, or its level changed).
@@ -466,22 +516,29 @@ impl Store {
         now: i64,
         since: i64,
     ) -> Result<Attempt, StoreError> {
-        let id: i64 =
-            sqlx::query("INSERT INTO login_failures (scope, subject, failed_at) VALUES ($1, $2, $3) RETURNING id")
-                .bind(scope)
-                .bind(subject)
-                .bind(now)
-                .fetch_one(self.db.pool())
-                .await?
-                .try_get(0)?;
-        let row = sqlx::query(
+        let id: i64 = self
+            .db
+            .run(|pool| {
+                sqlx::query("INSERT INTO login_failures (scope, subject, failed_at) VALUES ($1, $2, $3) RETURNING id")
+                    .bind(scope)
+                    .bind(subject)
+                    .bind(now)
+                    .fetch_one(pool)
+            })
+            .await?
+            .try_get(0)?;
+        let row = self
+            .db
+            .run(|pool| {
+                sqlx::query(
             "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3",
         )
         .bind(scope)
         .bind(subject)
         .bind(since)
-        .fetch_one(self.db.pool())
-        .await?;
+        .fetch_one(pool)
+            })
+            .await?;
         Ok(Attempt {
             id,
             failures: row.try_get(0)?,
@@ -496,9 +553,12 @@ impl Store {
     /// A database error.
     pub async fn forget_attempts(&self, ids: &[i64]) -> Result<(), StoreError> {
         for id in ids {
-            sqlx::query("DELETE FROM login_failures WHERE id = $1")
-                .bind(id)
-                .execute(self.db.pool())
+            self.db
+                .run(|pool| {
+                    sqlx::query("DELETE FROM login_failures WHERE id = $1")
+                        .bind(id)
+                        .execute(pool)
+                })
                 .await?;
         }
         Ok(())
@@ -509,13 +569,16 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn failures(&self, scope: &str, subject: &str, since: i64) -> Result<i64, StoreError> {
-        let row =
-            sqlx::query("SELECT COUNT(*) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3")
-                .bind(scope)
-                .bind(subject)
-                .bind(since)
-                .fetch_one(self.db.pool())
-                .await?;
+        let row = self
+            .db
+            .run(|pool| {
+                sqlx::query("SELECT COUNT(*) FROM login_failures WHERE scope = $1 AND subject = $2 AND failed_at > $3")
+                    .bind(scope)
+                    .bind(subject)
+                    .bind(since)
+                    .fetch_one(pool)
+            })
+            .await?;
         Ok(row.try_get(0)?)
     }
 
@@ -524,14 +587,16 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn unlock(&self, scope: &str, subject: &str) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM login_failures WHERE scope = $1 AND subject = $2")
-                .bind(scope)
-                .bind(subject)
-                .execute(self.db.pool())
-                .await?
-                .rows_affected(),
-        )
+        Ok(self
+            .db
+            .run(|pool| {
+                sqlx::query("DELETE FROM login_failures WHERE scope = $1 AND subject = $2")
+                    .bind(scope)
+                    .bind(subject)
+                    .execute(pool)
+            })
+            .await?
+            .rows_affected())
     }
 
     /// Forgets the failures of `subject` (after a successful login) and any older than `before`.
@@ -539,11 +604,14 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn clear_failures(&self, scope: &str, subject: &str, before: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM login_failures WHERE (scope = $1 AND subject = $2) OR failed_at <= $3")
-            .bind(scope)
-            .bind(subject)
-            .bind(before)
-            .execute(self.db.pool())
+        self.db
+            .run(|pool| {
+                sqlx::query("DELETE FROM login_failures WHERE (scope = $1 AND subject = $2) OR failed_at <= $3")
+                    .bind(scope)
+                    .bind(subject)
+                    .bind(before)
+                    .execute(pool)
+            })
             .await?;
         Ok(())
     }

@@ -38,10 +38,10 @@ async fn login_sets_a_locked_down_cookie_and_returns_a_bearer_token() {
         "no password or hash in the answer: {text}"
     );
     // Only the hash of the token is stored.
-    let stored: Vec<(String,)> = sqlx::query_as("SELECT token_hash FROM sessions")
-        .fetch_all(f.db.pool())
-        .await
-        .unwrap();
+    let stored: Vec<(String,)> =
+        f.db.run(|pool| sqlx::query_as("SELECT token_hash FROM sessions").fetch_all(pool))
+            .await
+            .unwrap();
     assert_eq!(stored, [(session::token_hash(token),)]);
 
     let me = app

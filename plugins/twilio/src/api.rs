@@ -72,15 +72,18 @@ pub(crate) async fn list_calls(
            AND created_at >= $4 AND created_at < $5
          ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(who.business_id)
-        .bind(q.direction)
-        .bind(q.status)
-        .bind(from.unwrap_or(i64::MIN))
-        .bind(to.unwrap_or(i64::MAX))
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(db.pool())
+    let rows = db
+        .run(|pool| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(who.business_id)
+                .bind(q.direction)
+                .bind(q.status)
+                .bind(from.unwrap_or(i64::MIN))
+                .bind(to.unwrap_or(i64::MAX))
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(pool)
+        })
         .await
         .map_err(db_error)?;
     let calls = rows
@@ -100,22 +103,28 @@ pub(crate) async fn get_call(
 ) -> Result<HttpResponse, ApiError> {
     let call_sid = path.into_inner();
     let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_sid = $1 AND business_id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&call_sid)
-        .bind(who.business_id)
-        .fetch_optional(db.pool())
+    let row = db
+        .run(|pool| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&call_sid)
+                .bind(who.business_id)
+                .fetch_optional(pool)
+        })
         .await
         .map_err(db_error)?
         .ok_or_else(|| ApiError::not_found("no such call"))?;
     let mut call = call_json(&row).map_err(db_error)?;
-    let events = sqlx::query(
-        "SELECT kind, status, sequence, request_id, payload, received_at FROM call_events
+    let events = db
+        .run(|pool| {
+            sqlx::query(
+                "SELECT kind, status, sequence, request_id, payload, received_at FROM call_events
          WHERE call_id = (SELECT id FROM calls WHERE call_sid = $1) ORDER BY received_at, id",
-    )
-    .bind(&call_sid)
-    .fetch_all(db.pool())
-    .await
-    .map_err(db_error)?;
+            )
+            .bind(&call_sid)
+            .fetch_all(pool)
+        })
+        .await
+        .map_err(db_error)?;
     let events: Vec<Value> = events
         .iter()
         .map(|e| {

@@ -89,9 +89,11 @@ impl Directory {
         {
             return entry.clone().map_or(Lookup::Unknown, Lookup::Known);
         }
-        let query = sqlx::query("SELECT id, greeting, media_stream_url FROM businesses WHERE phone_number = $1")
-            .bind(number)
-            .fetch_optional(self.db.pool());
+        let query = self.db.run(|pool| {
+            sqlx::query("SELECT id, greeting, media_stream_url FROM businesses WHERE phone_number = $1")
+                .bind(number)
+                .fetch_optional(pool)
+        });
         match tokio::time::timeout(LOOKUP_TIMEOUT, query).await {
             Ok(Ok(row)) => {
                 let business = row.and_then(|r| {
@@ -118,9 +120,11 @@ impl Directory {
 
     /// The business with `id` (for outbound webhooks, which carry it).
     pub async fn by_id(&self, id: i64) -> Option<Business> {
-        let query = sqlx::query("SELECT id, greeting, media_stream_url FROM businesses WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.pool());
+        let query = self.db.run(|pool| {
+            sqlx::query("SELECT id, greeting, media_stream_url FROM businesses WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+        });
         let row = tokio::time::timeout(LOOKUP_TIMEOUT, query).await.ok()?.ok()??;
         Some(Business::new(
             row.try_get(0).ok()?,

@@ -99,8 +99,7 @@ mod tests {
     }
 
     async fn exec(db: &Db, sql: &str) {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-            .execute(db.pool())
+        db.run(|pool| sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool))
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
@@ -123,13 +122,16 @@ mod tests {
         assert_eq!(upgrade(db, 1).await.unwrap(), 1);
         exec(db, V1_DATA).await;
         assert_eq!(upgrade(db, MIGRATIONS.len()).await.unwrap(), 1, "version 2 applied");
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT e.id, c.call_sid, e.kind, e.status, e.sequence, e.request_id, e.payload, e.received_at
+        let rows: Vec<EventRow> = db
+            .run(|pool| {
+                sqlx::query_as(
+                    "SELECT e.id, c.call_sid, e.kind, e.status, e.sequence, e.request_id, e.payload, e.received_at
              FROM call_events e JOIN calls c ON c.id = e.call_id ORDER BY e.id",
-        )
-        .fetch_all(db.pool())
-        .await
-        .unwrap();
+                )
+                .fetch_all(pool)
+            })
+            .await
+            .unwrap();
         let pairs = r#"[["a","b"]]"#.to_owned();
         let expected = vec![
             (
@@ -174,8 +176,8 @@ mod tests {
              ON CONFLICT (call_id, kind, sequence) DO NOTHING;",
         )
         .await;
-        let ids: Vec<(i64, i64)> = sqlx::query_as("SELECT id, sequence FROM call_events ORDER BY id")
-            .fetch_all(db.pool())
+        let ids: Vec<(i64, i64)> = db
+            .run(|pool| sqlx::query_as("SELECT id, sequence FROM call_events ORDER BY id").fetch_all(pool))
             .await
             .unwrap();
         // (PostgreSQL's sequence spends a number on the skipped duplicate: ids may have gaps.)
@@ -201,8 +203,8 @@ mod tests {
             upgrade(db, MIGRATIONS.len()).await.is_err(),
             "the orphan refuses the upgrade"
         );
-        let (events,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM call_events WHERE call_sid LIKE 'CA%'")
-            .fetch_one(db.pool())
+        let (events,): (i64,) = db
+            .run(|pool| sqlx::query_as("SELECT COUNT(*) FROM call_events WHERE call_sid LIKE 'CA%'").fetch_one(pool))
             .await
             .unwrap();
         assert_eq!(events, 4, "version 1's table is untouched");

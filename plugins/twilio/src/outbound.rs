@@ -137,11 +137,14 @@ fn failure(
 }
 
 async fn mark_failed(db: &Db, req_id: &str, error: &str) {
-    let result = sqlx::query("UPDATE calls SET status = 'failed', error = $1, updated_at = $2 WHERE req_id = $3")
-        .bind(error)
-        .bind(now())
-        .bind(req_id)
-        .execute(db.pool())
+    let result = db
+        .run(|pool| {
+            sqlx::query("UPDATE calls SET status = 'failed', error = $1, updated_at = $2 WHERE req_id = $3")
+                .bind(error)
+                .bind(now())
+                .bind(req_id)
+                .execute(pool)
+        })
         .await;
     if let Err(e) = result {
         tracing::error!(target: TRACE_TARGET, error = %e, "[OUTBOUND][REQ={req_id}] the failure could not be saved on the call record");
@@ -151,12 +154,15 @@ async fn mark_failed(db: &Db, req_id: &str, error: &str) {
 /// Attaches Twilio's CallSid to the call recorded for `req_id`. A status callback may have
 /// arrived first and created a row for the sid: then that row takes the request's details.
 async fn attach_sid(db: &Db, req_id: &str, call_sid: &str, status: &str) -> Result<(), sqlx::Error> {
-    let updated = sqlx::query("UPDATE calls SET call_sid = $1, status = $2, updated_at = $3 WHERE req_id = $4")
-        .bind(call_sid)
-        .bind(status)
-        .bind(now())
-        .bind(req_id)
-        .execute(db.pool())
+    let updated = db
+        .run(|pool| {
+            sqlx::query("UPDATE calls SET call_sid = $1, status = $2, updated_at = $3 WHERE req_id = $4")
+                .bind(call_sid)
+                .bind(status)
+                .bind(now())
+                .bind(req_id)
+                .execute(pool)
+        })
         .await;
     let error = match updated {
         Ok(_) => return Ok(()),
@@ -165,32 +171,35 @@ async fn attach_sid(db: &Db, req_id: &str, call_sid: &str, status: &str) -> Resu
     };
     // A callback created the sid's row first: it takes the request's details, the placeholder
     // goes. Nothing changes unless that row is really there.
-    let mut tx = db.pool().begin().await?;
-    let Some(row) = sqlx::query("SELECT business_id, lead_id FROM calls WHERE req_id = $1 AND call_sid IS NULL")
+    db.run(|pool| async move {
+        let mut tx = pool.begin().await?;
+        let Some(row) = sqlx::query("SELECT business_id, lead_id FROM calls WHERE req_id = $1 AND call_sid IS NULL")
+            .bind(req_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Err(error);
+        };
+        sqlx::query("DELETE FROM calls WHERE req_id = $1 AND call_sid IS NULL")
+            .bind(req_id)
+            .execute(&mut *tx)
+            .await?;
+        let merged = sqlx::query(
+            "UPDATE calls SET req_id = $1, business_id = COALESCE(business_id, $2), lead_id = COALESCE(lead_id, $3) WHERE call_sid = $4",
+        )
         .bind(req_id)
-        .fetch_optional(&mut *tx)
-        .await?
-    else {
-        return Err(error);
-    };
-    sqlx::query("DELETE FROM calls WHERE req_id = $1 AND call_sid IS NULL")
-        .bind(req_id)
+        .bind(row.try_get::<Option<i64>, _>(0)?)
+        .bind(row.try_get::<Option<String>, _>(1)?)
+        .bind(call_sid)
         .execute(&mut *tx)
-        .await?;
-    let merged = sqlx::query(
-        "UPDATE calls SET req_id = $1, business_id = COALESCE(business_id, $2), lead_id = COALESCE(lead_id, $3) WHERE call_sid = $4",
-    )
-    .bind(req_id)
-    .bind(row.try_get::<Option<i64>, _>(0)?)
-    .bind(row.try_get::<Option<String>, _>(1)?)
-    .bind(call_sid)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if merged != 1 {
-        return Err(error); // rolled back: the placeholder stays
-    }
-    tx.commit().await
+        .await?
+        .rows_affected();
+        if merged != 1 {
+            return Err(error); // rolled back: the placeholder stays
+        }
+        tx.commit().await
+    })
+    .await
 }
 
 fn unique_violation(e: &sqlx::Error) -> bool {
@@ -226,9 +235,12 @@ pub(crate) async fn create(
             ));
         }
     };
-    let from: String = sqlx::query("SELECT phone_number FROM businesses WHERE id = $1")
-        .bind(who.business_id)
-        .fetch_optional(db.pool())
+    let from: String = db
+        .run(|pool| {
+            sqlx::query("SELECT phone_number FROM businesses WHERE id = $1")
+                .bind(who.business_id)
+                .fetch_optional(pool)
+        })
         .await
         .map_err(|e| db_unavailable(&e))?
         .ok_or_else(|| ApiError::not_found("your business no longer exists"))?
@@ -244,7 +256,7 @@ pub(crate) async fn create(
         let req_id = new_req_id();
         tracing::info!(target: TRACE_TARGET, req_id = %req_id, tenant, lead_id = %lead_id, to = %to, from = %from,
             "[OUTBOUND][REQ={req_id}] tenant={tenant} lead_id={lead_id} to={to} from={from}");
-        let inserted = sqlx::query(
+        let inserted = db.run(|pool| sqlx::query(
             "INSERT INTO calls (call_sid, req_id, business_id, direction, from_number, to_number, status, lead_id, last_sequence, created_at, updated_at)
              VALUES (NULL, $1, $2, 'outbound', $3, $4, 'requested', $5, -1, $6, $6)",
         )
@@ -254,7 +266,7 @@ pub(crate) async fn create(
         .bind(&to)
         .bind(&lead_id)
         .bind(at)
-        .execute(db.pool())
+        .execute(pool))
         .await;
         match inserted {
             Ok(_) => break req_id,

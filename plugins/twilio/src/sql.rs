@@ -132,33 +132,36 @@ async fn write_events(db: &Db, events: &[&QueuedEvent]) -> Result<(), sqlx::Erro
     if events.is_empty() {
         return Ok(());
     }
-    let mut tx = db.pool().begin().await?;
-    for event in events {
-        if let Some(req_id) = &event.req_id {
-            sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), ATTACH_CALL_SID, 1)))
+    db.run(|pool| async move {
+        let mut tx = pool.begin().await?;
+        for event in events {
+            if let Some(req_id) = &event.req_id {
+                sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), ATTACH_CALL_SID, 1)))
+                    .bind(&event.call_sid)
+                    .bind(req_id)
+                    .bind(&event.call_sid)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        upsert_calls(&mut tx, db.kind(), events).await?;
+        // Status updates in CallSid order, like the rows above (see `QueuedEvent::order`).
+        let mut statuses: Vec<&&QueuedEvent> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
+        statuses.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
+        for event in statuses {
+            sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), UPDATE_STATUS, 1)))
+                .bind(&event.status)
+                .bind(event.status_sequence())
+                .bind(event.received_at)
                 .bind(&event.call_sid)
-                .bind(req_id)
-                .bind(&event.call_sid)
+                .bind(event.status_sequence())
                 .execute(&mut *tx)
                 .await?;
         }
-    }
-    upsert_calls(&mut tx, db.kind(), events).await?;
-    // Status updates in CallSid order, like the rows above (see `QueuedEvent::order`).
-    let mut statuses: Vec<&&QueuedEvent> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
-    statuses.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
-    for event in statuses {
-        sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), UPDATE_STATUS, 1)))
-            .bind(&event.status)
-            .bind(event.status_sequence())
-            .bind(event.received_at)
-            .bind(&event.call_sid)
-            .bind(event.status_sequence())
-            .execute(&mut *tx)
-            .await?;
-    }
-    insert_events(&mut tx, db.kind(), events).await?;
-    tx.commit().await
+        insert_events(&mut tx, db.kind(), events).await?;
+        tx.commit().await
+    })
+    .await
 }
 
 /// `rows` copies of `row` (a tuple whose `?` are parameters), separated by commas. PostgreSQL gets

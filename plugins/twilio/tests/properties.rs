@@ -219,8 +219,8 @@ async fn the_webhook_route_accepts_exactly_the_reference_signatures() {
             refused += 1;
         }
     }
-    let (calls,): (i64,) = sqlx::query_as("SELECT COUNT(DISTINCT call_id) FROM call_events")
-        .fetch_one(db.pool())
+    let (calls,): (i64,) = db
+        .run(|pool| sqlx::query_as("SELECT COUNT(DISTINCT call_id) FROM call_events").fetch_one(pool))
         .await
         .unwrap();
     assert_eq!(calls, accepted, "every accepted webhook recorded, no refused one");

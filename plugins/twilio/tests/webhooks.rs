@@ -152,8 +152,7 @@ async fn text<B: actix_web::body::MessageBody>(res: ServiceResponse<B>) -> (Stat
 }
 
 async fn count(db: &Db, sql: &str) -> i64 {
-    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(db.pool())
+    db.run(|pool| sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(pool))
         .await
         .unwrap()
         .0
@@ -193,11 +192,13 @@ async fn a_signed_inbound_call_is_answered_and_recorded() {
     assert_eq!(ctype, "text/xml");
     assert!(body.contains("<Say>Welcome to Dental &amp; Co</Say>"), "{body}");
     let (business, direction, state): (Option<i64>, String, String) =
-        sqlx::query_as("SELECT business_id, direction, status FROM calls WHERE call_sid = $1")
-            .bind(SID)
-            .fetch_one(f.db.pool())
-            .await
-            .unwrap();
+        f.db.run(|pool| {
+            sqlx::query_as("SELECT business_id, direction, status FROM calls WHERE call_sid = $1")
+                .bind(SID)
+                .fetch_one(pool)
+        })
+        .await
+        .unwrap();
     assert_eq!(
         (business, direction.as_str(), state.as_str()),
         (Some(1), "inbound", "ringing")
@@ -332,9 +333,12 @@ async fn retries_are_recorded_once_and_late_statuses_never_move_a_call_back() {
         assert_eq!(code, StatusCode::OK);
         assert!(body.ends_with("<Response/>"));
     }
-    let (state, last): (String, i64) = sqlx::query_as("SELECT status, last_sequence FROM calls WHERE call_sid = $1")
-        .bind(SID)
-        .fetch_one(f.db.pool())
+    let (state, last): (String, i64) =
+        f.db.run(|pool| {
+            sqlx::query_as("SELECT status, last_sequence FROM calls WHERE call_sid = $1")
+                .bind(SID)
+                .fetch_one(pool)
+        })
         .await
         .unwrap();
     assert_eq!((state.as_str(), last), ("completed", 3));
@@ -361,9 +365,12 @@ async fn an_unknown_number_gets_a_polite_hangup_and_a_record() {
         body.contains("not in service") && body.ends_with("<Hangup/></Response>"),
         "{body}"
     );
-    let business: (Option<i64>,) = sqlx::query_as("SELECT business_id FROM calls WHERE call_sid = $1")
-        .bind(SID)
-        .fetch_one(f.db.pool())
+    let business: (Option<i64>,) =
+        f.db.run(|pool| {
+            sqlx::query_as("SELECT business_id FROM calls WHERE call_sid = $1")
+                .bind(SID)
+                .fetch_one(pool)
+        })
         .await
         .unwrap();
     assert_eq!(business.0, None, "recorded with the tenant unknown");
@@ -471,10 +478,12 @@ async fn bodies_twilio_never_sends_are_refused_even_when_signed() {
 async fn a_call_that_cannot_be_kept_is_answered_503_never_200() {
     let f = fixture_with(&[("spool_max_bytes", "2048")]).await;
     let app = app!(f);
-    sqlx::raw_sql("ALTER TABLE calls RENAME TO calls_away; ALTER TABLE call_events RENAME TO call_events_away")
-        .execute(f.db.pool())
-        .await
-        .unwrap();
+    f.db.run(|pool| {
+        sqlx::raw_sql("ALTER TABLE calls RENAME TO calls_away; ALTER TABLE call_events RENAME TO call_events_away")
+            .execute(pool)
+    })
+    .await
+    .unwrap();
     let mut statuses = Vec::new();
     for i in 0..10 {
         let res = app
@@ -510,10 +519,12 @@ async fn with_the_database_gone_calls_are_spooled_and_replayed_without_loss() {
         .unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     // The call tables disappear mid-stream: every write now fails.
-    sqlx::raw_sql("ALTER TABLE calls RENAME TO calls_away; ALTER TABLE call_events RENAME TO call_events_away")
-        .execute(f.db.pool())
-        .await
-        .unwrap();
+    f.db.run(|pool| {
+        sqlx::raw_sql("ALTER TABLE calls RENAME TO calls_away; ALTER TABLE call_events RENAME TO call_events_away")
+            .execute(pool)
+    })
+    .await
+    .unwrap();
     for i in 1..=20 {
         let (status, _, body) = text(
             app.call(signed("/webhook/incoming_call", &inbound(&sid(i), BUSINESS_NUMBER)).to_request())
@@ -533,10 +544,12 @@ async fn with_the_database_gone_calls_are_spooled_and_replayed_without_loss() {
         assert_eq!(res.status(), StatusCode::OK);
     }
     assert_eq!(spool_lines(&f), 40);
-    sqlx::raw_sql("ALTER TABLE calls_away RENAME TO calls; ALTER TABLE call_events_away RENAME TO call_events")
-        .execute(f.db.pool())
-        .await
-        .unwrap();
+    f.db.run(|pool| {
+        sqlx::raw_sql("ALTER TABLE calls_away RENAME TO calls; ALTER TABLE call_events_away RENAME TO call_events")
+            .execute(pool)
+    })
+    .await
+    .unwrap();
     drain_spool(&f).await;
     assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 21, "zero calls lost");
     assert_eq!(
@@ -555,7 +568,7 @@ async fn a_write_lock_held_too_long_spools_the_call_and_it_is_recorded_once() {
     let f = fixture().await;
     let app = app!(f);
     // Another connection holds SQLite's write lock longer than a webhook waits for its record.
-    let mut holder = f.db.pool().acquire().await.unwrap();
+    let mut holder = f.db.run(|pool| pool.acquire()).await.unwrap();
     sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *holder).await.unwrap();
     let started = std::time::Instant::now();
     let (status, _, body) = text(
@@ -838,11 +851,13 @@ async fn the_exact_twilio_request_and_every_answer() {
         ["initiated", "ringing", "answered", "completed"]
     );
     let (sid, state, lead): (Option<String>, String, Option<String>) =
-        sqlx::query_as("SELECT call_sid, status, lead_id FROM calls WHERE req_id = $1")
-            .bind(&req_id)
-            .fetch_one(f.db.pool())
-            .await
-            .unwrap();
+        f.db.run(|pool| {
+            sqlx::query_as("SELECT call_sid, status, lead_id FROM calls WHERE req_id = $1")
+                .bind(&req_id)
+                .fetch_one(pool)
+        })
+        .await
+        .unwrap();
     assert_eq!(
         (sid.as_deref(), state.as_str(), lead.as_deref()),
         (Some("CAfeedfeedfeedfeedfeedfeedfeedfeed"), "queued", Some("42"))
@@ -862,11 +877,13 @@ async fn the_exact_twilio_request_and_every_answer() {
         assert_eq!(body["error"]["twilio_code"], json!(twilio_code), "{to}");
         let req_id = body["error"]["req_id"].as_str().unwrap();
         let (state, error): (String, Option<String>) =
-            sqlx::query_as("SELECT status, error FROM calls WHERE req_id = $1")
-                .bind(req_id)
-                .fetch_one(f.db.pool())
-                .await
-                .unwrap();
+            f.db.run(|pool| {
+                sqlx::query_as("SELECT status, error FROM calls WHERE req_id = $1")
+                    .bind(req_id)
+                    .fetch_one(pool)
+            })
+            .await
+            .unwrap();
         assert_eq!(state, "failed", "{to}");
         let error = error.unwrap();
         if let Some(code) = twilio_code {
@@ -915,10 +932,10 @@ async fn a_reset_connection_is_a_502_and_the_failure_is_kept() {
     let (status, body) = call(&app, &agent, json!({ "to": "+15005550006", "lead_id": 9 })).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "twilio_unreachable");
-    let state: (String,) = sqlx::query_as("SELECT status FROM calls WHERE lead_id = '9'")
-        .fetch_one(f.db.pool())
-        .await
-        .unwrap();
+    let state: (String,) =
+        f.db.run(|pool| sqlx::query_as("SELECT status FROM calls WHERE lead_id = '9'").fetch_one(pool))
+            .await
+            .unwrap();
     assert_eq!(state.0, "failed");
 }
 
@@ -953,17 +970,18 @@ async fn webhooks_attach_a_call_sid_the_outbound_request_never_got() {
         StatusCode::OK
     );
     let rows: Vec<(Option<String>, Option<String>, String)> =
-        sqlx::query_as("SELECT call_sid, req_id, status FROM calls")
-            .fetch_all(f.db.pool())
+        f.db.run(|pool| sqlx::query_as("SELECT call_sid, req_id, status FROM calls").fetch_all(pool))
             .await
             .unwrap();
     assert_eq!(rows.len(), 1, "one record for the request and its call: {rows:?}");
     let (sid, state, error, lead): (Option<String>, String, Option<String>, Option<String>) =
-        sqlx::query_as("SELECT call_sid, status, error, lead_id FROM calls WHERE req_id = $1")
-            .bind(&req_id)
-            .fetch_one(f.db.pool())
-            .await
-            .unwrap();
+        f.db.run(|pool| {
+            sqlx::query_as("SELECT call_sid, status, error, lead_id FROM calls WHERE req_id = $1")
+                .bind(&req_id)
+                .fetch_one(pool)
+        })
+        .await
+        .unwrap();
     assert_eq!(sid.as_deref(), Some(SID));
     assert_eq!(state, "completed", "the call moved on");
     assert!(
