@@ -118,12 +118,15 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
     let mut start_failures = Vec::new();
     for active in &plan.active {
         for (name, hook) in &active.registration.start_hooks {
-            if let Err(message) = hook() {
+            if let Err(failure) = hook() {
                 start_failures.push(Finding::error(
-                    "CP006",
+                    failure.id,
                     Some(active.plugin.name),
-                    format!("plugin '{}' cannot start ({name}): {message}", active.plugin.name),
-                    "fix the path or permission named above",
+                    format!(
+                        "plugin '{}' cannot start ({name}): {}",
+                        active.plugin.name, failure.message
+                    ),
+                    failure.hint,
                 ));
             }
         }

@@ -468,3 +468,20 @@ fn the_twilio_plugin_checks_its_own_configuration_for_production() {
         assert!(found.contains(&(id.to_owned(), "twilio".to_owned())), "{id}: {found:?}");
     }
 }
+
+/// Two processes on one spool would corrupt it: the second refuses before it binds (CP111, exit
+/// 78), naming the process that holds the spool; the first serves on.
+#[test]
+fn a_second_process_on_the_same_spool_refuses_to_start() {
+    let sandbox = Sandbox::new();
+    let first = sandbox.serve(Path::new(BIN), &[]);
+    let second = sandbox.serve_refused(Path::new(BIN), &[]);
+    assert_eq!(second.code, Some(78), "{}", all(&second));
+    let text = all(&second);
+    assert!(text.contains("CP111"), "{text}");
+    assert!(
+        text.contains(&format!("pid {}", first.pid())),
+        "names the holder: {text}"
+    );
+    assert_eq!(first.get("/readyz").status, 200, "the first one serves on");
+}

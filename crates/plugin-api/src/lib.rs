@@ -87,7 +87,9 @@ pub use command::{CommandContext, PluginCommand};
 pub use config::{ConfigKey, PluginConfig, ValueCheck, ValueKind, base_url};
 pub use deadline::{BODY_DEADLINE, is_body_timeout, protective_headers};
 pub use error::{ApiError, MAX_BODY, RegisterError, paging};
-pub use registrar::{BackgroundTask, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartHook};
+pub use registrar::{
+    BackgroundTask, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartFailure, StartHook,
+};
 pub use settings::{Secret, Settings};
 
 pub use callplane_storage as storage;

@@ -29,7 +29,35 @@ pub type BackgroundTask = Arc<dyn Fn() -> LocalBoxFuture<'static, ()> + Send + S
 /// Work a plugin does when the server starts, and only then (create its spool file, say):
 /// `register` only declares, so `check`, `routes` and `plugins` touch nothing. `serve` runs the
 /// hooks after validation and before migrations; an error stops the boot (exit 78, nothing bound).
-pub type StartHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type StartHook = Arc<dyn Fn() -> Result<(), StartFailure> + Send + Sync>;
+
+/// Why a plugin cannot start ([`StartHook`]): the finding `serve` prints before it refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// The finding's id: the plugin's own (`CP1xx`), or `CP006` (cannot start) by default.
+    pub id: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+impl From<String> for StartFailure {
+    /// A `CP006` finding with a generic hint (a path or permission named in `message`).
+    fn from(message: String) -> Self {
+        Self {
+            id: "CP006",
+            message,
+            hint: "fix the path or permission named above".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {} ({})", self.id, self.message, self.hint)
+    }
+}
 
 /// The answer of a [`ReadinessCheck`].
 #[derive(Debug, Clone, PartialEq)]

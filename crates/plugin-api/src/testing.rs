@@ -28,6 +28,7 @@ pub struct TestHost {
     states: Vec<StateInstaller>,
     tasks: Vec<(String, BackgroundTask)>,
     start_hooks: Vec<(String, StartHook)>,
+    metrics: Registry,
 }
 
 impl std::fmt::Debug for TestHost {
@@ -64,7 +65,8 @@ impl TestHost {
                 config.fill(key);
             }
         }
-        let mut metrics = Registry::default();
+        // Named as the host names them: `callplane_<plugin>_…`.
+        let mut metrics = Registry::with_prefix("callplane");
         let mut host = Self {
             db: db.clone(),
             routes: Vec::new(),
@@ -72,11 +74,13 @@ impl TestHost {
             states: Vec::new(),
             tasks: Vec::new(),
             start_hooks: Vec::new(),
+            metrics: Registry::default(),
         };
         let mut migrations = Vec::new();
         for plugin in plugins {
             let name = plugin.name;
-            let mut reg = Registrar::new(name, &settings, &db, &mut metrics);
+            let registry = metrics.sub_registry_with_prefix(name.replace('-', "_"));
+            let mut reg = Registrar::new(name, &settings, &db, registry);
             (plugin.register)(&mut reg).unwrap_or_else(|e| panic!("registering {name}: {e}"));
             let out = reg.finish();
             assert!(out.problems.is_empty(), "{name}: {:?}", out.problems);
@@ -98,7 +102,16 @@ impl TestHost {
         for (name, hook) in &host.start_hooks {
             hook().unwrap_or_else(|e| panic!("start hook {name}: {e}"));
         }
+        host.metrics = metrics;
         host
+    }
+
+    /// The plugins' metrics in the Prometheus text format, as `/metrics` shows them.
+    pub fn metrics(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.metrics);
+        text
     }
 
     /// A background task the plugins declared, to start it in the test.

@@ -80,10 +80,23 @@ impl<T: Batched> std::fmt::Debug for GroupCommit<T> {
     }
 }
 
+/// What became of an item handed to [`GroupCommit::write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// In the database.
+    Committed,
+    /// The database refuses this item's data (a constraint, a value it cannot store): writing it
+    /// again will fail again. The reason is the database's message.
+    Refused(String),
+    /// Not committed now (the database is away, slow, or cannot take writes): it may or may not
+    /// be in the database; keep it elsewhere and write it again later (writing twice is harmless).
+    Failed,
+}
+
 /// An item waiting for the writer.
 struct Pending<T> {
     item: T,
-    committed: oneshot::Sender<bool>,
+    committed: oneshot::Sender<Written>,
 }
 
 /// Where the writer commits.
@@ -100,9 +113,15 @@ enum WriteError {
     /// The connection broke: the same batch may well succeed on another one.
     #[error("connection lost: {0}")]
     Connection(String),
-    /// A statement failed: one item of the batch may be at fault.
-    #[error("{0}")]
-    Statement(String),
+    /// A statement failed: one item of the batch may be at fault. `refused` when the database
+    /// refused the data itself ([`Written::Refused`]).
+    #[error("{message}")]
+    Statement {
+        /// The database's message.
+        message: String,
+        /// Whether the data was refused (a constraint or data exception), not the statement.
+        refused: bool,
+    },
     /// The database cannot take writes now (locked, disk full, pool exhausted, …).
     #[error("{0}")]
     Unavailable(String),
@@ -129,15 +148,16 @@ impl<T: Batched> GroupCommit<T> {
         }
     }
 
-    /// Whether `item` was committed. `false` (or never answering, for the caller's own timeout)
-    /// means it may or may not be in the database: keep it elsewhere; writing it twice is harmless.
-    pub async fn write(&self, item: T) -> bool {
-        let Some(writer) = self.writer() else { return false };
+    /// What became of `item` (see [`Written`]; a caller's own timeout means [`Written::Failed`]).
+    pub async fn write(&self, item: T) -> Written {
+        let Some(writer) = self.writer() else {
+            return Written::Failed;
+        };
         let (committed, done) = oneshot::channel();
         if writer.send(Pending { item, committed }).await.is_err() {
-            return false;
+            return Written::Failed;
         }
-        done.await.unwrap_or(false)
+        done.await.unwrap_or(Written::Failed)
     }
 
     fn writer(&self) -> Option<mpsc::Sender<Pending<T>>> {
@@ -215,13 +235,22 @@ impl Writer {
                         | Code::ReadOnly
                         | Code::OutOfMemory,
                     ) => WriteError::Unavailable(error.to_string()),
-                    _ => WriteError::Statement(error.to_string()),
+                    code => WriteError::Statement {
+                        message: error.to_string(),
+                        refused: matches!(
+                            code,
+                            Some(Code::ConstraintViolation | Code::TypeMismatch | Code::TooBig)
+                        ),
+                    },
                 }
             }),
             Store::Pool(db) => match tokio::time::timeout(self.timeout, T::write_pool(db, items)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) if is_connection_error(&error) => Err(WriteError::Connection(error.to_string())),
-                Ok(Err(sqlx::Error::Database(error))) => Err(WriteError::Statement(error.to_string())),
+                Ok(Err(sqlx::Error::Database(error))) => Err(WriteError::Statement {
+                    message: error.to_string(),
+                    refused: refuses_data(&*error),
+                }),
                 Ok(Err(error)) => Err(WriteError::Unavailable(error.to_string())),
                 Err(_) => Err(WriteError::TimedOut),
             },
@@ -242,14 +271,23 @@ impl Writer {
                     // The owner frees what it shares with the item, on its own thread: not this
                     // one, which every owner waits for.
                     drop(item);
-                    let _ = committed.send(true);
+                    let _ = committed.send(Written::Committed);
                 }
             }
-            Err(WriteError::Statement(error)) if batch.len() > 1 => {
-                tracing::warn!(writer = self.name, error = %error, items = batch.len(), "[STORAGE] batch failed; writing its items one by one");
+            Err(WriteError::Statement { message, .. }) if batch.len() > 1 => {
+                tracing::warn!(writer = self.name, error = %message, items = batch.len(), "[STORAGE] batch failed; writing its items one by one");
                 for pending in batch {
-                    let ok = self.write(&[&pending.item]).await.is_ok();
-                    let _ = pending.committed.send(ok);
+                    let written = match self.write(&[&pending.item]).await {
+                        Ok(()) => Written::Committed,
+                        Err(WriteError::Statement { message, refused: true }) => Written::Refused(message),
+                        Err(_) => Written::Failed,
+                    };
+                    let _ = pending.committed.send(written);
+                }
+            }
+            Err(WriteError::Statement { message, refused: true }) => {
+                for pending in batch {
+                    let _ = pending.committed.send(Written::Refused(message.clone()));
                 }
             }
             // Every owner hears a dropped sender and keeps its own item.
@@ -258,6 +296,14 @@ impl Writer {
             }
         }
     }
+}
+
+/// Whether the database refused the data of a statement rather than the statement: a constraint
+/// (unique, foreign key, not null, check) or, on PostgreSQL, a data exception (SQLSTATE class 22:
+/// a NUL byte in a text value, a number out of range, …). Writing the same data again fails again.
+/// Anything else (a missing table, a permission, a shutdown) concerns every item alike.
+fn refuses_data(error: &dyn sqlx::error::DatabaseError) -> bool {
+    !matches!(error.kind(), sqlx::error::ErrorKind::Other) || error.code().is_some_and(|code| code.starts_with("22"))
 }
 
 /// Lets a small batch grow before it is committed, without a timer: the writer yields its CPU (at
@@ -378,15 +424,31 @@ mod tests {
             for write in writes {
                 outcomes.push(write.await.unwrap());
             }
-            for (n, committed) in &outcomes {
-                assert_eq!(*committed, *n != 13, "{url}: row {n}");
+            for (n, written) in &outcomes {
+                if *n == 13 {
+                    assert!(
+                        matches!(written, Written::Refused(m) if m.contains("CHECK")),
+                        "{url}: the database refuses row 13's data: {written:?}"
+                    );
+                } else {
+                    assert_eq!(*written, Written::Committed, "{url}: row {n}");
+                }
             }
             let stored = rows(&db).await;
             assert_eq!(stored.len(), 39, "{url}: {stored:?}");
             assert!(!stored.contains(&13));
-            assert!(group.write(Row(5)).await, "{url}: writing a row twice is harmless");
+            assert_eq!(
+                group.write(Row(5)).await,
+                Written::Committed,
+                "{url}: writing a row twice is harmless"
+            );
             let batches = batches.load(AtomicOrdering::Relaxed);
             assert!((1..=41).contains(&batches), "{batches} batches");
+            // A table that is gone concerns every row alike: not a refusal of one row's data.
+            db.run(|pool| sqlx::raw_sql("DROP TABLE t").execute(pool))
+                .await
+                .unwrap();
+            assert_eq!(group.write(Row(50)).await, Written::Failed);
         }
     }
 }

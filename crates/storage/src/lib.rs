@@ -13,7 +13,8 @@
 //!   library `sqlx` links), without a hop through `sqlx`'s connection thread, and checkpoints its
 //!   log on a thread of its own ([`writer`]).
 //! * [`Spool`] is the durable local spool: records that cannot reach the database wait there,
-//!   `fsync`ed, until they are replayed.
+//!   `fsync`ed by a writer thread of its own (many appends share one `fsync`), until they are
+//!   replayed; a record the database can never take moves to a dead-letter file beside it.
 //!
 //! Architecture invariant: this crate knows nothing of HTTP or plugins beyond their names.
 
@@ -26,9 +27,9 @@ pub mod writer;
 
 pub use db::{Db, DbKind, is_connection_error, redact_url};
 pub use error::StorageError;
-pub use group_commit::{Batched, GroupCommit, MAX_BATCH, PoolWrite};
+pub use group_commit::{Batched, GroupCommit, MAX_BATCH, PoolWrite, Written};
 pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
 pub use rusqlite;
-pub use spool::Spool;
+pub use spool::{DeadLetter, ReplayReport, Replayed, Spool, SpoolFile};
 pub use sqlx;
 pub use writer::SqliteWriter;

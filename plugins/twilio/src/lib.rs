@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callplane_plugin_api::storage::Spool;
-use callplane_plugin_api::{Access, Capability, RegisterError, Registrar, RoutePlugin};
+use callplane_plugin_api::{Access, Capability, RegisterError, Registrar, RoutePlugin, StartFailure};
 
 /// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
 pub const PLUGIN: RoutePlugin = RoutePlugin {
@@ -67,11 +67,16 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     reg.on_start(
         "spool",
         Arc::new(move || {
-            preparing.prepare().map_err(|e| {
-                format!(
-                    "cannot create the call spool {} (CALLPLANE_SPOOL_DIR): {e}",
+            preparing.prepare().map_err(|e| match e.kind() {
+                std::io::ErrorKind::ResourceBusy => StartFailure {
+                    id: "CP111",
+                    message: format!("{e}: two processes would corrupt one spool"),
+                    hint: "stop the other process, or give this one its own CALLPLANE_SPOOL_DIR".to_owned(),
+                },
+                _ => StartFailure::from(format!(
+                    "cannot open the call spool {} (CALLPLANE_SPOOL_DIR): {e}",
                     preparing.path().display()
-                )
+                )),
             })
         }),
     );
@@ -109,12 +114,11 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         "spool-replay",
         Arc::new(move || Box::pin(replayer.clone().replay_forever(REPLAY_EVERY, replay_gauges.clone()))),
     );
-    let checker = recorder;
     reg.readiness(
         "spool",
         Arc::new(move || {
-            let (recorder, gauges) = (checker.clone(), gauges.clone());
-            Box::pin(async move { readiness::spool_readiness(recorder.spool(), &gauges, spool_max_bytes).await })
+            let report = readiness::spool_readiness(recorder.spool(), &gauges, spool_max_bytes);
+            Box::pin(std::future::ready(report))
         }),
     );
     Ok(())

@@ -41,11 +41,10 @@ impl SpoolGauges {
     ///
     /// # Errors
     /// When the spool cannot be read.
-    pub async fn update(&self, spool: &Spool) -> std::io::Result<(usize, i64)> {
-        let backlog = spool.backlog().await?;
+    pub fn update(&self, spool: &Spool) -> std::io::Result<(usize, i64)> {
+        let backlog = spool.backlog();
         let oldest = spool
-            .oldest()
-            .await?
+            .oldest()?
             .and_then(|line| serde_json::from_str::<CallEvent>(&line).ok())
             .map_or(0, |event| (now() - event.received_at).max(0));
         self.backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
@@ -56,15 +55,15 @@ impl SpoolGauges {
 
 /// The spool check: always ready (a backlog is reported, not a reason to leave rotation: the
 /// instance still answers every webhook and keeps every record), and able to do without the
-/// database while the spool's directory can be written and the spool is below `max_bytes`.
-pub async fn spool_readiness(spool: &Spool, gauges: &SpoolGauges, max_bytes: u64) -> ReadinessReport {
+/// database while the spool is open, its directory can be written and it is below `max_bytes`.
+pub fn spool_readiness(spool: &Spool, gauges: &SpoolGauges, max_bytes: u64) -> ReadinessReport {
     let dir = spool
         .path()
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let writable = check_dir_writable(dir).is_ok();
-    let (size, counted) = (spool.size(), gauges.update(spool).await);
+    let writable = spool.is_open() && check_dir_writable(dir).is_ok();
+    let (size, counted) = (spool.size(), gauges.update(spool));
     match (size, counted) {
         (Ok(bytes), Ok((backlog, oldest_seconds))) => ReadinessReport {
             ready: true,
@@ -94,11 +93,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path().join("spool/calls.jsonl")).unwrap();
         let gauges = SpoolGauges::default();
-        let empty = spool_readiness(&spool, &gauges, 100).await;
+        let empty = spool_readiness(&spool, &gauges, 100);
         assert!(empty.ready && empty.without_database, "{:?}", empty.detail);
         assert_eq!(empty.detail["backlog"], 0);
         spool.append(&"x".repeat(120)).await.unwrap();
-        let full = spool_readiness(&spool, &gauges, 100).await;
+        let full = spool_readiness(&spool, &gauges, 100);
         assert!(full.ready, "a backlog alone is not a reason to leave");
         assert!(!full.without_database, "past its bound the spool keeps no more calls");
         assert_eq!(gauges.backlog.get(), 1);
@@ -106,7 +105,11 @@ mod tests {
         let file = dir.path().join("a-file");
         std::fs::write(&file, "").unwrap();
         let nowhere = Spool::at(file.join("spool.jsonl"));
-        let unwritable = spool_readiness(&nowhere, &gauges, 100).await;
+        let unwritable = spool_readiness(&nowhere, &gauges, 100);
         assert!(!unwritable.without_database, "{:?}", unwritable.detail);
+
+        let closed = Spool::at(dir.path().join("spool/other.jsonl"));
+        let not_open = spool_readiness(&closed, &gauges, 100);
+        assert!(!not_open.without_database, "a spool without its writer keeps nothing");
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callplane_plugin_api::storage::{Db, GroupCommit, MAX_BATCH, Spool};
+use callplane_plugin_api::storage::{Db, GroupCommit, MAX_BATCH, ReplayReport, Replayed, Spool, Written};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +31,7 @@ struct OutcomeLabels {
 pub struct Recorder {
     spool: Arc<Spool>,
     recorded: Family<OutcomeLabels, Counter>,
+    dead_letters: Counter,
     group: GroupCommit<QueuedEvent>,
     enabled: bool,
 }
@@ -46,6 +47,12 @@ impl Recorder {
             "Call events by where they were recorded (database, spooled, lost)",
             recorded.clone(),
         );
+        let dead_letters = Counter::default();
+        metrics.register(
+            "spool_dead_letters",
+            "Spooled call events the database can never take, moved to the dead-letter file",
+            dead_letters.clone(),
+        );
         let batch_sizes = Histogram::new(exponential_buckets(1.0, 2.0, 9));
         metrics.register(
             "record_batch_size",
@@ -59,6 +66,7 @@ impl Recorder {
         Self {
             spool,
             recorded,
+            dead_letters,
             group,
             enabled,
         }
@@ -84,11 +92,17 @@ impl Recorder {
         }
         let event = Arc::new(event());
         match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(QueuedEvent::new(event.clone()))).await {
-            Ok(true) => {
+            Ok(Written::Committed) => {
                 self.count("database");
                 return Recorded::Database;
             }
-            Ok(false) => tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write failed; spooling"),
+            // Kept all the same: the replay moves it to the dead-letter file, with the reason.
+            Ok(Written::Refused(reason)) => {
+                tracing::error!(call_sid = %event.call_sid, reason = %reason, "[TWILIO] the database refuses this call event; spooling");
+            }
+            Ok(Written::Failed) => {
+                tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write failed; spooling")
+            }
             Err(_) => tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write timed out; spooling"),
         }
         let line = match serde_json::to_string(&*event) {
@@ -112,25 +126,43 @@ impl Recorder {
         }
     }
 
-    /// Moves spooled events into the database, through the group commit like any webhook's;
-    /// returns how many were applied.
+    /// Moves spooled events into the database, a batch at a time through the group commit like
+    /// any webhook's. A line that is not a call event, or that the database refuses, goes to the
+    /// dead-letter file (`[TWILIO][SPOOL] dead_letter`, counted); the replay stops at the first
+    /// event the database cannot take now.
     ///
     /// # Errors
-    /// An I/O error of the spool file.
-    pub async fn replay(&self) -> std::io::Result<usize> {
-        self.spool
-            .replay(|line| async move {
-                let Ok(event) = serde_json::from_str::<CallEvent>(&line) else {
-                    tracing::error!(line = %line, "[TWILIO] unreadable spool line skipped");
-                    return Ok(());
+    /// An I/O error of the spool file or the dead-letter file.
+    pub async fn replay(&self) -> std::io::Result<ReplayReport> {
+        let report = self
+            .spool
+            .replay(MAX_BATCH, |line| async move {
+                let event = match serde_json::from_str::<CallEvent>(&line) {
+                    Ok(event) => event,
+                    Err(error) => return Replayed::Poison(format!("not a call event: {error}")),
                 };
                 match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(QueuedEvent::new(Arc::new(event)))).await
                 {
-                    Ok(true) => Ok(()),
-                    _ => Err(()),
+                    Ok(Written::Committed) => Replayed::Applied,
+                    Ok(Written::Refused(reason)) => Replayed::Poison(reason),
+                    Ok(Written::Failed) | Err(_) => Replayed::Unavailable,
                 }
             })
-            .await
+            .await?;
+        for letter in &report.dead_letters {
+            self.dead_letters.inc();
+            let call_sid = serde_json::from_str::<serde_json::Value>(&letter.line)
+                .ok()
+                .and_then(|v| v["call_sid"].as_str().map(str::to_owned));
+            tracing::error!(
+                call_sid = call_sid.as_deref().unwrap_or("unknown"),
+                reason = %letter.reason,
+                line = %letter.line,
+                file = %self.spool.dead_letter_path().display(),
+                "[TWILIO][SPOOL] dead_letter"
+            );
+        }
+        Ok(report)
     }
 
     /// Replays the spool every `every` while the server runs, keeping `gauges` current.
@@ -138,16 +170,15 @@ impl Recorder {
         loop {
             tokio::time::sleep(every).await;
             let replayed = self.replay().await;
-            if let Err(error) = gauges.update(&self.spool).await {
+            if let Err(error) = gauges.update(&self.spool) {
                 tracing::warn!(error = %error, "[TWILIO] the spool gauges cannot be read");
             }
             match replayed {
-                Ok(0) => {}
-                Ok(n) => {
-                    let left = self.spool.backlog().await.unwrap_or(0);
+                Ok(ReplayReport { applied: 0, .. }) => {}
+                Ok(report) => {
                     tracing::info!(
-                        replayed = n,
-                        backlog = left,
+                        replayed = report.applied,
+                        backlog = self.spool.backlog(),
                         "[TWILIO] spool replayed into the database"
                     );
                 }

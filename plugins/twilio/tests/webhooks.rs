@@ -43,6 +43,11 @@ async fn fixture_with_api(api_base: &str) -> Fixture {
 async fn fixture_with(keys: &[(&str, &str)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect_lazy(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
+    fixture_in(dir, db, keys).await
+}
+
+/// A fixture on `db` whose spool lives in `dir` (and may be there already).
+async fn fixture_in(dir: tempfile::TempDir, db: Db, keys: &[(&str, &str)]) -> Fixture {
     let mut settings = Settings {
         public_base_url: BASE.to_owned(),
         ..Settings::default()
@@ -159,22 +164,24 @@ async fn count(db: &Db, sql: &str) -> i64 {
 }
 
 fn spool_lines(f: &Fixture) -> usize {
-    std::fs::read_to_string(f.dir.path().join("spool").join(callplane_plugin_twilio::SPOOL_FILE))
+    std::fs::read(f.dir.path().join("spool").join(callplane_plugin_twilio::SPOOL_FILE))
         .unwrap_or_default()
-        .lines()
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
         .count()
 }
 
 /// Runs the replay task the host would run until the spool is empty.
 async fn drain_spool(f: &Fixture) {
     let task = f.host.task("spool-replay").unwrap();
-    actix_web::rt::spawn(task());
+    let replaying = actix_web::rt::spawn(task());
     for _ in 0..100 {
         if spool_lines(f) == 0 {
             break;
         }
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
+    replaying.abort();
     assert_eq!(spool_lines(f), 0, "the spool drained");
 }
 
@@ -989,4 +996,111 @@ async fn webhooks_attach_a_call_sid_the_outbound_request_never_got() {
         "the REST failure stays on the record"
     );
     assert_eq!(lead.as_deref(), Some("lead-7"));
+}
+
+/// The spool's own faults, on both engines: a line torn by a crash, an invalid UTF-8 byte inside a
+/// record, and (on PostgreSQL, which cannot store it) a NUL byte. Replay decodes lossily, moves
+/// what can never be written to the dead-letter file, counts it, and goes on behind it.
+#[actix_rt::test]
+async fn torn_undecodable_and_poison_spool_lines_do_not_stop_the_replay() {
+    // Real spool lines: three calls answered while the call tables are away.
+    let first = fixture().await;
+    let app = app!(first);
+    first
+        .db
+        .run(|pool| {
+            sqlx::raw_sql("ALTER TABLE calls RENAME TO calls_away; ALTER TABLE call_events RENAME TO call_events_away")
+                .execute(pool)
+        })
+        .await
+        .unwrap();
+    let sid = |i: usize| format!("CA{i:032x}");
+    for i in 0..3 {
+        let res = app
+            .call(signed("/webhook/incoming_call", &inbound(&sid(i), BUSINESS_NUMBER)).to_request())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let spool_file = first.dir.path().join("spool").join(callplane_plugin_twilio::SPOOL_FILE);
+    let spooled: Vec<String> = std::fs::read_to_string(&spool_file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(spooled.len(), 3);
+    drop(app);
+    let Fixture { mut dir, host, .. } = first;
+    drop(host); // and with it the spool's lock
+
+    let postgres = callplane_plugin_api::testing::ScratchPostgres::create(
+        "torn_undecodable_and_poison_spool_lines_do_not_stop_the_replay",
+    );
+    let mut engines = vec![format!("sqlite://{}/replayed.db", dir.path().display())];
+    engines.extend(postgres.as_ref().map(|p| p.url.clone()));
+    for url in engines {
+        let on_postgres = url.starts_with("postgres");
+        let mut bytes = spooled[0].replace("+15005550006", "+1500555#0006").into_bytes();
+        // One raw byte that is not UTF-8, where the placeholder was.
+        let at = bytes.iter().position(|b| *b == b'#').unwrap();
+        bytes[at] = 0xFF;
+        bytes.push(b'\n');
+        bytes.extend(spooled[1].replace("+15005550006", "+1500555\\u00000006").bytes());
+        bytes.push(b'\n');
+        bytes.extend(spooled[2].bytes());
+        bytes.push(b'\n');
+        bytes.extend(&spooled[2].as_bytes()[..30]); // torn by a crash: no newline
+        std::fs::write(&spool_file, &bytes).unwrap();
+        let _ = std::fs::remove_file(spool_file.with_extension("dead-letter.jsonl"));
+
+        let db = Db::connect_lazy(&url).unwrap();
+        let f = fixture_in(dir, db, &[]).await;
+        drain_spool(&f).await;
+        let stored = count(&f.db, "SELECT COUNT(*) FROM calls").await;
+        let dead: Vec<Value> = std::fs::read_to_string(spool_file.with_extension("dead-letter.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let (from,): (String,) =
+            f.db.run(|pool| {
+                sqlx::query_as("SELECT from_number FROM calls WHERE call_sid = $1")
+                    .bind(sid(0))
+                    .fetch_one(pool)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            from, "+1500555\u{FFFD}0006",
+            "{url}: decoded lossily, one character spoiled"
+        );
+        if on_postgres {
+            assert_eq!(stored, 2, "{url}: the NUL byte cannot be stored");
+            assert_eq!(dead.len(), 2, "{url}: {dead:?}");
+            assert!(dead[0]["line"].as_str().unwrap().contains(&sid(1)), "{dead:?}");
+            assert!(
+                dead[1]["line"].as_str().unwrap().ends_with(&spooled[2][..30]),
+                "{dead:?}"
+            );
+        } else {
+            assert_eq!(stored, 3, "{url}: SQLite stores the NUL byte");
+            assert_eq!(dead.len(), 1, "{url}: {dead:?}");
+        }
+        assert!(
+            dead.last().unwrap()["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("not a call event"),
+            "{dead:?}"
+        );
+        let metric = format!("callplane_twilio_spool_dead_letters_total {}", dead.len());
+        assert!(
+            f.host.metrics().contains(&metric),
+            "{url}: {metric} in\n{}",
+            f.host.metrics()
+        );
+        let Fixture { dir: kept, host, .. } = f;
+        drop(host);
+        dir = kept;
+    }
 }
