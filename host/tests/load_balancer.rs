@@ -45,6 +45,8 @@ struct Nginx {
 struct Cluster {
     nginx: Nginx,
     pg: PgDatabase,
+    /// The database URL the instances use (the scratch database, or a hop to it).
+    db_url: String,
     sandboxes: Vec<Sandbox>,
     _turn: MutexGuard<'static, ()>,
 }
@@ -91,6 +93,7 @@ fn cluster(test: &str) -> Option<Cluster> {
             upstreams,
             agent,
         },
+        db_url: pg.url.clone(),
         pg,
         sandboxes: vec![Sandbox::new(), Sandbox::new()],
         _turn: turn,
@@ -101,7 +104,7 @@ impl Cluster {
     fn env(&self, instance: usize) -> Vec<(String, String)> {
         [
             ("CALLPLANE_BIND", self.nginx.upstreams[instance].to_string()),
-            ("CALLPLANE_DATABASE_URL", self.pg.url.clone()),
+            ("CALLPLANE_DATABASE_URL", self.db_url.clone()),
             ("CALLPLANE_INSTANCES", "2".to_owned()),
             ("CALLPLANE_PUBLIC_BASE_URL", self.nginx.url.clone()),
             ("CALLPLANE_TRUSTED_PROXIES", format!("{}/32", self.nginx.peer)),
@@ -478,4 +481,174 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
         assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A TCP hop between the instances and PostgreSQL that a test can cut: while cut, open
+/// connections are shut and new ones closed at once, as when the database stops.
+struct DbHop {
+    /// The database URL through the hop.
+    url: String,
+    up: std::sync::Arc<AtomicBool>,
+    open: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl DbHop {
+    /// A hop to the server of `url` (a `postgres://user@host:port/db` URL).
+    fn start(url: &str) -> Self {
+        let (head, rest) = url.split_once('@').unwrap();
+        let end = rest.find('/').unwrap();
+        let target = std::net::ToSocketAddrs::to_socket_addrs(&rest[..end])
+            .unwrap()
+            .next()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hop = Self {
+            url: format!("{head}@{}{}", listener.local_addr().unwrap(), &rest[end..]),
+            up: std::sync::Arc::new(AtomicBool::new(true)),
+            open: std::sync::Arc::default(),
+        };
+        let (up, open) = (hop.up.clone(), hop.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up.load(Ordering::Relaxed) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut open = open.lock().unwrap();
+                open.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        hop
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::Relaxed);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One series of an instance's `/metrics`, summed over its labels that contain `labels`.
+fn metric(server: &Server, name: &str, labels: &str) -> f64 {
+    let metrics = server.get("/metrics").body;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The database goes away for `TEST_OUTAGE_SECS` (60 s by default) under steady webhook load
+/// through nginx with two instances: no webhook fails, both instances stay in rotation (`/readyz`
+/// 200 `degraded` throughout), every call answered is in the database once it is back, and the
+/// spool gauges return to 0.
+#[test]
+fn a_database_outage_under_load_fails_no_webhook_and_loses_no_call() {
+    let Some(mut cluster) = cluster("a_database_outage_under_load_fails_no_webhook_and_loses_no_call") else {
+        return;
+    };
+    let outage = Duration::from_secs(
+        std::env::var("TEST_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let hop = DbHop::start(&cluster.pg.url);
+    cluster.db_url = hop.url.clone();
+    let servers = cluster.start();
+
+    const CLIENTS: usize = 4;
+    let stop = AtomicBool::new(false);
+    let next_sid = AtomicUsize::new(1_000);
+    let sent = AtomicUsize::new(0);
+    let accepted = AtomicUsize::new(0);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut probes: Vec<(usize, u16, String)> = Vec::new();
+    std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..CLIENTS {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let sid = call_sid(next_sid.fetch_add(1, Ordering::Relaxed));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match cluster.send_webhook(&sid) {
+                        Ok(reply) if reply.status == 200 => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(reply) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} {}", reply.status, reply.body)),
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            });
+        }
+        let recorded = |server: &Server| metric(server, "callplane_twilio_calls_recorded_total", "database");
+        wait_until(
+            || servers.iter().all(|s| recorded(s) >= 5.0),
+            "both instances record calls",
+        );
+        hop.cut();
+        let cut = Instant::now();
+        while cut.elapsed() < outage {
+            for (i, server) in servers.iter().enumerate() {
+                let reply = server.get("/readyz");
+                let status = reply.json()["status"].as_str().unwrap_or("").to_owned();
+                probes.push((i, reply.status, status));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        hop.restore();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+
+    let (sent, accepted) = (sent.into_inner(), accepted.into_inner());
+    let failures = failures.into_inner().unwrap();
+    let spooled: f64 = servers
+        .iter()
+        .map(|s| metric(s, "callplane_twilio_calls_recorded_total", "spooled"))
+        .sum();
+    let backlog = |s: &Server| metric(s, "callplane_twilio_spool_backlog", "");
+    wait_until(
+        || servers.iter().all(|s| backlog(s) == 0.0),
+        "the spool gauges return to 0",
+    );
+    let stored = cluster.pg.scalar("SELECT COUNT(*) FROM calls");
+    let lost = accepted as i64 - stored;
+    let _ = writeln!(
+        std::io::stderr(),
+        "database outage of {outage:?}: {sent} webhooks through nginx, {} failed, {spooled} spooled, {lost} lost",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{:#?}", &failures[..failures.len().min(10)]);
+    assert!(spooled >= 10.0, "the outage was real: {spooled} spooled");
+    for (instance, status, state) in &probes {
+        assert_eq!(*status, 200, "instance {instance} left rotation: {probes:?}");
+        assert!(state == "degraded" || state == "ok", "{probes:?}");
+    }
+    for instance in 0..2 {
+        assert!(
+            probes.iter().any(|(i, _, s)| *i == instance && s == "degraded"),
+            "instance {instance} said it was degraded: {probes:?}"
+        );
+    }
+    assert_eq!(lost, 0, "every call answered is in the database");
 }

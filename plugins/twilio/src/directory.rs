@@ -9,6 +9,7 @@ use actix_web::web::Bytes;
 use callplane_plugin_api::storage::Db;
 use callplane_plugin_api::storage::sqlx::{self, Row};
 
+use crate::records::Outage;
 use crate::twiml;
 
 /// How long a business lookup waits before falling back to the cache.
@@ -69,14 +70,17 @@ type CacheEntry = (Option<Arc<Business>>, Instant);
 #[derive(Debug, Clone)]
 pub struct Directory {
     db: Db,
+    outage: Outage,
     cache: Arc<RwLock<HashMap<String, CacheEntry>>>,
 }
 
 impl Directory {
-    /// A directory over `db`.
-    pub fn new(db: Db) -> Self {
+    /// A directory over `db`; while `outage` is on, a cached number is answered from the cache
+    /// however old its entry.
+    pub fn new(db: Db, outage: Outage) -> Self {
         Self {
             db,
+            outage,
             cache: Arc::default(),
         }
     }
@@ -85,7 +89,7 @@ impl Directory {
     pub async fn by_number(&self, number: &str) -> Lookup {
         let cached = self.cache.read().ok().and_then(|c| c.get(number).cloned());
         if let Some((entry, at)) = &cached
-            && at.elapsed() < CACHE_TTL
+            && (at.elapsed() < CACHE_TTL || self.outage.is_on())
         {
             return entry.clone().map_or(Lookup::Unknown, Lookup::Known);
         }
@@ -109,6 +113,7 @@ impl Directory {
                 business.map_or(Lookup::Unknown, Lookup::Known)
             }
             _ => {
+                self.outage.begins();
                 tracing::warn!(number = %number, cached = cached.is_some(), "[TWILIO] business lookup failed; using the cache");
                 match cached {
                     Some((entry, _)) => entry.map_or(Lookup::Unknown, Lookup::Known),

@@ -91,7 +91,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     reg.provide_access(Capability::TwilioSignature, provider);
     reg.state(webhooks::WebhookState {
         recorder: recorder.clone(),
-        directory: records::Directory::new(db),
+        directory: records::Directory::new(db, recorder.outage().clone()),
     });
     let outbound = outbound::OutboundState::new(settings.public_base_url.clone(), account, reg.metrics());
     reg.state(outbound);

@@ -4,6 +4,7 @@
 //! retries, replays and late callbacks are all safe to apply again.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use callplane_plugin_api::storage::{Db, GroupCommit, MAX_BATCH, ReplayReport, Replayed, Spool, Written};
@@ -26,10 +27,37 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// Whether the database is away, shared by the recorder and the directory: set by the first write
+/// or lookup that fails or times out, cleared when the replay finds the database back. Meanwhile
+/// webhooks spool at once and known numbers are answered from the cache, instead of each request
+/// waiting up to its timeout for a database that is not there. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Outage(Arc<AtomicBool>);
+
+impl Outage {
+    /// Whether the database is away.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Marks the database away; `true` for the call that began the outage.
+    pub fn begins(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
+    }
+
+    /// Marks the database back.
+    pub fn ends(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Records events: the database first, the spool when the database fails or is slow.
 #[derive(Debug, Clone)]
 pub struct Recorder {
+    db: Db,
     spool: Arc<Spool>,
+    /// Whether the database is away: meanwhile webhooks spool at once.
+    outage: Outage,
     recorded: Family<OutcomeLabels, Counter>,
     dead_letters: Counter,
     group: GroupCommit<QueuedEvent>,
@@ -60,16 +88,23 @@ impl Recorder {
             batch_sizes.clone(),
         );
         const { assert!(MAX_BATCH <= 1 << 8, "the histogram's buckets cover a batch") };
-        let group = GroupCommit::new(db, "call-recorder", DB_WRITE_TIMEOUT, move |size| {
+        let group = GroupCommit::new(db.clone(), "call-recorder", DB_WRITE_TIMEOUT, move |size| {
             batch_sizes.observe(size as f64);
         });
         Self {
+            db,
             spool,
+            outage: Outage::default(),
             recorded,
             dead_letters,
             group,
             enabled,
         }
+    }
+
+    /// Whether the database is away.
+    pub fn outage(&self) -> &Outage {
+        &self.outage
     }
 
     /// The spool.
@@ -83,7 +118,8 @@ impl Recorder {
 
     /// Records the event `event` builds durably before returning: committed to the database
     /// (group commit) or, when the database fails or does not answer within
-    /// [`DB_WRITE_TIMEOUT`], fsync'd to the spool. (With recording disabled the event is not even
+    /// [`DB_WRITE_TIMEOUT`], fsync'd to the spool; after such a failure, straight to the spool
+    /// until the replay finds the database back. (With recording disabled the event is not even
     /// built.)
     pub async fn record(&self, event: impl FnOnce() -> CallEvent) -> Recorded {
         if !self.enabled {
@@ -91,19 +127,25 @@ impl Recorder {
             return Recorded::Disabled;
         }
         let event = Arc::new(event());
-        match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(QueuedEvent::new(event.clone()))).await {
-            Ok(Written::Committed) => {
-                self.count("database");
-                return Recorded::Database;
+        if !self.outage.is_on() {
+            let written =
+                tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(QueuedEvent::new(event.clone()))).await;
+            match written {
+                Ok(Written::Committed) => {
+                    self.count("database");
+                    return Recorded::Database;
+                }
+                // Kept all the same: the replay moves it to the dead-letter file, with the reason.
+                Ok(Written::Refused(reason)) => {
+                    tracing::error!(call_sid = %event.call_sid, reason = %reason, "[TWILIO] the database refuses this call event; spooling");
+                }
+                Ok(Written::Failed) | Err(_) => {
+                    let how = if written.is_err() { "timed out" } else { "failed" };
+                    if self.outage.begins() {
+                        tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write {how}; spooling calls until the database is back");
+                    }
+                }
             }
-            // Kept all the same: the replay moves it to the dead-letter file, with the reason.
-            Ok(Written::Refused(reason)) => {
-                tracing::error!(call_sid = %event.call_sid, reason = %reason, "[TWILIO] the database refuses this call event; spooling");
-            }
-            Ok(Written::Failed) => {
-                tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write failed; spooling")
-            }
-            Err(_) => tracing::warn!(call_sid = %event.call_sid, "[TWILIO] database write timed out; spooling"),
         }
         let line = match serde_json::to_string(&*event) {
             Ok(line) => line,
@@ -170,6 +212,16 @@ impl Recorder {
         loop {
             tokio::time::sleep(every).await;
             let replayed = self.replay().await;
+            if self.outage.is_on() {
+                let back = match &replayed {
+                    Ok(report) if report.applied > 0 => true,
+                    _ => self.spool.backlog() == 0 && self.db.ping(DB_WRITE_TIMEOUT).await.is_ok(),
+                };
+                if back {
+                    self.outage.ends();
+                    tracing::info!("[TWILIO] the database is back; recording calls in it again");
+                }
+            }
             if let Err(error) = gauges.update(&self.spool) {
                 tracing::warn!(error = %error, "[TWILIO] the spool gauges cannot be read");
             }
