@@ -38,6 +38,8 @@ struct Nginx {
     peer: String,
     /// The instances' addresses, read from the site configuration nginx runs.
     upstreams: Vec<SocketAddr>,
+    /// The CA that signed nginx's certificate.
+    ca: String,
     agent: ureq::Agent,
 }
 
@@ -91,6 +93,7 @@ fn cluster(test: &str) -> Option<Cluster> {
             url,
             peer,
             upstreams,
+            ca,
             agent,
         },
         db_url: pg.url.clone(),
@@ -651,4 +654,33 @@ fn a_database_outage_under_load_fails_no_webhook_and_loses_no_call() {
         );
     }
     assert_eq!(lost, 0, "every call answered is in the database");
+}
+
+/// The shipped site answers `/metrics` only to the networks it names (loopback): from another
+/// address nginx refuses it (403) however the path is spelled, and everything else is served.
+#[test]
+fn metrics_are_answered_only_to_the_networks_the_site_names() {
+    let Some(cluster) = cluster("metrics_are_answered_only_to_the_networks_the_site_names") else {
+        return;
+    };
+    let _servers = cluster.start();
+    let named = cluster.request("GET", "/metrics", &[], "");
+    assert_eq!(named.status, 200, "from loopback: {}", named.body);
+    assert!(named.body.contains("callplane_build_info"));
+    // The same requests from 127.0.0.3, an address the site does not name (curl can choose its
+    // source address).
+    let from_elsewhere = |path: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-4", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--interface", "127.0.0.3"])
+            .args(["--cacert", &cluster.nginx.ca, "--path-as-is"])
+            .arg(format!("{}{path}", cluster.nginx.url))
+            .output()
+            .expect("curl (installed by .ci/run) runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for path in ["/metrics", "/metrics?format=text", "/%6detrics", "//metrics"] {
+        assert_eq!(from_elsewhere(path), "403", "{path}");
+    }
+    assert_eq!(from_elsewhere("/livez"), "200", "everything else is served");
 }
