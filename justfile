@@ -27,7 +27,8 @@ e2e:
 
 # Webhook path against a minimal actix-web baseline, same run (docs/performance.md).
 # Five interleaved rounds per scenario, median reported. BENCH_SECS sets seconds per round;
-# BENCH_ONLY=recorded@32 runs one scenario once (for perf).
+# BENCH_ONLY=recorded@32 runs one scenario once (for perf). With TEST_POSTGRES_URL set, the
+# PostgreSQL scenarios (recorded-pg, db_down) run too.
 bench:
     cargo build --release -p callplane -p callplane-bench
     ./target/release/callplane-bench

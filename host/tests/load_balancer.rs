@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use callplane_e2e::harness::{PgDatabase, Reply, Sandbox, Server, send};
+use callplane_e2e::hop::DbHop;
 
 mod common;
 
@@ -229,14 +230,22 @@ fn signed_webhooks_over_https_reach_both_instances_and_are_recorded_once() {
             assert!(reply.header("content-type").is_some_and(|t| t.starts_with("text/xml")));
         }
     }
-    let outcomes: Vec<usize> = servers
-        .iter()
-        .map(|s| {
-            s.output()
-                .matches("[TWILIO][INBOUND] outcome signature=valid tenant=1 recorded=true")
-                .count()
-        })
-        .collect();
+    let outcomes = || -> Vec<usize> {
+        servers
+            .iter()
+            .map(|s| {
+                s.output()
+                    .matches("[TWILIO][INBOUND] outcome signature=valid tenant=1 recorded=true")
+                    .count()
+            })
+            .collect()
+    };
+    // The instances print their lines in their own time.
+    wait_until(
+        || outcomes().iter().sum::<usize>() >= 2 * CALLS,
+        "an outcome line per webhook",
+    );
+    let outcomes = outcomes();
     assert_eq!(outcomes.iter().sum::<usize>(), 2 * CALLS, "{outcomes:?}");
     assert!(
         outcomes.iter().all(|&n| n >= CALLS / 2),
@@ -258,8 +267,16 @@ fn signed_webhooks_over_https_reach_both_instances_and_are_recorded_once() {
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "nginx's $request_id: {id}"
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let output = servers[0].output() + "\n" + &servers[1].output();
+    let outputs = || servers[0].output() + "\n" + &servers[1].output();
+    wait_until(
+        || {
+            lines_of(&outputs(), &id)
+                .iter()
+                .any(|l| l.contains("[TWILIO][INBOUND] hit"))
+        },
+        "an instance logs the hit line with nginx's request id",
+    );
+    let output = outputs();
     let lines = lines_of(&output, &id);
     assert!(
         lines.iter().any(|l| l.contains("[TWILIO][INBOUND] hit")),
@@ -347,8 +364,16 @@ fn forged_forwarding_headers_from_untrusted_peers_change_nothing() {
     let via_id = via.header("x-request-id").unwrap().to_owned();
     assert_ne!(via_id, "forged-request-id");
 
-    std::thread::sleep(Duration::from_millis(200));
-    let output = servers[0].output() + "\n" + &servers[1].output();
+    // Each request's `[HTTP] request rejected` line (its last) reaches the output in its own time.
+    let outputs = || servers[0].output() + "\n" + &servers[1].output();
+    wait_until(
+        || {
+            let output = outputs();
+            !lines_of(&output, &direct_id).is_empty() && !lines_of(&output, &via_id).is_empty()
+        },
+        "both requests are logged",
+    );
+    let output = outputs();
     assert!(
         !output.contains("forged-request-id") && !output.contains("203.0.113.9"),
         "{output}"
@@ -486,68 +511,6 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
     }
 }
 
-/// A TCP hop between the instances and PostgreSQL that a test can cut: while cut, open
-/// connections are shut and new ones closed at once, as when the database stops.
-struct DbHop {
-    /// The database URL through the hop.
-    url: String,
-    up: std::sync::Arc<AtomicBool>,
-    open: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl DbHop {
-    /// A hop to the server of `url` (a `postgres://user@host:port/db` URL).
-    fn start(url: &str) -> Self {
-        let (head, rest) = url.split_once('@').unwrap();
-        let end = rest.find('/').unwrap();
-        let target = std::net::ToSocketAddrs::to_socket_addrs(&rest[..end])
-            .unwrap()
-            .next()
-            .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let hop = Self {
-            url: format!("{head}@{}{}", listener.local_addr().unwrap(), &rest[end..]),
-            up: std::sync::Arc::new(AtomicBool::new(true)),
-            open: std::sync::Arc::default(),
-        };
-        let (up, open) = (hop.up.clone(), hop.open.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                if !up.load(Ordering::Relaxed) {
-                    continue; // dropped: closed at once
-                }
-                let Ok(server) = std::net::TcpStream::connect(target) else {
-                    continue;
-                };
-                let mut open = open.lock().unwrap();
-                open.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        hop
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::Relaxed);
-        for stream in self.open.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::Relaxed);
-    }
-}
-
 /// One series of an instance's `/metrics`, summed over its labels that contain `labels`.
 fn metric(server: &Server, name: &str, labels: &str) -> f64 {
     let metrics = server.get("/metrics").body;
@@ -574,7 +537,7 @@ fn a_database_outage_under_load_fails_no_webhook_and_loses_no_call() {
             .unwrap_or(60),
     );
     let hop = DbHop::start(&cluster.pg.url);
-    cluster.db_url = hop.url.clone();
+    cluster.db_url = hop.url().to_owned();
     let servers = cluster.start();
 
     const CLIENTS: usize = 4;
@@ -671,7 +634,16 @@ fn metrics_are_answered_only_to_the_networks_the_site_names() {
     // source address).
     let from_elsewhere = |path: &str| -> String {
         let out = std::process::Command::new("curl")
-            .args(["-4", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--interface", "127.0.0.3"])
+            .args([
+                "-4",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--interface",
+                "127.0.0.3",
+            ])
             .args(["--cacert", &cluster.nginx.ca, "--path-as-is"])
             .arg(format!("{}{path}", cluster.nginx.url))
             .output()

@@ -180,7 +180,14 @@ struct SlowQuery {
     ms: u64,
 }
 
+/// What `GET /fixture/slow` prints on the console when a request reaches it: a test waits for it
+/// (with [`Server::wait_for_output`](crate::harness::Server::wait_for_output)) to know that the
+/// request is in flight.
+pub const SLOW_STARTED: &str = "[FIXTURE] slow request started";
+
 async fn slow(query: web::Query<SlowQuery>) -> HttpResponse {
+    // Straight to the console, which the harness reads: the fixture has no logger of its own.
+    println!("{SLOW_STARTED} ms={}", query.ms);
     actix_web::rt::time::sleep(Duration::from_millis(query.ms.min(30_000))).await;
     HttpResponse::Ok().body("done")
 }

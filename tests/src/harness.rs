@@ -6,10 +6,39 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a process may take to become ready or to exit.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an exited process's output may take to be read to its end.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
+
+/// Polls `done` every 20 ms until it holds.
+///
+/// Use it instead of a fixed sleep before asserting on a state that another thread or process
+/// reaches in its own time (a line logged, a row stored, readiness turned off): a sleep long
+/// enough on a quiet machine is too short on a busy one.
+///
+/// # Panics
+/// When `done` still does not hold after `timeout`; the message says what was awaited.
+pub fn eventually(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the threads reading an exited process's output have read it to its end (at most
+/// [`OUTPUT_DRAIN`]: a pipe still held open elsewhere leaves the lines read so far).
+fn drain(readers: &[JoinHandle<()>]) {
+    let started = Instant::now();
+    while !readers.iter().all(JoinHandle::is_finished) && started.elapsed() < OUTPUT_DRAIN {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// What a finished command printed.
 #[derive(Debug)]
@@ -213,6 +242,7 @@ impl Sandbox {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stdout
@@ -227,11 +257,11 @@ impl Sandbox {
         .flatten()
         {
             let lines = lines.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     lines.lock().expect("output lock").push(line);
                 }
-            });
+            }));
         }
         let started = Instant::now();
         loop {
@@ -244,11 +274,12 @@ impl Sandbox {
                     child,
                     addr,
                     lines,
+                    readers,
                     agent: agent(),
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                drain(&readers);
                 panic!(
                     "host exited with {status} before ready:\n{}",
                     lines.lock().expect("output lock").join("\n")
@@ -335,6 +366,8 @@ pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The threads that read its standard output and error into `lines`.
+    readers: Vec<JoinHandle<()>>,
     agent: ureq::Agent,
 }
 
@@ -423,7 +456,31 @@ impl Server {
         self.lines.lock().expect("output lock").join("\n")
     }
 
-    /// Waits for the process to exit.
+    /// Waits until the process has printed `needle`, and returns everything it printed so far.
+    ///
+    /// For a line the process prints in its own time (a request reached, a signal taken): the
+    /// host writes its console from a background thread and the harness reads it on another, so a
+    /// line may come well after what it reports.
+    ///
+    /// # Panics
+    /// When `needle` is not printed within [`PROCESS_TIMEOUT`].
+    pub fn wait_for_output(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let output = self.output();
+            if output.contains(needle) {
+                return output;
+            }
+            assert!(
+                started.elapsed() < PROCESS_TIMEOUT,
+                "{needle:?} not printed within {PROCESS_TIMEOUT:?}:\n{output}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit, then for its output to be read to the end, and returns
+    /// its exit status and everything it printed.
     ///
     /// # Panics
     /// When it does not exit within [`PROCESS_TIMEOUT`].
@@ -431,7 +488,7 @@ impl Server {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                drain(&self.readers);
                 return (status, self.output());
             }
             assert!(

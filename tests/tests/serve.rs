@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use callplane_e2e::harness::{Sandbox, Server};
+use callplane_e2e::fixtures::SLOW_STARTED;
+use callplane_e2e::harness::{Sandbox, Server, eventually};
 
 const OK: &str = env!("CARGO_BIN_EXE_fixture-ok");
 const DEGRADED: &str = env!("CARGO_BIN_EXE_fixture-degraded");
@@ -115,7 +116,7 @@ fn a_panicking_handler_answers_500_for_its_request_only() {
         metrics.contains(r#"callplane_http_handler_panics_total{route="/fixture/panic"} 3"#),
         "{metrics}"
     );
-    assert!(server.output().contains("[HTTP] handler panicked; answered 500"));
+    server.wait_for_output("[HTTP] handler panicked; answered 500");
 }
 
 #[test]
@@ -289,7 +290,8 @@ fn sigterm_turns_readiness_off_first_and_finishes_in_flight_requests() {
             let reply = server.get("/fixture/slow?ms=3500");
             (reply, Instant::now())
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // The slow request is in flight before the signal.
+        server.wait_for_output(SLOW_STARTED);
         server.signal("TERM");
         let signalled = Instant::now();
         let mut not_ready = None;
@@ -326,8 +328,11 @@ fn a_second_signal_stops_at_once() {
     let sandbox = Sandbox::new();
     let server = serve_ok(&sandbox, &[("CALLPLANE_SHUTDOWN_DRAIN_SECS", "60")]);
     server.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(server.get("/readyz").status, 503);
+    eventually(
+        Duration::from_secs(30),
+        "readiness turns 503 after the first signal",
+        || server.get("/readyz").status == 503,
+    );
     let started = Instant::now();
     server.signal("INT");
     let (_, output) = server.wait();
@@ -344,10 +349,10 @@ fn a_second_signal_during_the_graceful_stop_stops_at_once() {
     let server = serve_ok(&sandbox, &[("CALLPLANE_SHUTDOWN_DRAIN_SECS", "0")]);
     let url = server.url("/fixture/slow?ms=20000");
     let slow = std::thread::spawn(move || ureq::get(&url).call().map(|r| r.status().as_u16()));
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_for_output(SLOW_STARTED);
     server.signal("TERM");
     // No drain: the graceful stop begins at once and waits for the 20 s request.
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_for_output("[SHUTDOWN] drain over");
     let started = Instant::now();
     server.signal("TERM");
     let (status, output) = server.wait();
@@ -514,14 +519,17 @@ fn a_failing_log_file_is_counted_and_the_service_keeps_answering() {
         assert_eq!(server.get(&format!("/disk-full/{i}")).status, 404);
     }
     assert_eq!(server.get("/readyz").status, 200);
-    let metrics = server.get("/metrics").body;
-    let errors: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("callplane_log_write_errors_total "))
-        .unwrap_or_else(|| panic!("{metrics}"))
-        .parse()
-        .unwrap();
-    assert!(errors > 0.0, "{metrics}");
+    // The log is written on a thread of its own: the failures are counted in its time.
+    eventually(Duration::from_secs(30), "log write errors counted", || {
+        let metrics = server.get("/metrics").body;
+        let errors: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("callplane_log_write_errors_total "))
+            .unwrap_or_else(|| panic!("{metrics}"))
+            .parse()
+            .unwrap();
+        errors > 0.0
+    });
     server.signal("TERM");
     let (status, output) = server.wait();
     assert!(status.success(), "{output}");

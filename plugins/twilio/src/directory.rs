@@ -76,7 +76,7 @@ pub struct Directory {
 
 impl Directory {
     /// A directory over `db`; while `outage` is on, a cached number is answered from the cache
-    /// however old its entry.
+    /// however old its entry, and a number not in the cache is [`Lookup::Unavailable`] at once.
     pub fn new(db: Db, outage: Outage) -> Self {
         Self {
             db,
@@ -92,6 +92,10 @@ impl Directory {
             && (at.elapsed() < CACHE_TTL || self.outage.is_on())
         {
             return entry.clone().map_or(Lookup::Unknown, Lookup::Known);
+        }
+        if cached.is_none() && self.outage.is_on() {
+            // Nothing to fall back on, and a lookup would wait for a database that is away.
+            return Lookup::Unavailable;
         }
         let query = self.db.run(|pool| {
             sqlx::query("SELECT id, greeting, media_stream_url FROM businesses WHERE phone_number = $1")
