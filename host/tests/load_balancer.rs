@@ -134,6 +134,21 @@ impl Cluster {
         let env = self.env(0);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.sandboxes[0].bootstrap(Path::new(BIN), &env, NUMBER, USER);
+        // nginx may still count an instance as failed from before it started (`.ci/run` probes
+        // nginx first), and tries a failed instance with one request per fail_timeout, refusing
+        // concurrent ones meanwhile ("no live upstreams"): one request at a time until both are
+        // back in rotation.
+        let mut in_a_row = 0;
+        wait_until(
+            || {
+                let ok = self
+                    .try_request("GET", "/livez", &[], "")
+                    .is_ok_and(|r| r.status == 200);
+                in_a_row = if ok { in_a_row + 1 } else { 0 };
+                in_a_row >= 4
+            },
+            "nginx routes to both instances",
+        );
         servers
     }
 
