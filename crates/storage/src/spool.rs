@@ -211,9 +211,10 @@ impl Spool {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Writer {
             path: self.path.clone(),
-            file: (self.file_seam)(file),
+            file: Some((self.file_seam)(file)),
             seam: self.file_seam.clone(),
             len,
+            partial: false,
             max_bytes: self.max_bytes,
             lines: self.lines.clone(),
         };
@@ -393,7 +394,7 @@ impl Spool {
             if lines.is_empty() {
                 break;
             }
-            let outcomes = futures_join(lines.iter().map(|line| apply(line.clone()))).await;
+            let outcomes = futures_util::future::join_all(lines.iter().map(|line| apply(line.clone()))).await;
             let mut dead = Vec::new();
             let mut stopped = false;
             for (line, outcome) in lines.into_iter().zip(outcomes) {
@@ -443,11 +444,6 @@ impl Spool {
     }
 }
 
-/// Runs `futures` concurrently on the caller's task; their outputs in order.
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    futures_util::future::join_all(futures).await
-}
-
 /// The next whole line (without its newline, never empty), skipping blank ones; `None` at the end.
 /// A last line without its newline is being written (or was torn and is ended when the spool
 /// opens): it is not a record yet.
@@ -490,13 +486,24 @@ fn hostname() -> String {
         .unwrap_or_else(|| "this host".to_owned())
 }
 
+/// Answers every owner of a write that did not happen with `error`.
+fn refuse(owners: Vec<oneshot::Sender<std::io::Result<()>>>, error: &std::io::Error) {
+    for done in owners {
+        let _ = done.send(Err(std::io::Error::new(error.kind(), error.to_string())));
+    }
+}
+
 /// The writer thread's side.
 struct Writer {
     path: PathBuf,
-    file: Box<dyn SpoolFile>,
+    /// `None` after a rewrite whose file could not be reopened: opened again by the next write
+    /// (never the old, unlinked file).
+    file: Option<Box<dyn SpoolFile>>,
     seam: FileSeam,
     /// Bytes of whole lines: where the file is cut back to after a failed write.
     len: u64,
+    /// A failed write could not be cut back: the file ends in part of a line.
+    partial: bool,
     max_bytes: u64,
     lines: Arc<AtomicUsize>,
 }
@@ -550,7 +557,24 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        let written = self.file.append(&bytes).and_then(|()| self.file.sync());
+        let file = match self.file.take() {
+            Some(file) => Ok(file),
+            None => OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .map(|file| (self.seam)(file)),
+        };
+        let file = match file {
+            Ok(file) => self.file.insert(file),
+            Err(error) => return refuse(accepted, &error),
+        };
+        if self.partial {
+            if let Err(error) = file.truncate(self.len) {
+                return refuse(accepted, &error);
+            }
+            self.partial = false;
+        }
+        let written = file.append(&bytes).and_then(|()| file.sync());
         match written {
             Ok(()) => {
                 self.len += bytes.len() as u64;
@@ -560,13 +584,11 @@ impl Writer {
                 }
             }
             Err(error) => {
-                // Cut back to the last whole line; should that fail too, the next write tries
-                // again first ([`Writer::clean`]).
-                let _ = self.file.truncate(self.len);
+                // Cut back to the last whole line. Should that fail too, the next write tries
+                // again first, and nothing is written after a partial line.
+                self.partial = file.truncate(self.len).is_err();
                 tracing::error!(spool = %self.path.display(), error = %error, lines = accepted.len(), "[STORAGE] spool write failed; cut back to the last whole line");
-                for done in accepted {
-                    let _ = done.send(Err(std::io::Error::new(error.kind(), error.to_string())));
-                }
+                refuse(accepted, &error);
             }
         }
     }
@@ -584,13 +606,15 @@ impl Writer {
         let kept = std::io::copy(&mut reader, &mut rest)?;
         rest.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
+        // From here on the old handle writes to an unlinked file: never again.
+        self.file = None;
+        self.len = kept;
+        self.lines.fetch_sub(removed, Ordering::Relaxed);
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)?.sync_all()?;
         }
         let file = OpenOptions::new().append(true).open(&self.path)?;
-        self.file = (self.seam)(file);
-        self.len = kept;
-        self.lines.fetch_sub(removed, Ordering::Relaxed);
+        self.file = Some((self.seam)(file));
         Ok(())
     }
 }
@@ -749,11 +773,13 @@ mod tests {
         assert!(syncs < 200, "200 appends shared {syncs} fsyncs");
     }
 
-    /// A disk that fills up: the `n`th write (from 0) writes half its bytes, then fails.
+    /// A disk that fills up: the `n`th write (from 0) writes half its bytes, then fails; the
+    /// first `refused_truncates` attempts to cut the file back fail too.
     struct FillsUp {
         file: File,
         writes: usize,
         fail_at: usize,
+        refused_truncates: usize,
     }
 
     impl SpoolFile for FillsUp {
@@ -769,35 +795,49 @@ mod tests {
             self.file.sync_data()
         }
         fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            if self.refused_truncates > 0 {
+                self.refused_truncates -= 1;
+                return Err(std::io::Error::other("I/O error"));
+            }
             self.file.set_len(len)
         }
     }
 
     #[tokio::test]
     async fn a_disk_full_mid_write_leaves_no_partial_line_and_later_appends_are_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::at(dir.path().join("s.jsonl")).with_file(|file| {
-            Box::new(FillsUp {
-                file,
-                writes: 0,
-                fail_at: 1,
-            })
-        });
-        spool.prepare().unwrap();
-        spool.append("{\"n\":1}").await.unwrap();
-        let full = spool
-            .append("{\"n\":2,\"long\":\"xxxxxxxxxxxxxxxxxxxx\"}")
-            .await
-            .unwrap_err();
-        assert_eq!(full.kind(), ErrorKind::StorageFull);
-        assert_eq!(
-            std::fs::read_to_string(spool.path()).unwrap(),
-            "{\"n\":1}\n",
-            "the half-written line is gone"
-        );
-        spool.append("{\"n\":3}").await.unwrap();
-        assert_eq!(std::fs::read_to_string(spool.path()).unwrap(), "{\"n\":1}\n{\"n\":3}\n");
-        assert_eq!(spool.backlog(), 2);
+        for refused_truncates in [0, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::at(dir.path().join("s.jsonl")).with_file(move |file| {
+                Box::new(FillsUp {
+                    file,
+                    writes: 0,
+                    fail_at: 1,
+                    refused_truncates,
+                })
+            });
+            spool.prepare().unwrap();
+            spool.append("{\"n\":1}").await.unwrap();
+            let full = spool
+                .append("{\"n\":2,\"long\":\"xxxxxxxxxxxxxxxxxxxx\"}")
+                .await
+                .unwrap_err();
+            assert_eq!(full.kind(), ErrorKind::StorageFull);
+            if refused_truncates == 0 {
+                assert_eq!(
+                    std::fs::read_to_string(spool.path()).unwrap(),
+                    "{\"n\":1}\n",
+                    "the half-written line is gone"
+                );
+            }
+            // When the cut failed, the next write makes it first.
+            spool.append("{\"n\":3}").await.unwrap();
+            assert_eq!(
+                std::fs::read_to_string(spool.path()).unwrap(),
+                "{\"n\":1}\n{\"n\":3}\n",
+                "refused truncates: {refused_truncates}"
+            );
+            assert_eq!(spool.backlog(), 2);
+        }
     }
 
     #[tokio::test]
