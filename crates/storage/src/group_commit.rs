@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Db, SqliteWriter, is_connection_error};
+use crate::{Db, SqliteWriter};
 
 /// The most items one transaction commits.
 pub const MAX_BATCH: usize = 256;
@@ -110,9 +110,6 @@ enum Store {
 /// Why a batch was not committed.
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
-    /// The connection broke: the same batch may well succeed on another one.
-    #[error("connection lost: {0}")]
-    Connection(String),
     /// A statement failed: one item of the batch may be at fault. `refused` when the database
     /// refused the data itself ([`Written::Refused`]).
     #[error("{message}")]
@@ -122,7 +119,8 @@ enum WriteError {
         /// Whether the data was refused (a constraint or data exception), not the statement.
         refused: bool,
     },
-    /// The database cannot take writes now (locked, disk full, pool exhausted, …).
+    /// The database cannot take writes now (unreachable, connection lost, locked, disk full, pool
+    /// exhausted, …).
     #[error("{0}")]
     Unavailable(String),
     /// No answer within the commit timeout.
@@ -246,7 +244,6 @@ impl Writer {
             }),
             Store::Pool(db) => match tokio::time::timeout(self.timeout, T::write_pool(db, items)).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) if is_connection_error(&error) => Err(WriteError::Connection(error.to_string())),
                 Ok(Err(sqlx::Error::Database(error))) => Err(WriteError::Statement {
                     message: error.to_string(),
                     refused: refuses_data(&*error),
