@@ -115,6 +115,7 @@ pub const KEYS: &[Key] = &[
     key("trusted_proxies", "CALLPLANE_TRUSTED_PROXIES"),
     key("critical_plugins", "CALLPLANE_CRITICAL_PLUGINS"),
     key("instances", "CALLPLANE_INSTANCES"),
+    key("instance_id", "CALLPLANE_INSTANCE_ID"),
     key("log_dir", "CALLPLANE_LOG_DIR"),
     key("log_format", "CALLPLANE_LOG_FORMAT"),
     key("log_filter", "RUST_LOG"),
@@ -320,6 +321,9 @@ pub fn load(
             }
         }
     }
+    if !config.sources.contains_key("instance_id") {
+        config.settings.instance_id = format!("{}:{}", callplane_telemetry::hostname(), config.bind.port());
+    }
     for plugin in plugins {
         let values = config.settings.plugins.entry(plugin.name.to_owned()).or_default();
         for key in plugin.config {
@@ -508,6 +512,11 @@ fn collect_env_keys(
     }
 }
 
+/// An instance id is written bare on every log line: it must need no quoting.
+fn valid_instance_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
     match key.file {
         "bind" => {
@@ -587,6 +596,21 @@ fn apply(config: &mut Config, key: &Key, raw: &Raw, loader: &mut Loader) {
                 config.settings.instances = u32::try_from(n).unwrap_or(1);
             }
         }
+        "instance_id" => {
+            if let Some(id) = loader.string(key, raw) {
+                let id = id.trim();
+                if valid_instance_id(id) {
+                    config.settings.instance_id = id.to_owned();
+                } else {
+                    loader.bad(
+                        key,
+                        raw,
+                        "expected 1–64 characters of letters, digits, `.`, `_`, `:` and `-`",
+                        "e.g. web-1 or web-1.example.net:8080 (it is written bare on every log line)",
+                    );
+                }
+            }
+        }
         "log_dir" => {
             if let Some(dir) = loader.string(key, raw) {
                 if dir.trim().is_empty() {
@@ -647,6 +671,7 @@ pub fn effective(config: &Config, key: &Key) -> String {
             .join(","),
         "critical_plugins" => config.critical_plugins.join(","),
         "instances" => s.instances.to_string(),
+        "instance_id" => s.instance_id.clone(),
         "log_dir" => config.log_dir.display().to_string(),
         "log_format" => match config.log_format {
             LogFormat::Text => "text".to_owned(),

@@ -38,8 +38,9 @@ const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Installs logging for `serve`: console plus the rolling files. An unusable log directory is a
 /// CP105 error (without a log file the call trace would be lost); logging then falls back to the
-/// console so the findings are still printed.
+/// console so the findings are still printed. Every line names the instance (`instance=…`).
 pub fn init_logging(config: &Config, findings: &mut Vec<Finding>) -> Option<LogGuard> {
+    callplane_telemetry::set_instance_id(&config.settings.instance_id);
     let settings = LogSettings {
         format: config.log_format,
         filter: config.log_filter.clone(),

@@ -41,6 +41,9 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// How many instances share the database (`CALLPLANE_INSTANCES`).
     pub instances: u32,
+    /// This process's name among them (`CALLPLANE_INSTANCE_ID`; by default the host name and the
+    /// port): on every log line and every recorded call event.
+    pub instance_id: String,
     /// Each plugin's own configuration, by plugin name.
     pub plugins: BTreeMap<String, PluginConfig>,
 }
@@ -52,6 +55,7 @@ impl Default for Settings {
             public_base_url: "http://127.0.0.1:8080".to_owned(),
             trusted_proxies: TrustedProxies::default(),
             instances: 1,
+            instance_id: format!("{}:8080", callplane_telemetry::hostname()),
             plugins: BTreeMap::new(),
         }
     }

@@ -18,6 +18,19 @@ pub fn rfc3339(secs: i64) -> String {
         .unwrap_or_default()
 }
 
+/// RFC 3339 (UTC, `Z`, milliseconds) text of Unix milliseconds; empty for a time out of range.
+pub fn rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// Unix seconds of an RFC 3339 time, which must carry an offset (`Z` or `±hh:mm`) and fall within
 /// the years 0000–9999 in UTC (what RFC 3339 can write back: `9999-12-31T23:00:00-02:00` is in
 /// the year 10000 in UTC and is refused).

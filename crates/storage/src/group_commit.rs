@@ -5,7 +5,7 @@
 //! broken connection from a bad row from a database that cannot take writes.
 //!
 //! There is no timer: a batch is what arrived while the previous commit ran (and while the writer
-//! yielded its CPU to the HTTP workers a few times, [`gather`]), so one item alone commits at once,
+//! yielded its CPU to the HTTP workers once, [`gather`]), so one item alone commits at once,
 //! and under load an item waits for at most the commit in progress plus its own. The writer has
 //! its own thread so that its work never queues behind HTTP requests on a worker.
 
@@ -27,7 +27,7 @@ const QUEUE: usize = 4096;
 /// A batch smaller than this is worth waiting for, see [`gather`].
 const GATHER_BELOW: usize = 32;
 /// How many times the writer yields its CPU for a small batch, see [`gather`].
-const GATHER_YIELDS: usize = 3;
+const GATHER_YIELDS: usize = 1;
 
 /// A pool write in progress.
 pub type PoolWrite<'a> = Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + 'a>>;
@@ -96,7 +96,24 @@ pub enum Written {
 /// An item waiting for the writer.
 struct Pending<T> {
     item: T,
-    committed: oneshot::Sender<Written>,
+    /// The answer, with the item: its owner frees it on the thread that allocated it, not on the
+    /// writer's, which every owner waits for (freeing another thread's memory also takes that
+    /// thread's allocator lock). `None` for an item [submitted](GroupCommit::submit) without
+    /// waiting.
+    committed: Option<oneshot::Sender<(Written, T)>>,
+}
+
+impl<T> Pending<T> {
+    fn answer(self, written: Written) {
+        if let Some(committed) = self.committed {
+            let _ = committed.send((written, self.item));
+        }
+    }
+
+    /// Whether its owner stopped waiting (its timeout ran out): it has kept its item already.
+    fn abandoned(&self) -> bool {
+        self.committed.as_ref().is_some_and(oneshot::Sender::is_closed)
+    }
 }
 
 /// Where the writer commits.
@@ -152,10 +169,22 @@ impl<T: Batched> GroupCommit<T> {
             return Written::Failed;
         };
         let (committed, done) = oneshot::channel();
-        if writer.send(Pending { item, committed }).await.is_err() {
+        let pending = Pending {
+            item,
+            committed: Some(committed),
+        };
+        if writer.send(pending).await.is_err() {
             return Written::Failed;
         }
-        done.await.unwrap_or(Written::Failed)
+        done.await.map_or(Written::Failed, |(written, _item)| written)
+    }
+
+    /// Queues `item` for the next batch without waiting for it; `false` when the queue is full
+    /// (the item is dropped). For what may be lost under load, such as evidence of refused
+    /// requests, never for call records.
+    pub fn submit(&self, item: T) -> bool {
+        self.writer()
+            .is_some_and(|writer| writer.try_send(Pending { item, committed: None }).is_ok())
     }
 
     fn writer(&self) -> Option<mpsc::Sender<Pending<T>>> {
@@ -209,8 +238,7 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
             gather(&mut queue, &mut batch);
-            // Owners that stopped waiting (their timeout ran out) have kept their item already.
-            batch.retain(|p: &Pending<T>| !p.committed.is_closed());
+            batch.retain(|p: &Pending<T>| !p.abandoned());
             if batch.is_empty() {
                 continue;
             }
@@ -264,11 +292,8 @@ impl Writer {
         drop(items);
         match result {
             Ok(()) => {
-                for Pending { item, committed } in batch {
-                    // The owner frees what it shares with the item, on its own thread: not this
-                    // one, which every owner waits for.
-                    drop(item);
-                    let _ = committed.send(Written::Committed);
+                for pending in batch {
+                    pending.answer(Written::Committed);
                 }
             }
             Err(WriteError::Statement { message, .. }) if batch.len() > 1 => {
@@ -279,17 +304,19 @@ impl Writer {
                         Err(WriteError::Statement { message, refused: true }) => Written::Refused(message),
                         Err(_) => Written::Failed,
                     };
-                    let _ = pending.committed.send(written);
+                    pending.answer(written);
                 }
             }
             Err(WriteError::Statement { message, refused: true }) => {
                 for pending in batch {
-                    let _ = pending.committed.send(Written::Refused(message.clone()));
+                    pending.answer(Written::Refused(message.clone()));
                 }
             }
-            // Every owner hears a dropped sender and keeps its own item.
             Err(error) => {
                 tracing::warn!(writer = self.name, error = %error, items = batch.len(), "[STORAGE] database write failed");
+                for pending in batch {
+                    pending.answer(Written::Failed);
+                }
             }
         }
     }
@@ -303,8 +330,8 @@ fn refuses_data(error: &dyn sqlx::error::DatabaseError) -> bool {
     !matches!(error.kind(), sqlx::error::ErrorKind::Other) || error.code().is_some_and(|code| code.starts_with("22"))
 }
 
-/// Lets a small batch grow before it is committed, without a timer: the writer yields its CPU (at
-/// most [`GATHER_YIELDS`] times), so that HTTP workers ready to run hand over their items first,
+/// Lets a small batch grow before it is committed, without a timer: the writer yields its CPU
+/// ([`GATHER_YIELDS`] times), so that HTTP workers ready to run hand over their items first,
 /// and takes what they queued meanwhile. Much of a commit's cost is the same for one item as for
 /// many (the write lock, and the pages every commit rewrites), so this saved the call-record
 /// writer 15–25 % of its CPU per event under load (docs/performance.md). When nothing else is
@@ -373,7 +400,7 @@ mod tests {
     fn pending(n: i64) -> Pending<Row> {
         Pending {
             item: Row(n),
-            committed: oneshot::channel().0,
+            committed: Some(oneshot::channel().0),
         }
     }
 

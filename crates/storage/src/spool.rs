@@ -236,7 +236,12 @@ impl Spool {
             .open(&path)?;
         match file.try_lock() {
             Ok(()) => {
-                let holder = format!("pid {} on {} since {}\n", std::process::id(), hostname(), unix_now());
+                let holder = format!(
+                    "pid {} on {} since {}\n",
+                    std::process::id(),
+                    callplane_telemetry::hostname(),
+                    unix_now()
+                );
                 file.set_len(0)?;
                 file.write_all(holder.as_bytes())?;
                 Ok(file)
@@ -474,16 +479,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// This machine's name, for the lock's holder.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "this host".to_owned())
 }
 
 /// Answers every owner of a write that did not happen with `error`.

@@ -13,18 +13,20 @@ use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::instance::instance_id;
 use crate::request::RequestScope;
 use crate::value::{needs_quotes, quote};
 
 /// The text line:
-/// `2026-11-25T17:00:00.123456Z  INFO message key=value… request_id=… client=… scheme=…`.
+/// `2026-11-25T17:00:00.123456Z  INFO message key=value… instance=… request_id=… client=… scheme=…`.
 ///
 /// Values print bare unless [`needs_quotes`] says otherwise (then quoted and escaped), so the
 /// contract's literal lines (`[TWILIO][INBOUND] hit path=/webhook/incoming_call call_sid=CA…`)
 /// come out exactly and still grep. A field the message already shows is not repeated — `key=`
 /// starts a word of the message, or the value itself is a word of it — so boot lines can spell
 /// out their fields in the contract's wording while the JSON format still gets them as keys.
-/// The line ends with its request's fields ([`RequestScope`]), if it was logged by a request.
+/// The line ends with the instance id ([`crate::instance`]) and its request's fields
+/// ([`RequestScope`]), if it was logged by a request.
 #[derive(Debug, Clone, Copy)]
 pub struct TextFormat;
 
@@ -51,13 +53,17 @@ where
             writer.write_char('=')?;
             writer.write_str(value)?;
         }
+        if let Some(instance) = instance_id() {
+            writer.write_str(" instance=")?;
+            writer.write_str(instance)?;
+        }
         RequestScope::with_current(|scope| writer.write_str(scope.text())).unwrap_or(Ok(()))?;
         writeln!(writer)
     }
 }
 
 /// The JSON line: one object with `timestamp`, `level`, the message and fields as keys (as
-/// `tracing_subscriber`'s flattened JSON writes them), `target`, and the request's fields
+/// `tracing_subscriber`'s flattened JSON writes them), `target`, `instance`, and the request's fields
 /// ([`RequestScope`]) under `span`, if it was logged by a request.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonFormat;
@@ -83,6 +89,9 @@ where
             event.record(&mut fields);
             let mut map = fields.take_serializer()?;
             map.serialize_entry("target", meta.target())?;
+            if let Some(instance) = instance_id() {
+                map.serialize_entry("instance", instance)?;
+            }
             RequestScope::with_current(|scope| map.serialize_entry("span", scope)).unwrap_or(Ok(()))?;
             map.end()
         })();

@@ -5,6 +5,7 @@
 //!   logging thread wait; a line is never dropped). The returned [`LogGuard`] flushes on drop and
 //!   must live as long as the process.
 //! * [`format`]: the text and JSON line formats.
+//! * [`instance`]: the instance id every line names (`instance=…`).
 //! * [`request`]: the per-request middleware — a request id (a fresh UUID, or the incoming
 //!   `X-Request-Id` when the peer is a trusted proxy) echoed in the response and carried by the
 //!   request's [`RequestScope`] into every log line of that request together with the client's
@@ -17,12 +18,14 @@
 //! Architecture invariant: nothing here knows about plugins or the database.
 
 pub mod format;
+pub mod instance;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod request;
 pub mod value;
 
+pub use instance::{hostname, instance_id, set_instance_id};
 pub use logging::{BOOT_TARGET, Console, LogFormat, LogGuard, LogSettings, TRACE_TARGET, TelemetryError};
 pub use metrics::HttpMetrics;
 pub use proxy::{ClientOrigin, Scheme, TrustedProxies};

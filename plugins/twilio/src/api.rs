@@ -144,3 +144,22 @@ pub(crate) async fn get_call(
     call["events"] = Value::from(events);
     Ok(HttpResponse::Ok().json(call))
 }
+
+/// `GET /api/calls/{call_sid}/trace`: the call's timeline and verdict, as `callplane trace
+/// --format json` prints it, for the caller's business only (another's call is 404; refused
+/// webhooks, not attributable to a tenant, are left out).
+pub(crate) async fn get_trace(
+    who: Principal,
+    db: web::Data<Db>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = crate::trace::CallId::parse(&path.into_inner())
+        .ok()
+        .filter(|id| matches!(id, crate::trace::CallId::Sid(_)))
+        .ok_or_else(|| ApiError::not_found("no such call"))?;
+    let trace = crate::trace::load(&db, &id, crate::trace::Viewer::Tenant(who.business_id), None)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::not_found("no such call"))?;
+    Ok(HttpResponse::Ok().json(trace))
+}

@@ -60,6 +60,27 @@ pub const KEYS: &[ConfigKey] = &[
         "whether webhooks record calls (false exists only to benchmark the webhook path)",
     )
     .env("CALLPLANE_RECORD_CALLS"),
+    ConfigKey::new(
+        "trace_retention_days",
+        ValueKind::Integer { min: 1, max: 3650 },
+        "30",
+        "days a call's timeline (events, outbound steps) and refused webhooks are kept; the call rows stay",
+    ),
+    ConfigKey::new(
+        "unverified_max_rows",
+        ValueKind::Integer {
+            min: 100,
+            max: 10_000_000,
+        },
+        "10000",
+        "refused webhooks kept as evidence at most (the oldest are pruned)",
+    ),
+    ConfigKey::new(
+        "unverified_per_client",
+        ValueKind::Integer { min: 1, max: 1_000_000 },
+        "100",
+        "refused webhooks kept per client address at most (the oldest are pruned)",
+    ),
 ];
 
 fn account_sid(sid: &str) -> Result<(), String> {

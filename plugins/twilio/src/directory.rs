@@ -9,6 +9,7 @@ use actix_web::web::Bytes;
 use callplane_plugin_api::storage::Db;
 use callplane_plugin_api::storage::sqlx::{self, Row};
 
+use crate::event::AnswerKind;
 use crate::records::Outage;
 use crate::twiml;
 
@@ -44,10 +45,10 @@ impl Business {
     }
 
     /// What a caller hears: the business's media stream, else its greeting.
-    pub fn answer(&self, call_sid: &str) -> Bytes {
+    pub fn answer(&self, call_sid: &str) -> (AnswerKind, Bytes) {
         match &self.media_stream_url {
-            Some(url) => twiml::stream(url, call_sid, self.id).into(),
-            None => self.greeting_twiml.clone(),
+            Some(url) => (AnswerKind::Stream, twiml::stream(url, call_sid, self.id).into()),
+            None => (AnswerKind::Greeting, self.greeting_twiml.clone()),
         }
     }
 }
@@ -150,18 +151,21 @@ mod tests {
     #[test]
     fn a_business_answers_with_its_greeting_rendered_once_or_its_stream() {
         let business = Business::new(7, "Tom & Jerry's".into(), None);
-        let answer = business.answer("CA1");
+        let (kind, answer) = business.answer("CA1");
+        assert_eq!(kind, AnswerKind::Greeting);
         assert!(
             answer.ends_with(b"<Say>Tom &amp; Jerry&apos;s</Say></Response>"),
             "{answer:?}"
         );
         assert_eq!(
             answer.as_ptr(),
-            business.answer("CA2").as_ptr(),
+            business.answer("CA2").1.as_ptr(),
             "every call shares the rendered greeting"
         );
         let streamed = Business::new(7, "hi".into(), Some("wss://media.example/s".into()));
-        let answer = String::from_utf8(streamed.answer("CA3").to_vec()).unwrap();
+        let (kind, answer) = streamed.answer("CA3");
+        assert_eq!(kind, AnswerKind::Stream);
+        let answer = String::from_utf8(answer.to_vec()).unwrap();
         assert!(
             answer.contains(r#"<Stream url="wss://media.example/s"><Parameter name="call_sid" value="CA3"/>"#),
             "{answer}"

@@ -7,6 +7,13 @@ use crate::params::Params;
 
 pub use callplane_plugin_api::timestamps::now;
 
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Which webhook an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,7 +28,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// The kind as stored.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Incoming => "incoming",
             Self::OutboundAnswered => "outbound_answered",
@@ -60,6 +67,67 @@ pub struct CallEvent {
     pub params: Params,
     /// When it arrived (Unix seconds).
     pub received_at: i64,
+    /// When it arrived (Unix milliseconds): the timeline's order. `0` in events spooled before
+    /// the timeline existed (then `received_at` counts).
+    #[serde(default)]
+    pub received_ms: i64,
+    /// The instance that received it (`CALLPLANE_INSTANCE_ID`).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// The client's address under the trusted-proxy rules (Twilio's, or the proxy's in front).
+    #[serde(default)]
+    pub client: Option<String>,
+    /// What we answered.
+    #[serde(default)]
+    pub answer: Option<Answer>,
+    /// Microseconds from the request's arrival to its answer being decided (signature, tenant,
+    /// TwiML), before the durable write.
+    #[serde(default)]
+    pub latency_us: Option<i64>,
+    /// When it was spooled because the database was away (Unix milliseconds).
+    #[serde(default)]
+    pub spooled_ms: Option<i64>,
+}
+
+/// What a webhook was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// What the TwiML does.
+    pub kind: AnswerKind,
+    /// The TwiML itself (absent for an empty `<Response/>`).
+    #[serde(default)]
+    pub twiml: Option<String>,
+}
+
+/// What the TwiML of an answer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerKind {
+    /// The business's greeting.
+    Greeting,
+    /// `<Connect><Stream>` to the business's media server.
+    Stream,
+    /// No business has the called number: a message, then hang up.
+    UnknownNumber,
+    /// The business could not be looked up (database away, nothing cached): the fallback greeting.
+    Fallback,
+    /// An empty `<Response/>` (status callbacks).
+    Empty,
+}
+
+impl AnswerKind {
+    /// The kind as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Greeting => "greeting",
+            Self::Stream => "stream",
+            Self::UnknownNumber => "unknown_number",
+            Self::Fallback => "fallback",
+            Self::Empty => "empty",
+        }
+    }
 }
 
 /// Where a recorded event went.

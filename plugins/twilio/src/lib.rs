@@ -8,8 +8,12 @@
 //!   slow; replayed in the background; idempotent by CallSid, ordered by SequenceNumber.
 //! * The webhooks answer TwiML; `GET /api/calls` and `GET /api/calls/{call_sid}` list a business's
 //!   calls.
+//! * [`trace`]: every call's timeline and verdict (`callplane trace`, `callplane calls` in
+//!   [`cli`], `GET /api/calls/{call_sid}/trace`); [`unverified`]: refused webhooks kept as
+//!   evidence, bounded.
 
 mod api;
+pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod event;
@@ -22,7 +26,9 @@ pub mod records;
 pub mod signature;
 pub mod simulate;
 mod sql;
+pub mod trace;
 pub mod twiml;
+pub mod unverified;
 mod webhooks;
 
 use std::sync::Arc;
@@ -39,7 +45,7 @@ pub const PLUGIN: RoutePlugin = RoutePlugin {
     requires: &["permissions"],
     critical: true,
     register,
-    commands: &[simulate::SIMULATE],
+    commands: &[simulate::SIMULATE, cli::TRACE, cli::CALLS],
     config: config::KEYS,
     deploy_checks: config::DEPLOY_CHECKS,
 };
@@ -50,6 +56,32 @@ inventory::submit! { PLUGIN }
 pub const SPOOL_FILE: &str = "twilio-calls.jsonl";
 /// How often the spool is replayed.
 pub const REPLAY_EVERY: Duration = Duration::from_secs(2);
+
+/// How often old timeline rows are pruned.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes the call timeline to `days` every [`PRUNE_EVERY`] (the first time a minute after the
+/// start, not in the middle of the boot).
+async fn prune_forever(db: callplane_plugin_api::storage::Db, days: i64) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = PRUNE_EVERY;
+        match trace::prune(&db, days, event::now_ms()).await {
+            Ok(Some(0) | None) => {}
+            Ok(Some(deleted)) => {
+                tracing::info!(
+                    deleted,
+                    days,
+                    "[TWILIO] call timeline rows older than the retention pruned"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "[TWILIO] the call timeline could not be pruned; trying again later")
+            }
+        }
+    }
+}
 
 /// Declares the webhooks, the calls API, the signature provider, the migrations, the spool (created
 /// when the server starts), its replay and its readiness check.
@@ -80,20 +112,43 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
             })
         }),
     );
+    let db = reg.db().clone();
+    let recorder = records::Recorder::new(db.clone(), spool, record_calls, reg.metrics());
+    let caps = unverified::Caps {
+        max_rows: reg
+            .config()
+            .integer("unverified_max_rows")
+            .try_into()
+            .unwrap_or(i64::MAX),
+        per_client: reg
+            .config()
+            .integer("unverified_per_client")
+            .try_into()
+            .unwrap_or(i64::MAX),
+    };
     let provider = provider::SignatureProvider::new(
         account.auth_token.clone(),
         settings.public_base_url.clone(),
+        Some(provider::Evidence {
+            recorder: recorder.clone(),
+            instance_id: settings.instance_id.clone(),
+            caps,
+        }),
         reg.metrics(),
     );
-    let db = reg.db().clone();
-    let recorder = records::Recorder::new(db.clone(), spool, record_calls, reg.metrics());
     reg.migrations(migrations::MIGRATIONS);
     reg.provide_access(Capability::TwilioSignature, provider);
     reg.state(webhooks::WebhookState {
         recorder: recorder.clone(),
-        directory: records::Directory::new(db, recorder.outage().clone()),
+        directory: records::Directory::new(db.clone(), recorder.outage().clone()),
+        instance_id: settings.instance_id.clone(),
     });
-    let outbound = outbound::OutboundState::new(settings.public_base_url.clone(), account, reg.metrics());
+    let outbound = outbound::OutboundState::new(
+        settings.public_base_url.clone(),
+        settings.instance_id.clone(),
+        account,
+        reg.metrics(),
+    );
     reg.state(outbound);
     reg.post(
         webhooks::INCOMING_CALL,
@@ -108,7 +163,17 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     .post(webhooks::CALL_STATUS, Access::TwilioSignature, webhooks::call_status)
     .post("/api/calls/outbound", Access::PageAccess("calls"), outbound::create)
     .get("/api/calls", Access::PageAccess("calls"), api::list_calls)
-    .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call);
+    .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call)
+    .get(
+        "/api/calls/{call_sid}/trace",
+        Access::PageAccess("calls"),
+        api::get_trace,
+    );
+    let retention_days = i64::try_from(reg.config().integer("trace_retention_days")).unwrap_or(i64::MAX);
+    reg.background(
+        "trace-retention",
+        Arc::new(move || Box::pin(prune_forever(db.clone(), retention_days))),
+    );
     let (replayer, replay_gauges) = (recorder.clone(), gauges.clone());
     reg.background(
         "spool-replay",

@@ -1,5 +1,8 @@
 //! Call records: `calls` (one row per CallSid) and `call_events` (every webhook, once).
 //!
+//! Version 3 adds the call timeline: the details of each event, `outbound_events` (the steps of
+//! an outbound request, by REQ id) and `unverified_webhooks` (refused webhooks, bounded).
+//!
 //! `call_events` belongs to its call by the call's row id and is unique on
 //! `(call_id, kind, sequence)` (sequence `-1` for the call's first webhook), so a webhook Twilio
 //! retries is stored once. `calls.last_sequence` only ever grows: a late, out-of-order status
@@ -81,6 +84,52 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     ALTER TABLE call_events ADD CONSTRAINT call_events_call_kind_sequence UNIQUE (call_id, kind, sequence);
 ",
     },
+    // The call timeline (`callplane trace`): each event says where and when it arrived, what we
+    // answered and whether a status callback moved its call; the outbound lifecycle has its own
+    // rows (keyed by REQ id: a request may never get a CallSid); refused webhooks are kept apart,
+    // bounded, never under a tenant.
+    Migration::portable(
+        3,
+        "call timeline: event details, outbound steps, unverified webhooks",
+        "
+    ALTER TABLE call_events ADD COLUMN received_ms BIGINT;
+    ALTER TABLE call_events ADD COLUMN stored_ms BIGINT;
+    ALTER TABLE call_events ADD COLUMN spooled_ms BIGINT;
+    ALTER TABLE call_events ADD COLUMN instance_id TEXT;
+    ALTER TABLE call_events ADD COLUMN client TEXT;
+    ALTER TABLE call_events ADD COLUMN answer_status BIGINT;
+    ALTER TABLE call_events ADD COLUMN answer_kind TEXT;
+    ALTER TABLE call_events ADD COLUMN twiml TEXT;
+    ALTER TABLE call_events ADD COLUMN latency_us BIGINT;
+    ALTER TABLE call_events ADD COLUMN applied BIGINT;
+    CREATE TABLE outbound_events (
+        id {id},
+        req_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        instance_id TEXT NOT NULL,
+        request_id TEXT,
+        call_sid TEXT,
+        twilio_code TEXT,
+        detail TEXT,
+        duration_ms BIGINT
+    );
+    CREATE INDEX outbound_events_req ON outbound_events (req_id);
+    CREATE TABLE unverified_webhooks (
+        id {id},
+        received_ms BIGINT NOT NULL,
+        instance_id TEXT NOT NULL,
+        route TEXT NOT NULL,
+        call_sid TEXT NOT NULL,
+        client TEXT NOT NULL,
+        request_id TEXT,
+        signature TEXT NOT NULL,
+        likely_cause TEXT
+    );
+    CREATE INDEX unverified_webhooks_call ON unverified_webhooks (call_sid);
+    CREATE INDEX unverified_webhooks_client ON unverified_webhooks (client, id);
+",
+    ),
 ];
 
 #[cfg(test)]
@@ -121,7 +170,7 @@ mod tests {
     async fn upgrade_keeps_every_event(db: &Db) {
         assert_eq!(upgrade(db, 1).await.unwrap(), 1);
         exec(db, V1_DATA).await;
-        assert_eq!(upgrade(db, MIGRATIONS.len()).await.unwrap(), 1, "version 2 applied");
+        assert_eq!(upgrade(db, 2).await.unwrap(), 1, "version 2 applied");
         let rows: Vec<EventRow> = db
             .run(|pool| {
                 sqlx::query_as(
@@ -185,6 +234,20 @@ mod tests {
         assert!(
             ids[3].0 > 3 && ids[3].1 == 4,
             "the new event comes after the kept ones: {ids:?}"
+        );
+        // Version 3 keeps them too, their timeline fields empty: a trace of an older call shows
+        // what was kept.
+        assert_eq!(upgrade(db, MIGRATIONS.len()).await.unwrap(), 1, "version 3 applied");
+        let old: Vec<(i64, Option<i64>, Option<String>)> = db
+            .run(|pool| {
+                sqlx::query_as("SELECT id, received_ms, instance_id FROM call_events ORDER BY id").fetch_all(pool)
+            })
+            .await
+            .unwrap();
+        assert_eq!(old.len(), 4);
+        assert!(
+            old.iter().all(|(_, ms, instance)| ms.is_none() && instance.is_none()),
+            "{old:?}"
         );
     }
 

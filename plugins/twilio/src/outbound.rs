@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::Account;
-use crate::records::now;
+use crate::records::{now, now_ms};
 
 /// How long Twilio's REST API gets to answer.
 pub(crate) const TWILIO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +42,7 @@ const MAX_CODE_LABELS: usize = 64;
 #[derive(Debug, Clone)]
 pub(crate) struct OutboundState {
     public_base_url: String,
+    instance_id: String,
     account: Account,
     outcomes: Family<OutboundLabels, Counter>,
     codes: Arc<Mutex<BTreeSet<String>>>,
@@ -49,7 +50,7 @@ pub(crate) struct OutboundState {
 
 impl OutboundState {
     /// Registers `callplane_twilio_outbound_total{result,code}`.
-    pub(crate) fn new(public_base_url: String, account: Account, metrics: &mut Registry) -> Self {
+    pub(crate) fn new(public_base_url: String, instance_id: String, account: Account, metrics: &mut Registry) -> Self {
         let outcomes = Family::default();
         metrics.register(
             "outbound",
@@ -58,6 +59,7 @@ impl OutboundState {
         );
         Self {
             public_base_url,
+            instance_id,
             account,
             outcomes,
             codes: Arc::default(),
@@ -94,6 +96,54 @@ pub(crate) struct OutboundRequest {
 thread_local! {
     /// `awc::Client` is not `Send`: one per worker thread.
     static CLIENT: awc::Client = awc::Client::builder().timeout(TWILIO_TIMEOUT).disable_redirects().finish();
+}
+
+/// A step of an outbound request, as its timeline keeps it (`outbound_events`).
+#[derive(Debug, Default)]
+struct Step<'a> {
+    step: &'static str,
+    call_sid: Option<&'a str>,
+    twilio_code: Option<&'a str>,
+    detail: Option<&'a str>,
+    duration_ms: Option<i64>,
+}
+
+/// Adds `steps` to the timeline of `req_id`. The call record is what counts: a step that cannot be
+/// written is logged, and the request goes on.
+async fn record_steps(db: &Db, state: &OutboundState, req_id: &str, steps: &[Step<'_>]) {
+    let at = now_ms();
+    let request_id = current_request_id().map(|id| id.to_string());
+    let written = db
+        .run(|pool| async move {
+            let mut tx = pool.begin().await?;
+            for step in steps {
+                sqlx::query(
+                    "INSERT INTO outbound_events (req_id, step, at_ms, instance_id, request_id, call_sid, twilio_code, detail, duration_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(req_id)
+                .bind(step.step)
+                .bind(at)
+                .bind(&state.instance_id)
+                .bind(&request_id)
+                .bind(step.call_sid)
+                .bind(step.twilio_code)
+                .bind(step.detail)
+                .bind(step.duration_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await;
+    if let Err(e) = written {
+        tracing::error!(target: TRACE_TARGET, error = %e, "[OUTBOUND][REQ={req_id}] the call's timeline could not be written");
+    }
+}
+
+/// Milliseconds since `since`.
+fn millis(since: Instant) -> i64 {
+    i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `REQ`: the first 8 hex digits of a v4 UUID.
@@ -202,6 +252,18 @@ async fn attach_sid(db: &Db, req_id: &str, call_sid: &str, status: &str) -> Resu
     .await
 }
 
+/// The `twilio_failed` step: Twilio's error code (or ours: `twilio_timeout`, …) and message.
+async fn failed_step(db: &Db, state: &OutboundState, req_id: &str, code: &str, message: &str, calling: Instant) {
+    let failed = [Step {
+        step: "twilio_failed",
+        twilio_code: Some(code),
+        detail: Some(message),
+        duration_ms: Some(millis(calling)),
+        ..Step::default()
+    }];
+    record_steps(db, state, req_id, &failed).await;
+}
+
 fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -304,7 +366,21 @@ pub(crate) async fn create(
     let credentials =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", account.sid, account.auth_token.expose()));
 
+    let accepted = format!("tenant={tenant} lead_id={lead_id} to={to} from={from}");
+    let steps = [
+        Step {
+            step: "accepted",
+            detail: Some(&accepted),
+            ..Step::default()
+        },
+        Step {
+            step: "calling_twilio",
+            ..Step::default()
+        },
+    ];
+    record_steps(&db, &state, &req_id, &steps).await;
     tracing::info!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] calling twilio...");
+    let calling = Instant::now();
     let request = CLIENT.with(|client| {
         client
             .post(&endpoint)
@@ -331,6 +407,7 @@ pub(crate) async fn create(
                 )
             };
             tracing::error!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] twilio_failed err={code} {message}");
+            failed_step(&db, &state, &req_id, code, &message, calling).await;
             mark_failed(&db, &req_id, &format!("{code}: {message}")).await;
             state.count("failed", code);
             return Ok(failure(status, code, &message, &req_id, None, None));
@@ -342,6 +419,7 @@ pub(crate) async fn create(
         Err(error) => {
             let message = format!("Twilio's answer could not be read: {error}");
             tracing::error!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] twilio_failed err=unreadable {message}");
+            failed_step(&db, &state, &req_id, "unreadable", &message, calling).await;
             mark_failed(&db, &req_id, &message).await;
             state.count("failed", "unreadable");
             return Ok(failure(
@@ -364,6 +442,7 @@ pub(crate) async fn create(
         else {
             let message = "Twilio accepted the call but sent no CallSid".to_owned();
             tracing::error!(target: TRACE_TARGET, req_id = %req_id, "[OUTBOUND][REQ={req_id}] twilio_failed err=no_sid {message}");
+            failed_step(&db, &state, &req_id, "no_sid", &message, calling).await;
             mark_failed(&db, &req_id, &message).await;
             state.count("failed", "no_sid");
             return Ok(failure(
@@ -377,6 +456,14 @@ pub(crate) async fn create(
         };
         let call_status = answer.get("status").and_then(Value::as_str).unwrap_or("queued");
         tracing::info!(target: TRACE_TARGET, req_id = %req_id, call_sid, "[OUTBOUND][REQ={req_id}] twilio_ok call_sid={call_sid}");
+        let ok = [Step {
+            step: "twilio_ok",
+            call_sid: Some(call_sid),
+            detail: Some(call_status),
+            duration_ms: Some(millis(calling)),
+            ..Step::default()
+        }];
+        record_steps(&db, &state, &req_id, &ok).await;
         if let Err(e) = attach_sid(&db, &req_id, call_sid, call_status).await {
             // The call is placed; its webhooks will record it under its sid.
             tracing::error!(target: TRACE_TARGET, error = %e, call_sid, "[OUTBOUND][REQ={req_id}] the CallSid could not be saved yet");
@@ -403,6 +490,7 @@ pub(crate) async fn create(
     let code_text = twilio_code.map_or_else(|| format!("http_{}", http_status.as_u16()), |c| c.to_string());
     tracing::error!(target: TRACE_TARGET, req_id = %req_id, twilio_code = %code_text,
         "[OUTBOUND][REQ={req_id}] twilio_failed err={code_text} {shown_message}");
+    failed_step(&db, &state, &req_id, &code_text, &twilio_message, calling).await;
     mark_failed(&db, &req_id, &format!("{code_text} {twilio_message}")).await;
     state.count("failed", &code_text);
     let twilio = (!answer.is_null()).then_some(&answer);

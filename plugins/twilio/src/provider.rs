@@ -3,14 +3,16 @@
 //! public URL (never the `Host` or `X-Forwarded-*` headers) and refuses with 403 and empty TwiML.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::dev::ServiceRequest;
 use actix_web::error::PayloadError;
 use actix_web::http::{StatusCode, header};
 use actix_web::web::Bytes;
 use actix_web::{FromRequest, HttpMessage, HttpResponse};
-use callplane_plugin_api::telemetry::TRACE_TARGET;
 use callplane_plugin_api::telemetry::value::{shown as log_value, truncated};
+use callplane_plugin_api::telemetry::{ClientOrigin, TRACE_TARGET, current_request_id};
 use callplane_plugin_api::{Access, AccessProvider, Secret, is_body_timeout};
 use futures_util::future::LocalBoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,9 +20,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::event::now_ms;
 use crate::params::Params;
+use crate::records::Recorder;
 use crate::signature::{self, AuthKey, Outcome};
 use crate::twiml;
+use crate::unverified::{Attempt, Budget, Caps, likely_cause};
 use crate::webhooks::{CALL_STATUS, INCOMING_CALL, OUTBOUND_CALL};
 
 /// Largest webhook body accepted (Twilio's forms are a few KiB).
@@ -33,6 +38,10 @@ pub struct Webhook {
     pub params: Params,
     /// The decoded query parameters.
     pub query: Params,
+    /// When the provider saw it: the start of its handler latency.
+    pub arrived: Option<Instant>,
+    /// When it arrived (Unix milliseconds).
+    pub received_ms: i64,
 }
 
 impl Webhook {
@@ -81,29 +90,114 @@ struct WebhookLabels {
     signature: &'static str,
 }
 
+/// Where refused webhooks are kept as evidence ([`crate::unverified`]).
+#[derive(Debug, Clone)]
+pub struct Evidence {
+    /// The writer they go to.
+    pub recorder: Recorder,
+    /// This instance's id.
+    pub instance_id: String,
+    /// The table's bounds.
+    pub caps: Caps,
+}
+
 /// Verifies Twilio's signature for every `Access::TwilioSignature` route.
 #[derive(Debug, Clone)]
 pub struct SignatureProvider {
     key: AuthKey,
     public_base_url: String,
     webhooks: Family<WebhookLabels, Counter>,
+    evidence: Option<Evidence>,
+    budget: Arc<Budget>,
+    unverified: Family<KeptLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeptLabels {
+    kept: &'static str,
 }
 
 impl SignatureProvider {
     /// A provider signing over `public_base_url` with `auth_token`, counting into `metrics`
-    /// (`callplane_twilio_webhooks_total{route,signature}`).
-    pub fn new(auth_token: Secret, public_base_url: String, metrics: &mut Registry) -> Self {
+    /// (`callplane_twilio_webhooks_total{route,signature}`,
+    /// `callplane_twilio_unverified_webhooks_total{kept}`), keeping refused webhooks that name a
+    /// CallSid in `evidence` (if any).
+    pub fn new(
+        auth_token: Secret,
+        public_base_url: String,
+        evidence: Option<Evidence>,
+        metrics: &mut Registry,
+    ) -> Self {
         let webhooks = Family::default();
         metrics.register(
             "webhooks",
             "Twilio webhooks by route and signature outcome",
             webhooks.clone(),
         );
+        let unverified = Family::default();
+        metrics.register(
+            "unverified_webhooks",
+            "Refused webhooks naming a CallSid, by whether they were kept as evidence (stored, over_budget, queue_full)",
+            unverified.clone(),
+        );
         Self {
             key: AuthKey::new(auth_token.expose()),
             public_base_url,
             webhooks,
+            evidence,
+            budget: Arc::default(),
+            unverified,
         }
+    }
+
+    /// Keeps a refused webhook that names a CallSid, within the budget.
+    fn keep_refused(
+        &self,
+        req: &ServiceRequest,
+        route: &str,
+        hook: &Webhook,
+        signature: Option<&str>,
+        outcome: Outcome,
+    ) {
+        let (Some(evidence), Some(call_sid)) = (&self.evidence, hook.get("CallSid").filter(|s| !s.is_empty())) else {
+            return;
+        };
+        let kept = if !self.budget.admit() {
+            "over_budget"
+        } else {
+            let rest = match req.query_string() {
+                "" => req.path().to_owned(),
+                query => format!("{}?{query}", req.path()),
+            };
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+            let attempt = Attempt {
+                received_ms: hook.received_ms,
+                instance_id: evidence.instance_id.clone(),
+                route: route.to_owned(),
+                call_sid: truncated(call_sid, MAX_TRACE_VALUE).into_owned(),
+                client: req
+                    .extensions()
+                    .get::<ClientOrigin>()
+                    .map_or_else(|| "unknown".to_owned(), |c| c.ip.to_string()),
+                request_id: current_request_id().map(|id| id.to_string()),
+                signature: outcome.as_str(),
+                likely_cause: likely_cause(
+                    &self.key,
+                    &self.public_base_url,
+                    host,
+                    &rest,
+                    hook.params.iter(),
+                    signature,
+                ),
+                caps: evidence.caps,
+            };
+            if evidence.recorder.keep_refused(attempt) {
+                "stored"
+            } else {
+                "queue_full"
+            }
+        };
+        self.unverified.get_or_create(&KeptLabels { kept }).inc();
     }
 }
 
@@ -171,6 +265,8 @@ fn log_hit(path: &str, hook: &Webhook, signature_present: bool) {
 impl AccessProvider for SignatureProvider {
     fn authorize<'a>(&'a self, req: &'a mut ServiceRequest, _: Access) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
         Box::pin(async move {
+            let arrived = Instant::now();
+            let received_ms = now_ms();
             let route = route_of(req);
             let path = &*route;
             let prefix = trace_prefix(path);
@@ -237,6 +333,8 @@ impl AccessProvider for SignatureProvider {
             let hook = Webhook {
                 params,
                 query: Params::parse(query_string.as_bytes()),
+                arrived: Some(arrived),
+                received_ms,
             };
             log_hit(path, &hook, signature_present);
             if let Some((status, problem)) = refusal {
@@ -260,7 +358,7 @@ impl AccessProvider for SignatureProvider {
             } else {
                 format!("{}{called_path}?{query_string}", self.public_base_url)
             };
-            let outcome = match header {
+            let outcome = match &header {
                 None => Outcome::Invalid,
                 Some(signature) => {
                     let json_body = if is_json {
@@ -278,6 +376,7 @@ impl AccessProvider for SignatureProvider {
                 })
                 .inc();
             if outcome != Outcome::Valid {
+                self.keep_refused(req, path, &hook, header.as_ref().and_then(Option::as_deref), outcome);
                 let call_sid = &*shown(hook.get("CallSid"));
                 let signature = outcome.as_str();
                 tracing::warn!(

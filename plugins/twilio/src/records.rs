@@ -15,9 +15,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use crate::directory::{Business, Directory, Lookup};
-pub use crate::event::{CallEvent, EventKind, Recorded, now};
+pub use crate::event::{CallEvent, EventKind, Recorded, now, now_ms};
 use crate::readiness::SpoolGauges;
-use crate::sql::QueuedEvent;
+use crate::sql::{Queued, QueuedEvent};
+use crate::unverified::Attempt;
 
 /// How long a webhook waits for the database before it spools instead: Twilio gives up after 15 s.
 pub const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -60,7 +61,7 @@ pub struct Recorder {
     outage: Outage,
     recorded: Family<OutcomeLabels, Counter>,
     dead_letters: Counter,
-    group: GroupCommit<QueuedEvent>,
+    group: GroupCommit<Queued>,
     enabled: bool,
 }
 
@@ -128,8 +129,11 @@ impl Recorder {
         }
         let event = Arc::new(event());
         if !self.outage.is_on() {
-            let written =
-                tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(QueuedEvent::new(event.clone()))).await;
+            let written = tokio::time::timeout(
+                DB_WRITE_TIMEOUT,
+                self.group.write(Queued::Event(QueuedEvent::new(event.clone()))),
+            )
+            .await;
             match written {
                 Ok(Written::Committed) => {
                     self.count("database");
@@ -147,7 +151,10 @@ impl Recorder {
                 }
             }
         }
-        let line = match serde_json::to_string(&*event) {
+        // The owner holds the only reference again: the writer answered, or was let go.
+        let mut event = Arc::unwrap_or_clone(event);
+        event.spooled_ms = Some(now_ms());
+        let line = match serde_json::to_string(&event) {
             Ok(line) => line,
             Err(error) => {
                 tracing::error!(call_sid = %event.call_sid, error = %error, "[TWILIO] call event cannot be serialised: LOST");
@@ -168,6 +175,12 @@ impl Recorder {
         }
     }
 
+    /// Keeps `attempt` (a refused webhook) with the next batch, without waiting; `false` when the
+    /// writer's queue is full and it was dropped.
+    pub fn keep_refused(&self, attempt: Attempt) -> bool {
+        self.enabled && self.group.submit(Queued::Unverified(attempt))
+    }
+
     /// Moves spooled events into the database, a batch at a time through the group commit like
     /// any webhook's. A line that is not a call event, or that the database refuses, goes to the
     /// dead-letter file (`[TWILIO][SPOOL] dead_letter`, counted); the replay stops at the first
@@ -183,7 +196,11 @@ impl Recorder {
                     Ok(event) => event,
                     Err(error) => return Replayed::Poison(format!("not a call event: {error}")),
                 };
-                match tokio::time::timeout(DB_WRITE_TIMEOUT, self.group.write(QueuedEvent::new(Arc::new(event)))).await
+                match tokio::time::timeout(
+                    DB_WRITE_TIMEOUT,
+                    self.group.write(Queued::Event(QueuedEvent::new(Arc::new(event)))),
+                )
+                .await
                 {
                     Ok(Written::Committed) => Replayed::Applied,
                     Ok(Written::Refused(reason)) => Replayed::Poison(reason),

@@ -11,7 +11,8 @@ use callplane_plugin_api::storage::{Batched, Db, DbKind, PoolWrite, rusqlite};
 #[cfg(doc)]
 use callplane_plugin_api::storage::GroupCommit;
 
-use crate::event::{CallEvent, EventKind};
+use crate::event::{CallEvent, EventKind, now_ms};
+use crate::unverified::Attempt;
 
 /// An event on its way to the database, its stored parameters serialised by its owner (the
 /// HTTP workers run in parallel; the one writer is what every webhook waits for).
@@ -38,18 +39,53 @@ impl std::ops::Deref for QueuedEvent {
     }
 }
 
-impl Batched for QueuedEvent {
+/// What the call-record writer commits: call events, and refused webhooks kept as evidence
+/// (one writer, so that they never contend for SQLite's write lock).
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// A verified webhook's event.
+    Event(QueuedEvent),
+    /// A refused webhook.
+    Unverified(Attempt),
+}
+
+/// A batch split by kind.
+fn split<'a>(batch: &[&'a Queued]) -> (Vec<&'a QueuedEvent>, Vec<&'a Attempt>) {
+    let (mut events, mut attempts) = (Vec::with_capacity(batch.len()), Vec::new());
+    for item in batch {
+        match item {
+            Queued::Event(event) => events.push(event),
+            Queued::Unverified(attempt) => attempts.push(attempt),
+        }
+    }
+    (events, attempts)
+}
+
+impl Batched for Queued {
     fn write_sqlite(conn: &mut rusqlite::Connection, batch: &[&Self]) -> rusqlite::Result<()> {
-        write_sqlite(conn, batch)
+        let (events, attempts) = split(batch);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        write_sqlite(&tx, &events)?;
+        write_attempts_sqlite(&tx, &attempts)?;
+        tx.commit()
     }
 
     fn write_pool<'a>(db: &'a Db, batch: &'a [&'a Self]) -> PoolWrite<'a> {
-        Box::pin(write_events(db, batch))
+        Box::pin(async move {
+            let (events, attempts) = split(batch);
+            write_pool(db, &events, &attempts).await
+        })
     }
 
-    /// By CallSid: two batches sharing CallSids lock their rows in the same order.
+    /// Events by CallSid (two batches sharing CallSids lock their rows in the same order), then
+    /// refused webhooks.
     fn order(&self, other: &Self) -> Ordering {
-        self.call_sid.cmp(&other.call_sid)
+        match (self, other) {
+            (Self::Event(a), Self::Event(b)) => a.call_sid.cmp(&b.call_sid),
+            (Self::Event(_), Self::Unverified(_)) => Ordering::Less,
+            (Self::Unverified(_), Self::Event(_)) => Ordering::Greater,
+            (Self::Unverified(a), Self::Unverified(b)) => a.received_ms.cmp(&b.received_ms),
+        }
     }
 }
 
@@ -92,11 +128,24 @@ const UPDATE_STATUS: &str =
 
 /// Every event once, under its call's row id (the call row is upserted first, in the same
 /// transaction): a retry of the same (call, kind, sequence) is skipped.
+/// With the event go its timeline fields: where and when it arrived, what we answered, whether a
+/// status callback applied, and when it was spooled and stored.
 const INSERT_EVENTS: MultiRow = MultiRow {
-    head: "INSERT INTO call_events (call_id, kind, status, sequence, request_id, payload, received_at)",
-    row: "((SELECT id FROM calls WHERE call_sid = ?), ?, ?, ?, ?, ?, ?)",
+    head: "INSERT INTO call_events (call_id, kind, status, sequence, request_id, payload, received_at,
+           received_ms, stored_ms, spooled_ms, instance_id, client, answer_status, answer_kind, twiml, latency_us, applied)",
+    row: "((SELECT id FROM calls WHERE call_sid = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     tail: "ON CONFLICT (call_id, kind, sequence) DO NOTHING",
 };
+
+/// A refused webhook.
+const INSERT_ATTEMPT: &str = "INSERT INTO unverified_webhooks
+    (received_ms, instance_id, route, call_sid, client, request_id, signature, likely_cause)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+/// Keeps a client's newest `per_client` refused webhooks (client, client, per_client).
+const PRUNE_CLIENT: &str = "DELETE FROM unverified_webhooks WHERE client = ? AND id <=
+    (SELECT id FROM unverified_webhooks WHERE client = ? ORDER BY id DESC LIMIT 1 OFFSET ?)";
+/// Keeps the newest `max_rows` refused webhooks (ids only grow).
+const PRUNE_ROWS: &str = "DELETE FROM unverified_webhooks WHERE id <= (SELECT MAX(id) FROM unverified_webhooks) - ?";
 
 impl CallEvent {
     /// The business whose number this call is on: the called number of an inbound call, the
@@ -114,22 +163,33 @@ impl CallEvent {
         self.sequence.unwrap_or(-1).max(0)
     }
 
+    /// When it arrived, in Unix milliseconds (events spooled before the timeline existed carry
+    /// only seconds).
+    pub(crate) fn arrival_ms(&self) -> i64 {
+        if self.received_ms > 0 {
+            self.received_ms
+        } else {
+            self.received_at.saturating_mul(1000)
+        }
+    }
+
     /// The stored parameters: a JSON array of `[name, value]` pairs.
     fn payload(&self) -> String {
         serde_json::to_string(&self.params).unwrap_or_else(|_| "[]".to_owned())
     }
 }
 
-/// Writes `events` through the pool in one transaction: the call rows (once per CallSid), each
-/// status when its sequence is newer, and the events (once per CallSid, kind and sequence).
-/// Applying an event twice changes nothing, so a batch may hold retries of each other. Calls and
-/// events go in one multi-row statement each: on PostgreSQL a statement is a network round trip.
-/// (A SQLite file is written by the group-commit writer's own connection, [`write_sqlite`].)
+/// Writes `events` and `attempts` through the pool in one transaction: the call rows (once per
+/// CallSid), each status when its sequence is newer, the events (once per CallSid, kind and
+/// sequence), then the refused webhooks. Applying an event twice changes nothing, so a batch may
+/// hold retries of each other. Calls and events go in one multi-row statement each: on
+/// PostgreSQL a statement is a network round trip. (A SQLite file is written by the group-commit
+/// writer's own connection, [`write_sqlite`].)
 ///
 /// # Errors
 /// A database error; nothing is committed then.
-async fn write_events(db: &Db, events: &[&QueuedEvent]) -> Result<(), sqlx::Error> {
-    if events.is_empty() {
+async fn write_pool(db: &Db, events: &[&QueuedEvent], attempts: &[&Attempt]) -> Result<(), sqlx::Error> {
+    if events.is_empty() && attempts.is_empty() {
         return Ok(());
     }
     db.run(|pool| async move {
@@ -144,24 +204,66 @@ async fn write_events(db: &Db, events: &[&QueuedEvent]) -> Result<(), sqlx::Erro
                     .await?;
             }
         }
-        upsert_calls(&mut tx, db.kind(), events).await?;
-        // Status updates in CallSid order, like the rows above (see `QueuedEvent::order`).
-        let mut statuses: Vec<&&QueuedEvent> = events.iter().filter(|e| e.kind == EventKind::Status).collect();
-        statuses.sort_by(|a, b| a.call_sid.cmp(&b.call_sid));
-        for event in statuses {
-            sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), UPDATE_STATUS, 1)))
-                .bind(&event.status)
-                .bind(event.status_sequence())
-                .bind(event.received_at)
-                .bind(&event.call_sid)
-                .bind(event.status_sequence())
+        if !events.is_empty() {
+            upsert_calls(&mut tx, db.kind(), events).await?;
+            // Status updates in CallSid order, like the rows above (see `Queued::order`).
+            let mut applied = vec![None; events.len()];
+            for (i, event) in events.iter().enumerate().filter(|(_, e)| e.kind == EventKind::Status) {
+                let changed = sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), UPDATE_STATUS, 1)))
+                    .bind(&event.status)
+                    .bind(event.status_sequence())
+                    .bind(event.received_at)
+                    .bind(&event.call_sid)
+                    .bind(event.status_sequence())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                applied[i] = Some(changed > 0);
+            }
+            insert_events(&mut tx, db.kind(), events, &applied).await?;
+        }
+        for attempt in attempts {
+            insert_attempt(&mut tx, db.kind(), attempt).await?;
+        }
+        if let Some(caps) = attempts.first().map(|a| a.caps) {
+            let mut clients: Vec<&str> = attempts.iter().map(|a| a.client.as_str()).collect();
+            clients.sort_unstable();
+            clients.dedup();
+            for client in clients {
+                sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), PRUNE_CLIENT, 1)))
+                    .bind(client)
+                    .bind(client)
+                    .bind(caps.per_client)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(sqlx::AssertSqlSafe(values(db.kind(), PRUNE_ROWS, 1)))
+                .bind(caps.max_rows)
                 .execute(&mut *tx)
                 .await?;
         }
-        insert_events(&mut tx, db.kind(), events).await?;
         tx.commit().await
     })
     .await
+}
+
+async fn insert_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: DbKind,
+    attempt: &Attempt,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(values(kind, INSERT_ATTEMPT, 1)))
+        .bind(attempt.received_ms)
+        .bind(&attempt.instance_id)
+        .bind(&attempt.route)
+        .bind(&attempt.call_sid)
+        .bind(&attempt.client)
+        .bind(&attempt.request_id)
+        .bind(attempt.signature)
+        .bind(&attempt.likely_cause)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// `rows` copies of `row` (a tuple whose `?` are parameters), separated by commas. PostgreSQL gets
@@ -228,15 +330,19 @@ async fn upsert_calls(
     Ok(())
 }
 
-/// [`INSERT_EVENTS`] for every event, in one statement.
+/// [`INSERT_EVENTS`] for every event, in one statement; `applied[i]` says whether the status
+/// callback `events[i]` moved its call.
 async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     kind: DbKind,
     events: &[&QueuedEvent],
+    applied: &[Option<bool>],
 ) -> Result<(), sqlx::Error> {
     let sql = INSERT_EVENTS.sql(kind, events.len());
+    let stored_ms = now_ms();
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-    for event in events {
+    for (event, applied) in events.iter().zip(applied) {
+        let answer = event.answer.as_ref();
         query = query
             .bind(&event.call_sid)
             .bind(event.kind.as_str())
@@ -244,70 +350,124 @@ async fn insert_events(
             .bind(event.sequence.unwrap_or(-1))
             .bind(&event.request_id)
             .bind(&event.params_json)
-            .bind(event.received_at);
+            .bind(event.received_at)
+            .bind(event.arrival_ms())
+            .bind(stored_ms)
+            .bind(event.spooled_ms)
+            .bind(&event.instance_id)
+            .bind(&event.client)
+            .bind(answer.map(|a| i64::from(a.status)))
+            .bind(answer.map(|a| a.kind.as_str()))
+            .bind(answer.and_then(|a| a.twiml.as_deref()))
+            .bind(event.latency_us)
+            .bind(applied.map(i64::from));
     }
     query.execute(&mut **tx).await?;
     Ok(())
 }
 
-/// Writes `events` to a SQLite file in one transaction, with the same statements and the same
-/// effect as [`write_events`], one row at a time: on the writer's own connection a cached
-/// single-row statement costs no parsing and no hop to another thread, so rows are cheaper one by
-/// one than in a multi-row statement parsed for every batch. `BEGIN IMMEDIATE` takes the write
-/// lock up front (waiting for it within the busy timeout) instead of failing to upgrade a read.
+/// Writes `events` to a SQLite file in `tx`, with the same statements and the same effect as
+/// [`write_pool`], one row at a time: on the writer's own connection a cached single-row
+/// statement costs no parsing and no hop to another thread, so rows are cheaper one by one than in
+/// a multi-row statement parsed for every batch. (The caller's transaction is `BEGIN IMMEDIATE`:
+/// it takes the write lock up front, waiting within the busy timeout, instead of failing to
+/// upgrade a read.)
 ///
 /// # Errors
 /// A SQLite error; nothing is committed then.
-fn write_sqlite(conn: &mut rusqlite::Connection, events: &[&QueuedEvent]) -> rusqlite::Result<()> {
+fn write_sqlite(tx: &rusqlite::Transaction<'_>, events: &[&QueuedEvent]) -> rusqlite::Result<()> {
     static UPSERT_ONE: LazyLock<String> = LazyLock::new(|| UPSERT_CALLS.sql(DbKind::Sqlite, 1));
     static INSERT_ONE: LazyLock<String> = LazyLock::new(|| INSERT_EVENTS.sql(DbKind::Sqlite, 1));
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let mut attach = tx.prepare_cached(ATTACH_CALL_SID)?;
-        for event in events {
-            if let Some(req_id) = &event.req_id {
-                attach.execute(rusqlite::params![event.call_sid, req_id, event.call_sid])?;
-            }
-        }
-        let mut upsert = tx.prepare_cached(&UPSERT_ONE)?;
-        for event in events {
-            upsert.execute(rusqlite::params![
-                event.call_sid,
-                event.business_id,
-                event.business_number(),
-                event.direction,
-                event.from,
-                event.to,
-                event.status,
-                event.lead_id,
-                event.received_at,
-                event.received_at,
-            ])?;
-        }
-        let mut status = tx.prepare_cached(UPDATE_STATUS)?;
-        for event in events.iter().filter(|e| e.kind == EventKind::Status) {
-            status.execute(rusqlite::params![
-                event.status,
-                event.status_sequence(),
-                event.received_at,
-                event.call_sid,
-                event.status_sequence(),
-            ])?;
-        }
-        let mut insert = tx.prepare_cached(&INSERT_ONE)?;
-        for event in events {
-            insert.execute(rusqlite::params![
-                event.call_sid,
-                event.kind.as_str(),
-                event.status,
-                event.sequence.unwrap_or(-1),
-                event.request_id,
-                event.params_json,
-                event.received_at,
-            ])?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut attach = tx.prepare_cached(ATTACH_CALL_SID)?;
+    for event in events {
+        if let Some(req_id) = &event.req_id {
+            attach.execute(rusqlite::params![event.call_sid, req_id, event.call_sid])?;
         }
     }
-    tx.commit()
+    let mut upsert = tx.prepare_cached(&UPSERT_ONE)?;
+    for event in events {
+        upsert.execute(rusqlite::params![
+            event.call_sid,
+            event.business_id,
+            event.business_number(),
+            event.direction,
+            event.from,
+            event.to,
+            event.status,
+            event.lead_id,
+            event.received_at,
+            event.received_at,
+        ])?;
+    }
+    let mut status = tx.prepare_cached(UPDATE_STATUS)?;
+    let mut applied = vec![None; events.len()];
+    for (i, event) in events.iter().enumerate().filter(|(_, e)| e.kind == EventKind::Status) {
+        let changed = status.execute(rusqlite::params![
+            event.status,
+            event.status_sequence(),
+            event.received_at,
+            event.call_sid,
+            event.status_sequence(),
+        ])?;
+        applied[i] = Some(changed > 0);
+    }
+    let stored_ms = now_ms();
+    let mut insert = tx.prepare_cached(&INSERT_ONE)?;
+    for (event, applied) in events.iter().zip(applied) {
+        let answer = event.answer.as_ref();
+        insert.execute(rusqlite::params![
+            event.call_sid,
+            event.kind.as_str(),
+            event.status,
+            event.sequence.unwrap_or(-1),
+            event.request_id,
+            event.params_json,
+            event.received_at,
+            event.arrival_ms(),
+            stored_ms,
+            event.spooled_ms,
+            event.instance_id,
+            event.client,
+            answer.map(|a| a.status),
+            answer.map(|a| a.kind.as_str()),
+            answer.and_then(|a| a.twiml.as_deref()),
+            event.latency_us,
+            applied,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Writes `attempts` in `tx` and prunes the table to its caps.
+fn write_attempts_sqlite(tx: &rusqlite::Transaction<'_>, attempts: &[&Attempt]) -> rusqlite::Result<()> {
+    let Some(caps) = attempts.first().map(|a| a.caps) else {
+        return Ok(());
+    };
+    let mut insert = tx.prepare_cached(INSERT_ATTEMPT)?;
+    for a in attempts {
+        insert.execute(rusqlite::params![
+            a.received_ms,
+            a.instance_id,
+            a.route,
+            a.call_sid,
+            a.client,
+            a.request_id,
+            a.signature,
+            a.likely_cause,
+        ])?;
+    }
+    let mut clients: Vec<&str> = attempts.iter().map(|a| a.client.as_str()).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let mut prune = tx.prepare_cached(PRUNE_CLIENT)?;
+    for client in clients {
+        prune.execute(rusqlite::params![client, client, caps.per_client])?;
+    }
+    tx.prepare_cached(PRUNE_ROWS)?.execute([caps.max_rows])?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use callplane_plugin_api::telemetry::{TRACE_TARGET, current_request_id};
+use callplane_plugin_api::telemetry::{ClientOrigin, TRACE_TARGET, current_request_id};
 
+use crate::event::{Answer, AnswerKind};
 use crate::provider::{Webhook, shown, trace_prefix};
 use crate::records::{CallEvent, Directory, EventKind, Lookup, Recorded, Recorder, now};
 use crate::twiml;
@@ -23,6 +24,8 @@ pub(crate) const CALL_STATUS: &str = "/webhook/call_status";
 pub(crate) struct WebhookState {
     pub(crate) recorder: Recorder,
     pub(crate) directory: Directory,
+    /// This instance's id, on every event it records.
+    pub(crate) instance_id: String,
 }
 
 fn xml(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
@@ -34,13 +37,29 @@ fn webhook(req: &HttpRequest) -> Webhook {
     req.extensions_mut().remove::<Webhook>().unwrap_or_default()
 }
 
-/// The event to record; it keeps the webhook's parameters.
-fn event(kind: EventKind, hook: Webhook, call_sid: &str, direction: &str, business_id: Option<i64>) -> CallEvent {
+/// What a webhook is about, before it is recorded.
+struct Received<'a> {
+    kind: EventKind,
+    call_sid: &'a str,
+    direction: &'a str,
+    business_id: Option<i64>,
+}
+
+/// The event to record; it keeps the webhook's parameters, and the answer (200 with `body`) it
+/// gets when it is kept.
+fn event(
+    req: &HttpRequest,
+    state: &WebhookState,
+    hook: Webhook,
+    about: &Received<'_>,
+    answer: (AnswerKind, &Bytes),
+) -> CallEvent {
+    let (kind, body) = answer;
     CallEvent {
-        kind,
-        call_sid: call_sid.to_owned(),
-        business_id,
-        direction: direction.to_owned(),
+        kind: about.kind,
+        call_sid: about.call_sid.to_owned(),
+        business_id: about.business_id,
+        direction: about.direction.to_owned(),
         from: hook.get("From").unwrap_or_default().to_owned(),
         to: hook.get("To").unwrap_or_default().to_owned(),
         status: hook
@@ -58,8 +77,20 @@ fn event(kind: EventKind, hook: Webhook, call_sid: &str, direction: &str, busine
             .filter(|r| r.len() == 8 && r.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(str::to_owned),
         request_id: current_request_id().map(|id| id.to_string()),
-        params: hook.params,
         received_at: now(),
+        received_ms: hook.received_ms,
+        instance_id: Some(state.instance_id.clone()),
+        client: req.extensions().get::<ClientOrigin>().map(|c| c.ip.to_string()),
+        answer: Some(Answer {
+            status: StatusCode::OK.as_u16(),
+            kind,
+            twiml: (kind != AnswerKind::Empty).then(|| String::from_utf8_lossy(body).into_owned()),
+        }),
+        latency_us: hook
+            .arrived
+            .map(|at| i64::try_from(at.elapsed().as_micros()).unwrap_or(i64::MAX)),
+        spooled_ms: None,
+        params: hook.params,
     }
 }
 
@@ -108,24 +139,33 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
         Lookup::Known(b) => Some(b.id),
         _ => None,
     };
+    let (kind, body): (AnswerKind, Bytes) = match &lookup {
+        Lookup::Known(business) => business.answer(&call_sid),
+        Lookup::Unknown => (
+            AnswerKind::UnknownNumber,
+            twiml::say(twiml::UNKNOWN_NUMBER, true).into(),
+        ),
+        Lookup::Unavailable => (AnswerKind::Fallback, twiml::say(twiml::FALLBACK_GREETING, true).into()),
+    };
+    let about = Received {
+        kind: EventKind::Incoming,
+        call_sid: &call_sid,
+        direction: "inbound",
+        business_id,
+    };
     let recorded = state
         .recorder
-        .record(|| event(EventKind::Incoming, hook, &call_sid, "inbound", business_id))
+        .record(|| event(&req, &state, hook, &about, (kind, &body)))
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
     if recorded == Recorded::Lost {
         return unkept();
     }
-    let body = match lookup {
-        Lookup::Known(business) => business.answer(&call_sid),
-        Lookup::Unknown => {
-            let shown_to = &*shown(Some(&to));
-            tracing::warn!(target: TRACE_TARGET, call_sid = %call_sid, to = shown_to, "[TWILIO][INBOUND] unknown called number to={shown_to}: no business has it; answered and hung up");
-            twiml::say(twiml::UNKNOWN_NUMBER, true).into()
-        }
-        Lookup::Unavailable => twiml::say(twiml::FALLBACK_GREETING, true).into(),
-    };
+    if lookup == Lookup::Unknown {
+        let shown_to = &*shown(Some(&to));
+        tracing::warn!(target: TRACE_TARGET, call_sid = %call_sid, to = shown_to, "[TWILIO][INBOUND] unknown called number to={shown_to}: no business has it; answered and hung up");
+    }
     xml(StatusCode::OK, body)
 }
 
@@ -140,26 +180,24 @@ pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookStat
         return bad_request(path, "business_id is not a number");
     };
     let business = state.directory.by_id(business_id).await;
+    let (kind, body) = business.map_or_else(
+        || (AnswerKind::Fallback, twiml::say(twiml::FALLBACK_GREETING, true).into()),
+        |b| b.answer(&call_sid),
+    );
+    let about = Received {
+        kind: EventKind::OutboundAnswered,
+        call_sid: &call_sid,
+        direction: "outbound",
+        business_id: Some(business_id),
+    };
     let recorded = state
         .recorder
-        .record(|| {
-            event(
-                EventKind::OutboundAnswered,
-                hook,
-                &call_sid,
-                "outbound",
-                Some(business_id),
-            )
-        })
+        .record(|| event(&req, &state, hook, &about, (kind, &body)))
         .await;
     log_outcome(path, &call_sid, &business_id.to_string(), recorded);
     if recorded == Recorded::Lost {
         return unkept();
     }
-    let body = business.map_or_else(
-        || twiml::say(twiml::FALLBACK_GREETING, true).into(),
-        |b| b.answer(&call_sid),
-    );
     xml(StatusCode::OK, body)
 }
 
@@ -180,14 +218,21 @@ pub(crate) async fn call_status(req: HttpRequest, state: web::Data<WebhookState>
         Lookup::Known(b) => Some(b.id),
         _ => hook.query("business_id").and_then(|b| b.parse().ok()),
     };
+    let about = Received {
+        kind: EventKind::Status,
+        call_sid: &call_sid,
+        direction,
+        business_id,
+    };
+    let body = twiml::empty();
     let recorded = state
         .recorder
-        .record(|| event(EventKind::Status, hook, &call_sid, direction, business_id))
+        .record(|| event(&req, &state, hook, &about, (AnswerKind::Empty, &body)))
         .await;
     let tenant = business_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string());
     log_outcome(path, &call_sid, &tenant, recorded);
     if recorded == Recorded::Lost {
         return unkept();
     }
-    xml(StatusCode::OK, twiml::empty())
+    xml(StatusCode::OK, body)
 }
