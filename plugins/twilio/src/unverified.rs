@@ -6,7 +6,10 @@
 //! Forged traffic must not fill the disk nor slow valid webhooks down: at most
 //! [`STORED_PER_SECOND`] attempts a second are stored (the rest only counted), and the table is
 //! capped in rows and per client (`unverified_max_rows`, `unverified_per_client`), the oldest
-//! pruned in the transaction that adds new ones.
+//! pruned in the transaction that adds new ones. The cap in rows keeps the newest
+//! `unverified_max_rows` ids (one cheap statement, whatever the table's size): rows a client's cap
+//! removed in between are not made up for, so the table holds at most, not always exactly, that
+//! many.
 
 use std::sync::Mutex;
 use std::time::Instant;

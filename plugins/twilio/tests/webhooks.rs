@@ -1104,3 +1104,466 @@ async fn torn_undecodable_and_poison_spool_lines_do_not_stop_the_replay() {
         dir = kept;
     }
 }
+
+// The call timeline behind `callplane trace`: written with each webhook, read from the database.
+
+use callplane_plugin_twilio::trace::{self, CallId, Trace, Viewer};
+
+async fn traced(db: &Db, id: &str) -> Trace {
+    trace::load(db, &CallId::parse(id).unwrap(), Viewer::Operator, None)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{id} is known"))
+}
+
+fn verdict<'a>(trace: &'a Trace, question: &str) -> &'a str {
+    &trace.verdict.iter().find(|v| v.question == question).unwrap().answer
+}
+
+/// Polls `check` until it holds, for up to 10 s (refused webhooks are written without waiting).
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} within 10 s");
+}
+
+/// An inbound call with a retry, out-of-order statuses and a webhook signed for the wrong scheme,
+/// on SQLite and (with `TEST_POSTGRES_URL`) PostgreSQL: the timeline has every event once with
+/// the instance, what we answered and whether each status applied; the verdict names the cause
+/// of the refusal; tenants see their own calls only, never refused webhooks.
+#[actix_rt::test]
+async fn the_timeline_explains_answered_and_refused_calls_on_both_engines() {
+    let postgres = callplane_plugin_api::testing::ScratchPostgres::create("timeline_answered_and_refused");
+    let dir = tempfile::tempdir().unwrap();
+    let mut engines = vec![Db::connect_lazy(&format!("sqlite://{}/t.db", dir.path().display())).unwrap()];
+    engines.extend(postgres.as_ref().map(|p| Db::connect_lazy(&p.url).unwrap()));
+    for db in engines {
+        let f = fixture_in(tempfile::tempdir().unwrap(), db, &[]).await;
+        let app = app!(f);
+        for params in [
+            inbound(SID, BUSINESS_NUMBER),
+            inbound(SID, BUSINESS_NUMBER), // Twilio's retry
+            status(SID, "ringing", "1"),
+            status(SID, "completed", "3"),
+            status(SID, "in-progress", "2"), // late
+        ] {
+            let path = if params.iter().any(|(k, _)| k == "SequenceNumber") {
+                "/webhook/call_status"
+            } else {
+                "/webhook/incoming_call"
+            };
+            let res = app.call(signed(path, &params).to_request()).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        let t = traced(&f.db, SID).await;
+        let what: Vec<&str> = t.timeline.iter().map(|e| e.what.as_str()).collect();
+        assert_eq!(t.timeline.len(), 4, "the retry is stored once: {what:#?}");
+        assert!(
+            what[0]
+                .starts_with("POST /webhook/incoming_call signature=valid status=ringing; answered 200 greeting in "),
+            "{what:#?}"
+        );
+        assert!(what[1].contains("status=ringing sequence=1 applied"), "{what:#?}");
+        assert!(what[2].contains("status=completed sequence=3 applied"), "{what:#?}");
+        assert!(
+            what[3].contains("status=in-progress sequence=2 ignored: stale"),
+            "{what:#?}"
+        );
+        let instance = Settings::default().instance_id;
+        assert!(
+            t.timeline
+                .iter()
+                .all(|e| e.instance.as_deref() == Some(instance.as_str()) && e.request_id.is_some()),
+            "{t:#?}"
+        );
+        assert!(
+            t.timeline[0]
+                .twiml
+                .as_deref()
+                .unwrap()
+                .contains("<Say>Welcome to Dental &amp; Co</Say>"),
+            "{t:#?}"
+        );
+        assert!(verdict(&t, "reached us").starts_with("yes, "), "{t:#?}");
+        assert!(
+            verdict(&t, "reached us").ends_with(&format!("on {instance} at /webhook/incoming_call")),
+            "{t:#?}"
+        );
+        assert_eq!(verdict(&t, "signature"), "valid (4 webhooks)");
+        assert_eq!(verdict(&t, "tenant"), "business 1");
+        assert_eq!(verdict(&t, "state"), "completed: the call ended");
+        assert!(
+            t.verdict.iter().all(|v| v.question != "twilio api"),
+            "inbound: no API question"
+        );
+        let shown = t.text();
+        assert!(shown.contains("verdict:\n  reached us  yes, "), "{shown}");
+
+        // Signed for http:// while this instance is configured with https://.
+        let forged = "CA99999999999999999999999999999999";
+        let params = inbound(forged, BUSINESS_NUMBER);
+        let wrong = signature::compute(TOKEN, "http://voice.example.com/webhook/incoming_call", &params);
+        for _ in 0..3 {
+            let req = unsigned("/webhook/incoming_call", &params).insert_header(("x-twilio-signature", wrong.clone()));
+            assert_eq!(
+                app.call(req.to_request()).await.unwrap().status(),
+                StatusCode::FORBIDDEN
+            );
+        }
+        let db = f.db.clone();
+        eventually("the refused webhooks are kept", || {
+            let db = db.clone();
+            async move { count(&db, "SELECT COUNT(*) FROM unverified_webhooks").await == 3 }
+        })
+        .await;
+        assert_eq!(
+            count(&f.db, "SELECT COUNT(*) FROM calls").await,
+            1,
+            "never a call record"
+        );
+        let t = traced(&f.db, forged).await;
+        assert!(t.call.is_none());
+        assert_eq!(t.timeline.len(), 3);
+        assert!(t.timeline.iter().all(|e| e.source == "unverified"
+            && e.what.starts_with(
+                "UNVERIFIED POST /webhook/incoming_call refused 403 signature=invalid client=54.172.60.1"
+            )));
+        assert_eq!(
+            verdict(&t, "signature"),
+            "invalid: 3 requests refused with 403; likely cause: CALLPLANE_PUBLIC_BASE_URL is probably wrong: Twilio signed http://voice.example.com/webhook/incoming_call, this instance checks https://voice.example.com/webhook/incoming_call"
+        );
+        assert_eq!(
+            verdict(&t, "tenant"),
+            "none: refused webhooks are never attributed to a tenant"
+        );
+        assert!(
+            t.hints
+                .iter()
+                .any(|h| h.starts_with("every request Twilio sent for this call was refused with 403 (3 attempts)")),
+            "{t:#?}"
+        );
+        // A missing signature is its own cause.
+        let missing = "CA88888888888888888888888888888888";
+        app.call(unsigned("/webhook/incoming_call", &inbound(missing, BUSINESS_NUMBER)).to_request())
+            .await
+            .unwrap();
+        let db = f.db.clone();
+        eventually("the unsigned webhook is kept", || {
+            let db = db.clone();
+            async move { count(&db, "SELECT COUNT(*) FROM unverified_webhooks").await == 4 }
+        })
+        .await;
+        assert!(verdict(&traced(&f.db, missing).await, "signature").contains("no X-Twilio-Signature header"));
+
+        // `calls`: the answered call and the refused ones, each with its verdict.
+        let lines = callplane_plugin_twilio::cli::recent(&f.db, 0, None).await.unwrap();
+        let verdict_of = |sid: &str| {
+            lines
+                .iter()
+                .find(|l| l.call_sid.as_deref() == Some(sid))
+                .map(|l| l.verdict.as_str())
+        };
+        assert_eq!(verdict_of(SID), Some("answered"));
+        assert_eq!(verdict_of(forged), Some("refused"));
+        assert_eq!(verdict_of(missing), Some("refused"));
+        let to_a = callplane_plugin_twilio::cli::recent(&f.db, 0, Some(BUSINESS_NUMBER))
+            .await
+            .unwrap();
+        assert_eq!(to_a.len(), 1, "--to filters, and refused webhooks name no number");
+
+        // The API: the tenant's own calls, as JSON; another tenant's, refused ones and bad ids 404.
+        let agent_a = token(&app, "agent@a.example").await;
+        let agent_b = token(&app, "agent@b.example").await;
+        let get = |path: String, token: &str| {
+            TestRequest::get()
+                .uri(&path)
+                .insert_header((header::AUTHORIZATION, format!("Bearer {token}")))
+                .to_request()
+        };
+        let (status, ctype, body) = text(
+            app.call(get(format!("/api/calls/{SID}/trace"), &agent_a))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, ctype.as_str()), (StatusCode::OK, "application/json"), "{body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["timeline"].as_array().unwrap().len(), 4);
+        assert_eq!(json["verdict"][2]["answer"], "business 1");
+        for (path, who) in [
+            (format!("/api/calls/{SID}/trace"), &agent_b),
+            (format!("/api/calls/{forged}/trace"), &agent_a),
+            ("/api/calls/CA%3Cscript%3E/trace".to_owned(), &agent_a),
+            ("/api/calls/deadbeef/trace".to_owned(), &agent_a),
+        ] {
+            let (status, _, body) = text(app.call(get(path.clone(), who)).await.unwrap()).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+            assert!(body.contains("\"error\""), "{path}: {body}");
+        }
+    }
+}
+
+/// An outbound call Twilio placed, and one it refused (21211), through the fake REST server: each
+/// has its steps, found by REQ id and by CallSid.
+#[actix_rt::test]
+async fn outbound_requests_have_their_steps_in_the_timeline() {
+    let (api, _) = start_fake();
+    let f = fixture_with_api(&api).await;
+    let app = app!(f);
+    let agent = token(&app, "agent@a.example").await;
+    let (status, body) = call(&app, &agent, json!({ "to": "+15005550006", "lead_id": 42 })).await;
+    assert_eq!(status, 201, "{body}");
+    let req_id = body["req_id"].as_str().unwrap();
+    let t = traced(&f.db, req_id).await;
+    let what: Vec<&str> = t.timeline.iter().map(|e| e.what.as_str()).collect();
+    assert_eq!(what.len(), 3, "{what:#?}");
+    assert!(
+        what[0].starts_with("outbound request accepted: tenant=1 lead_id=42 to=+15005550006 from=+972501234567"),
+        "{what:#?}"
+    );
+    assert_eq!(what[1], "calling Twilio's REST API");
+    assert!(
+        what[2].starts_with("twilio_ok call_sid=CAfeedfeedfeedfeedfeedfeedfeedfeed status=queued after "),
+        "{what:#?}"
+    );
+    assert!(
+        verdict(&t, "twilio api").starts_with("accepted: call CAfeedfeedfeedfeedfeedfeedfeedfeed placed in "),
+        "{t:#?}"
+    );
+    assert!(
+        verdict(&t, "reached us").starts_with("no webhook has arrived"),
+        "{t:#?}"
+    );
+    // The same steps by CallSid, and the answered webhook joins them.
+    let sid = "CAfeedfeedfeedfeedfeedfeedfeedfeed";
+    let answered = form(&[
+        ("CallSid", sid),
+        ("From", BUSINESS_NUMBER),
+        ("To", "+15005550006"),
+        ("CallStatus", "in-progress"),
+    ]);
+    let path = format!("/webhook/outbound_call?lead_id=42&business_id=1&req_id={req_id}");
+    assert_eq!(
+        app.call(signed(&path, &answered).to_request()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let t = traced(&f.db, sid).await;
+    assert_eq!(t.timeline.len(), 4, "{t:#?}");
+    assert!(
+        t.timeline[3]
+            .what
+            .starts_with("POST /webhook/outbound_call signature=valid"),
+        "{t:#?}"
+    );
+
+    let (status, body) = call(&app, &agent, json!({ "to": "+15005550001", "lead_id": 43 })).await;
+    assert_eq!(status, 422, "{body}");
+    let t = traced(&f.db, body["error"]["req_id"].as_str().unwrap()).await;
+    assert!(
+        t.timeline[2]
+            .what
+            .starts_with("twilio_failed err=21211 The 'To' number +15005550001 is not a valid phone number. after "),
+        "{t:#?}"
+    );
+    assert_eq!(
+        verdict(&t, "twilio api"),
+        "failed: 21211 The 'To' number +15005550001 is not a valid phone number."
+    );
+    assert_eq!(verdict(&t, "state"), "failed: the call ended");
+    let lines = callplane_plugin_twilio::cli::recent(&f.db, 0, None).await.unwrap();
+    assert_eq!(
+        lines.iter().filter(|l| l.verdict == "failed-outbound").count(),
+        1,
+        "{lines:#?}"
+    );
+}
+
+/// A call answered while the database was away: the trace shows it waiting in this instance's
+/// spool, then spooled and replayed once the replay moved it.
+#[actix_rt::test]
+async fn a_spooled_call_is_traced_before_and_after_its_replay() {
+    let f = fixture().await;
+    let app = app!(f);
+    let away = "ALTER TABLE calls RENAME TO calls_away; ALTER TABLE call_events RENAME TO call_events_away";
+    f.db.run(|pool| sqlx::raw_sql(away).execute(pool)).await.unwrap();
+    assert_eq!(
+        app.call(signed("/webhook/incoming_call", &inbound(SID, BUSINESS_NUMBER)).to_request())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let back = "ALTER TABLE calls_away RENAME TO calls; ALTER TABLE call_events_away RENAME TO call_events";
+    f.db.run(|pool| sqlx::raw_sql(back).execute(pool)).await.unwrap();
+    let spool = f.dir.path().join("spool").join(callplane_plugin_twilio::SPOOL_FILE);
+    let t = trace::load(&f.db, &CallId::parse(SID).unwrap(), Viewer::Operator, Some(&spool))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(t.call.is_none());
+    assert!(
+        t.timeline[0]
+            .what
+            .starts_with("spooled (incoming) on this instance, not yet in the database"),
+        "{t:#?}"
+    );
+    assert!(
+        t.hints
+            .iter()
+            .any(|h| h.starts_with("1 event spooled on this instance and not yet replayed")),
+        "{t:#?}"
+    );
+    drain_spool(&f).await;
+    let t = traced(&f.db, SID).await;
+    let what: Vec<&str> = t.timeline.iter().map(|e| e.what.as_str()).collect();
+    assert_eq!(what.len(), 3, "{what:#?}");
+    assert!(what[0].starts_with("POST /webhook/incoming_call"), "{what:#?}");
+    assert_eq!(what[1], "spooled (incoming): the database was away");
+    assert_eq!(what[2], "replayed into the database (incoming)");
+    let lines = callplane_plugin_twilio::cli::recent(&f.db, 0, None).await.unwrap();
+    assert_eq!(lines[0].verdict, "spooled");
+}
+
+/// 100,000 forged webhooks from many addresses cannot fill the disk: the evidence table ends at
+/// its bound in rows, and one client at its bound per client.
+#[actix_rt::test]
+async fn forged_webhooks_cannot_grow_the_evidence_table_past_its_bounds() {
+    let f = fixture_with(&[("unverified_max_rows", "300"), ("unverified_per_client", "20")]).await;
+    let app = app!(f);
+    for i in 0..100_000u32 {
+        let sid = format!("CA{i:032x}");
+        let peer = format!("10.{}.{}.{}:5000", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        let req = unsigned("/webhook/incoming_call", &inbound(&sid, BUSINESS_NUMBER))
+            .insert_header(("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="))
+            .peer_addr(peer.parse().unwrap());
+        assert_eq!(
+            app.call(req.to_request()).await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+    // One more in a fresh budget window: once its row is in, the flood before it is written.
+    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+    let last =
+        unsigned("/webhook/incoming_call", &inbound(SID, BUSINESS_NUMBER)).peer_addr("192.0.2.1:5000".parse().unwrap());
+    assert_eq!(
+        app.call(last.to_request()).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let db = f.db.clone();
+    eventually("the writer caught up", || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM unverified_webhooks WHERE client = '192.0.2.1'",
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&f.db, "SELECT COUNT(*) FROM unverified_webhooks").await,
+        300,
+        "at its bound"
+    );
+    // One client alone, as fast as it can, for longer than the budget's window (a second).
+    let (mut sent, alone) = (0, std::time::Instant::now());
+    while sent < 2_000 || alone.elapsed() < Duration::from_millis(1500) {
+        let req = unsigned(
+            "/webhook/incoming_call",
+            &inbound(&format!("CA{sent:032x}"), BUSINESS_NUMBER),
+        )
+        .insert_header(("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="))
+        .peer_addr("192.0.2.7:5000".parse().unwrap());
+        assert_eq!(
+            app.call(req.to_request()).await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+        sent += 1;
+    }
+    let db = f.db.clone();
+    eventually("the writer caught up", || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM unverified_webhooks WHERE client = '192.0.2.7'",
+            )
+            .await
+                == 20
+        }
+    })
+    .await;
+    assert!(count(&f.db, "SELECT COUNT(*) FROM unverified_webhooks").await <= 300);
+    assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 0);
+    let metrics = f.host.metrics();
+    assert!(
+        metrics.contains("callplane_twilio_unverified_webhooks_total{kept=\"over_budget\"}"),
+        "{metrics}"
+    );
+}
+
+/// Retention deletes timeline rows and refused webhooks older than the retention, oldest first,
+/// and keeps the young ones and every call row, on both engines.
+#[actix_rt::test]
+async fn retention_prunes_old_timeline_rows_and_keeps_calls_on_both_engines() {
+    let postgres = callplane_plugin_api::testing::ScratchPostgres::create("retention_prunes");
+    let dir = tempfile::tempdir().unwrap();
+    let mut engines = vec![Db::connect_lazy(&format!("sqlite://{}/r.db", dir.path().display())).unwrap()];
+    engines.extend(postgres.as_ref().map(|p| Db::connect_lazy(&p.url).unwrap()));
+    for db in engines {
+        let f = fixture_in(tempfile::tempdir().unwrap(), db, &[]).await;
+        let app = app!(f);
+        for i in 0..4u32 {
+            let sid = format!("CA{i:032x}");
+            app.call(signed("/webhook/incoming_call", &inbound(&sid, BUSINESS_NUMBER)).to_request())
+                .await
+                .unwrap();
+            app.call(
+                unsigned(
+                    "/webhook/incoming_call",
+                    &inbound(&format!("CB{i:032x}"), BUSINESS_NUMBER),
+                )
+                .to_request(),
+            )
+            .await
+            .unwrap();
+        }
+        let db = f.db.clone();
+        eventually("the refused webhooks are kept", || {
+            let db = db.clone();
+            async move { count(&db, "SELECT COUNT(*) FROM unverified_webhooks").await == 4 }
+        })
+        .await;
+        // The two oldest of each are 40 days old.
+        let old_s = callplane_plugin_twilio::records::now() - 40 * 86_400;
+        let aged = format!(
+            "UPDATE call_events SET received_at = {old_s} WHERE id IN (SELECT id FROM call_events ORDER BY id LIMIT 2);
+             UPDATE unverified_webhooks SET received_ms = {} WHERE id IN (SELECT id FROM unverified_webhooks ORDER BY id LIMIT 2)",
+            old_s * 1000
+        );
+        f.db.run(|pool| sqlx::raw_sql(sqlx::AssertSqlSafe(aged)).execute(pool))
+            .await
+            .unwrap();
+        let now = callplane_plugin_twilio::records::now_ms();
+        assert_eq!(trace::prune(&f.db, 30, now).await.unwrap(), Some(4));
+        assert_eq!(count(&f.db, "SELECT COUNT(*) FROM call_events").await, 2);
+        assert_eq!(count(&f.db, "SELECT COUNT(*) FROM unverified_webhooks").await, 2);
+        assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 4, "call rows stay");
+        assert_eq!(
+            trace::prune(&f.db, 30, now).await.unwrap(),
+            Some(0),
+            "nothing more is old"
+        );
+        assert_eq!(
+            trace::prune(&f.db, 1, now + 2 * 86_400_000).await.unwrap(),
+            Some(4),
+            "young rows age too"
+        );
+    }
+}
