@@ -52,7 +52,12 @@ const ROUNDS: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     Baseline,
-    Callplane { record: bool, db: Engine },
+    /// `forged`: every second request carries a forged signature (refused with 403).
+    Callplane {
+        record: bool,
+        db: Engine,
+        forged: bool,
+    },
 }
 
 /// Where callplane's database is.
@@ -67,18 +72,28 @@ enum Engine {
 const RECORDED: Server = Server::Callplane {
     record: true,
     db: Engine::Sqlite,
+    forged: false,
 };
 const UNRECORDED: Server = Server::Callplane {
     record: false,
     db: Engine::Sqlite,
+    forged: false,
 };
 const RECORDED_PG: Server = Server::Callplane {
     record: true,
     db: Engine::Postgres,
+    forged: false,
 };
 const DB_DOWN: Server = Server::Callplane {
     record: true,
     db: Engine::PostgresDown,
+    forged: false,
+};
+/// Recorded, with as many forged webhooks as valid ones.
+const FORGED: Server = Server::Callplane {
+    record: true,
+    db: Engine::Sqlite,
+    forged: true,
 };
 
 impl Server {
@@ -89,6 +104,7 @@ impl Server {
             UNRECORDED => "callplane, not recorded",
             RECORDED_PG => "callplane, recorded, PostgreSQL",
             DB_DOWN => "callplane, db_down (spooled)",
+            FORGED => "callplane, recorded, 50 % forged",
             Self::Callplane { .. } => "callplane",
         }
     }
@@ -105,6 +121,8 @@ impl Server {
 #[derive(Debug, Default)]
 struct Measured {
     sent: u64,
+    /// Of `sent`, forged webhooks (answered 403 as they must be; not in `rps` nor the latencies).
+    forged: u64,
     errors: u64,
     rps: f64,
     p50_ms: f64,
@@ -150,7 +168,8 @@ fn main() -> anyhow::Result<()> {
             "unrecorded" => UNRECORDED,
             "recorded-pg" => RECORDED_PG,
             "db_down" => DB_DOWN,
-            _ => bail!("BENCH_ONLY scenarios: baseline, recorded, unrecorded, recorded-pg, db_down"),
+            "forged50" => FORGED,
+            _ => bail!("BENCH_ONLY scenarios: baseline, recorded, unrecorded, recorded-pg, db_down, forged50"),
         };
         let conns: usize = conns.parse().context("BENCH_ONLY connections")?;
         return actix_web::rt::System::new().block_on(async move {
@@ -204,6 +223,9 @@ async fn run(paths: &Paths, measure: Duration, tick: f64) -> anyhow::Result<()> 
     let mut rounds: Vec<(Server, usize, Vec<Measured>)> = Vec::new();
     for conns in [32usize, 128] {
         let mut servers = vec![Server::Baseline, RECORDED, UNRECORDED];
+        if conns == 32 {
+            servers.push(FORGED);
+        }
         if postgres && conns == 32 {
             servers.extend([RECORDED_PG, DB_DOWN]);
         }
@@ -294,6 +316,19 @@ async fn run(paths: &Paths, measure: Duration, tick: f64) -> anyhow::Result<()> 
                 f64::NAN,
             );
         }
+        if let Some(mixed) = get(FORGED) {
+            // Valid webhooks answered while as many forged ones arrive, against none.
+            targets.ratio(
+                &format!("valid req/s with 50 % forged / recorded req/s @{conns}"),
+                mixed.rps / rec.rps,
+                0.9,
+            );
+            targets.ratio(
+                &format!("valid p99 ms with 50 % forged / recorded p99 ms @{conns} (information)"),
+                mixed.p99_ms / rec.p99_ms,
+                f64::NAN,
+            );
+        }
         if let Some(down) = get(DB_DOWN) {
             targets.ratio(&format!("db_down / baseline req/s @{conns}"), down.rps / base.rps, 0.3);
             targets.below(&format!("db_down p99 ms @{conns}"), down.p99_ms, 50.0);
@@ -345,7 +380,7 @@ struct Faults {
 
 impl Faults {
     fn of(m: &Measured) -> Self {
-        let accepted = m.sent - m.errors;
+        let accepted = m.sent - m.forged - m.errors;
         Self {
             errors: m.errors,
             untraced: m.sent.abs_diff(m.trace_lines),
@@ -574,7 +609,11 @@ async fn scenario(
         }
     };
     let pid = child.id();
-    let load = Load::new(sandbox.port, conns);
+    let load = Load::new(
+        sandbox.port,
+        conns,
+        matches!(server, Server::Callplane { forged: true, .. }),
+    );
     if let Some(hop) = &sandbox.hop {
         // db_down: the database goes away once the instance has answered calls (its directory
         // knows the number, as in an outage of a running deployment).
@@ -612,6 +651,7 @@ async fn scenario(
     };
     Ok(Measured {
         sent: load.sent.get(),
+        forged: load.forged_sent.get(),
         errors: load.errors.get(),
         rps: measured as f64 / window.as_secs_f64(),
         p50_ms: pick(0.50),
@@ -631,19 +671,24 @@ async fn scenario(
 struct Load {
     addr: std::net::SocketAddr,
     conns: usize,
+    /// Whether every second request is forged.
+    forged: bool,
     next_sid: Cell<u64>,
     sent: Cell<u64>,
+    forged_sent: Cell<u64>,
     errors: Cell<u64>,
     latencies: RefCell<Vec<u32>>,
 }
 
 impl Load {
-    fn new(port: u16, conns: usize) -> Rc<Self> {
+    fn new(port: u16, conns: usize, forged: bool) -> Rc<Self> {
         Rc::new(Self {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             conns,
+            forged,
             next_sid: Cell::new(1),
             sent: Cell::new(0),
+            forged_sent: Cell::new(0),
             errors: Cell::new(0),
             latencies: RefCell::new(Vec::new()),
         })
@@ -673,7 +718,11 @@ impl Load {
     async fn one(&self, conn: &mut Option<TcpStream>, record: bool) {
         let n = self.next_sid.get();
         self.next_sid.set(n + 1);
-        let (body, sig) = webhook(n);
+        let (body, mut sig) = webhook(n);
+        let forged = self.forged && n.is_multiple_of(2);
+        if forged {
+            sig = "AAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
+        }
         let request = format!(
             "POST /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
              X-Twilio-Signature: {sig}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -682,9 +731,13 @@ impl Load {
         );
         let started = Instant::now();
         self.sent.set(self.sent.get() + 1);
+        if forged {
+            self.forged_sent.set(self.forged_sent.get() + 1);
+        }
+        let expected = if forged { 403 } else { 200 };
         let ok = match actix_web::rt::time::timeout(Duration::from_secs(15), exchange(conn, self.addr, &request)).await
         {
-            Ok(Ok(ok)) => ok,
+            Ok(Ok(status)) => status == expected,
             _ => {
                 *conn = None;
                 false
@@ -692,7 +745,7 @@ impl Load {
         };
         if !ok {
             self.errors.set(self.errors.get() + 1);
-        } else if record {
+        } else if record && !forged {
             let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
             self.latencies.borrow_mut().push(us);
         }
@@ -700,8 +753,8 @@ impl Load {
 }
 
 /// Writes `request` on the connection (opened first when there is none) and reads the answer:
-/// whether it is a 200 with TwiML.
-async fn exchange(conn: &mut Option<TcpStream>, addr: std::net::SocketAddr, request: &str) -> std::io::Result<bool> {
+/// its status when it carries TwiML (`0` when it does not).
+async fn exchange(conn: &mut Option<TcpStream>, addr: std::net::SocketAddr, request: &str) -> std::io::Result<u16> {
     let stream = match conn {
         Some(stream) => stream,
         None => {
@@ -738,7 +791,15 @@ async fn exchange(conn: &mut Option<TcpStream>, addr: std::net::SocketAddr, requ
     if !keep_alive {
         *conn = None;
     }
-    Ok(text.starts_with("HTTP/1.1 200 ") && answer[head..].starts_with(b"<?xml"))
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3)?.parse().ok())
+        .unwrap_or(0);
+    Ok(if answer[head..].starts_with(b"<?xml") {
+        status
+    } else {
+        0
+    })
 }
 
 /// A realistic inbound-call webhook (the 25 parameters Twilio sends), signed over the public URL.
