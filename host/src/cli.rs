@@ -335,7 +335,10 @@ async fn run_plugin_command(
     if command.database
         && let Err(e) = plan.migrate(&db).await
     {
-        eprintln!("callplane {name}: migrations failed: {e}");
+        eprintln!(
+            "callplane {name}: cannot use the database {} (bringing its schema up to date first failed): {e}",
+            db.redacted_url()
+        );
         return ExitCode::FAILURE;
     }
     let context = callplane_plugin_api::CommandContext {

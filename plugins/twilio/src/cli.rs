@@ -102,7 +102,7 @@ struct CallsCli {
     #[arg(long)]
     to: Option<String>,
     /// Only calls with this status (completed, no-answer, …) or verdict (answered, refused,
-    /// unknown-number, failed-outbound, spooled, …).
+    /// unknown-number, failed-outbound, spooled, requested, placed, no-webhook).
     #[arg(long)]
     status: Option<String>,
     /// Output format.
@@ -141,7 +141,11 @@ pub struct CallLine {
     pub business_id: Option<i64>,
     /// Twilio's last status.
     pub status: String,
-    /// answered, refused, unknown-number, failed-outbound, spooled, requested, no-answer-yet.
+    /// `answered` (we answered its webhook), `refused` (only refused webhooks name it),
+    /// `unknown-number`, `failed-outbound` (Twilio's API refused or never answered our request),
+    /// `spooled` (kept in the spool while the database was away, replayed since), `requested`
+    /// (outbound, Twilio not called yet), `placed` (outbound, Twilio accepted it, no webhook yet),
+    /// `no-webhook` (only status callbacks arrived: is the number's Voice URL ours?).
     pub verdict: String,
 }
 
@@ -182,10 +186,12 @@ pub async fn recent(db: &Db, since_ms: i64, to: Option<&str>) -> Result<Vec<Call
             "spooled"
         } else if answer.is_some() {
             "answered"
-        } else if status == "requested" {
+        } else if direction == "outbound" && status == "requested" {
             "requested"
+        } else if direction == "outbound" && events == 0 {
+            "placed"
         } else {
-            "no-answer-yet"
+            "no-webhook"
         };
         let created: i64 = r.try_get("created_at")?;
         lines.push(CallLine {
