@@ -346,16 +346,18 @@ async fn refused(db: &Db, call_sid: &str) -> Result<Vec<Refused>, sqlx::Error> {
         .collect()
 }
 
-/// Events of `call_sid` waiting in the spool file at `spool` (read only; lines that are not call
-/// events are skipped).
+/// Events of `call_sid` waiting in the spool file at `spool`, read line by line (it may be large;
+/// lines that are not call events are skipped).
 fn spooled(spool: Option<&Path>, call_sid: &str) -> Vec<CallEvent> {
-    let Some(text) = spool.and_then(|p| std::fs::read(p).ok()) else {
+    use std::io::BufRead as _;
+    let Some(file) = spool.and_then(|p| std::fs::File::open(p).ok()) else {
         return Vec::new();
     };
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|line| line.contains(call_sid))
-        .filter_map(|line| serde_json::from_str::<CallEvent>(line).ok())
+    std::io::BufReader::new(file)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .filter(|line| line.windows(call_sid.len()).any(|w| w == call_sid.as_bytes()))
+        .filter_map(|line| serde_json::from_str::<CallEvent>(&String::from_utf8_lossy(&line)).ok())
         .filter(|e| e.call_sid == call_sid)
         .collect()
 }
@@ -498,8 +500,7 @@ fn assemble(
 
     let mut verdict = Vec::new();
     let mut hints = Vec::new();
-    let webhooks: Vec<&Event> = events.iter().collect();
-    let first = webhooks.iter().min_by_key(|e| e.at_ms);
+    let first = events.iter().min_by_key(|e| e.at_ms);
 
     // Reached us.
     let reached = match (first, refused.first(), pending.first()) {
@@ -529,7 +530,7 @@ fn assemble(
 
     // Signature.
     let cause = refused.iter().rev().find_map(|r| r.likely_cause.clone());
-    let signature = match (webhooks.len() + pending.len(), refused.len()) {
+    let signature = match (events.len() + pending.len(), refused.len()) {
         (0, 0) => "-".to_owned(),
         (valid, 0) => format!("valid ({valid} webhook{})", plural(valid)),
         (valid, bad) => {
@@ -598,7 +599,6 @@ fn assemble(
             answer: api,
         });
         if let Some(s) = failed
-            && matches!(s.twilio_code.as_deref(), Some("twilio_timeout" | "twilio_unreachable"))
             && !events.is_empty()
         {
             hints.push(format!(
@@ -650,7 +650,7 @@ fn assemble(
             minutes((now_ms - stream.at_ms) / 60_000)
         ));
     }
-    if !refused.is_empty() && webhooks.is_empty() {
+    if !refused.is_empty() && events.is_empty() {
         hints.push(format!(
             "every request Twilio sent for this call was refused with 403 ({} attempt{}): {}",
             refused.len(),

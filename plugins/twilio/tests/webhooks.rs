@@ -996,6 +996,46 @@ async fn webhooks_attach_a_call_sid_the_outbound_request_never_got() {
         "the REST failure stays on the record"
     );
     assert_eq!(lead.as_deref(), Some("lead-7"));
+    // The trace tells the client's error from the call's fate.
+    let t = traced(&f.db, SID).await;
+    assert_eq!(verdict(&t, "twilio api"), "failed: 20500 Internal Server Error");
+    assert_eq!(verdict(&t, "state"), "completed: the call ended");
+    assert!(
+        t.hints
+            .iter()
+            .any(|h| h.starts_with("our request to Twilio failed (20500) but Twilio placed the call all the same")),
+        "{t:#?}"
+    );
+}
+
+/// A call answered with a media stream and not heard of since: after five minutes the trace says
+/// where to look.
+#[actix_rt::test]
+async fn a_stream_without_a_status_callback_is_pointed_out() {
+    let f = fixture().await;
+    let app = app!(f);
+    let res = app
+        .call(signed("/webhook/incoming_call", &inbound(SID, STREAM_NUMBER)).to_request())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let t = traced(&f.db, SID).await;
+    assert!(t.timeline[0].what.contains("answered 200 stream"), "{t:#?}");
+    assert!(t.hints.is_empty(), "not yet: {t:#?}");
+    f.db.run(|pool| sqlx::query("UPDATE call_events SET received_ms = received_ms - 360000").execute(pool))
+        .await
+        .unwrap();
+    let t = traced(&f.db, SID).await;
+    assert!(
+        t.hints
+            .iter()
+            .any(|h| h.starts_with("answered with a media stream 6 minutes ago and no status callback since")),
+        "{t:#?}"
+    );
+    assert!(
+        verdict(&t, "state").starts_with("ringing: last heard of 6 minutes ago"),
+        "{t:#?}"
+    );
 }
 
 /// The spool's own faults, on both engines: a line torn by a crash, an invalid UTF-8 byte inside a
