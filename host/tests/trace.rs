@@ -7,11 +7,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
 use callplane_e2e::harness::{Outcome, PgDatabase, Sandbox, Server, eventually};
 use serde_json::{Value, json};
 
@@ -22,38 +20,6 @@ const PUBLIC: &str = "https://voice.example.com";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "trace-auth-token-51f0";
 const NUMBER: &str = "+972501234567";
-const PLACED: &str = "CAe2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2";
-
-/// A fake Twilio REST API: `+15005550001` is refused with 21211, any other number placed.
-fn fake_twilio() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(|| {
-                App::new().default_service(web::to(|body: web::Bytes| async move {
-                    if String::from_utf8_lossy(&body).contains("To=%2B15005550001") {
-                        HttpResponse::BadRequest().json(json!({
-                            "code": 21211,
-                            "message": "The 'To' number +15005550001 is not a valid phone number.",
-                            "more_info": "https://www.twilio.com/docs/errors/21211",
-                            "status": 400
-                        }))
-                    } else {
-                        HttpResponse::Created().json(json!({ "sid": PLACED, "status": "queued" }))
-                    }
-                }))
-            })
-            .workers(1)
-            .listen(listener)
-            .unwrap()
-            .run()
-            .await
-            .unwrap();
-        });
-    });
-    format!("http://{addr}")
-}
 
 struct Deployment {
     sandbox: Sandbox,
@@ -66,7 +32,7 @@ impl Deployment {
     /// Two instances, `web-a` and `web-b`, each with its own spool, on `database` (the sandbox's
     /// SQLite file when `None`).
     fn start(database: Option<&str>) -> Self {
-        let api = fake_twilio();
+        let api = common::fake_twilio();
         let sandbox = Sandbox::new();
         let mut env: Vec<(String, String)> = [
             ("CALLPLANE_CRITICAL_PLUGINS", "permissions,twilio"),
@@ -262,9 +228,9 @@ fn trace_end_to_end(pg: Option<&PgDatabase>) {
         &t,
         &["web-a", "outbound request accepted: tenant=1 lead_id=7 to=+15005550006"],
     );
-    timeline_line(&t, &["web-a", &format!("twilio_ok call_sid={PLACED}")]);
+    timeline_line(&t, &["web-a", &format!("twilio_ok call_sid={}", common::PLACED)]);
     assert!(
-        verdict(&t, "twilio api").starts_with(&format!("accepted: call {PLACED} placed in ")),
+        verdict(&t, "twilio api").starts_with(&format!("accepted: call {} placed in ", common::PLACED)),
         "{t}"
     );
     let t = d.trace(&refused_req);

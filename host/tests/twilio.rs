@@ -6,11 +6,9 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
 use callplane_e2e::harness::{PgDatabase, Sandbox, Server};
 use serde_json::json;
 
@@ -21,29 +19,6 @@ const PUBLIC: &str = "https://voice.example.com";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "e2e-auth-token-7c1d";
 const NUMBER: &str = "+972501234567";
-
-/// A fake Twilio REST API on its own thread: every call is accepted.
-fn fake_twilio() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(|| {
-                App::new().default_service(web::to(|| async {
-                    HttpResponse::Created()
-                        .json(json!({ "sid": "CAe2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2", "status": "queued" }))
-                }))
-            })
-            .workers(1)
-            .listen(listener)
-            .unwrap()
-            .run()
-            .await
-            .unwrap();
-        });
-    });
-    format!("http://{addr}")
-}
 
 fn env<'a>(api: &'a str, database: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![
@@ -106,7 +81,7 @@ fn line_after(log: &[&str], from: usize, needles: &[&str]) -> usize {
 
 #[test]
 fn inbound_and_outbound_end_to_end_with_the_trace_lines_in_order() {
-    let api = fake_twilio();
+    let api = common::fake_twilio();
     let sandbox = Sandbox::new();
     let env = env(&api, None);
     bootstrap(&sandbox, &env);
@@ -186,7 +161,7 @@ fn inbound_and_outbound_end_to_end_with_the_trace_lines_in_order() {
     line_after(
         &log,
         calling,
-        &[&format!("{req} twilio_ok call_sid=CAe2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2")],
+        &[&format!("{req} twilio_ok call_sid={}", common::PLACED)],
     );
     assert!(!text.contains(TOKEN), "the auth token never reaches the log");
 }
@@ -195,7 +170,7 @@ fn inbound_and_outbound_end_to_end_with_the_trace_lines_in_order() {
 /// quoted: a line break or a terminal escape in them cannot forge a log line or reach a terminal.
 #[test]
 fn webhook_values_cannot_forge_log_lines() {
-    let api = fake_twilio();
+    let api = common::fake_twilio();
     let sandbox = Sandbox::new();
     let env = env(&api, None);
     bootstrap(&sandbox, &env);
@@ -242,7 +217,7 @@ fn postgres_stopped_mid_stream_loses_no_call() {
     let Some(pg) = PgDatabase::create("postgres_stopped_mid_stream_loses_no_call") else {
         return;
     };
-    let api = fake_twilio();
+    let api = common::fake_twilio();
     let sandbox = Sandbox::new();
     let env = env(&api, Some(&pg.url));
     bootstrap(&sandbox, &env);
@@ -307,7 +282,7 @@ fn postgres_stopped_mid_stream_loses_no_call() {
 /// webhook and out-of-order status callbacks for one call land in the same batch; each call must
 /// still end with one row, its newest status and each event once.
 fn concurrent_webhooks_are_grouped_and_applied_once(database: Option<&str>) {
-    let api = fake_twilio();
+    let api = common::fake_twilio();
     let sandbox = Sandbox::new();
     let env = env(&api, database);
     bootstrap(&sandbox, &env);

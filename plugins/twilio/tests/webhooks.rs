@@ -1160,6 +1160,26 @@ fn verdict<'a>(trace: &'a Trace, question: &str) -> &'a str {
     &trace.verdict.iter().find(|v| v.question == question).unwrap().answer
 }
 
+/// A fresh fixture on SQLite, and one on PostgreSQL when `TEST_POSTGRES_URL` is set (the scratch
+/// database lives as long as the returned guard).
+async fn on_both_engines(test: &str) -> (Option<callplane_plugin_api::testing::ScratchPostgres>, Vec<Fixture>) {
+    let postgres = callplane_plugin_api::testing::ScratchPostgres::create(test);
+    let mut fixtures = vec![fixture().await];
+    if let Some(pg) = &postgres {
+        fixtures.push(fixture_in(tempfile::tempdir().unwrap(), Db::connect_lazy(&pg.url).unwrap(), &[]).await);
+    }
+    (postgres, fixtures)
+}
+
+/// Waits until `sql` counts `n` rows (refused webhooks are written without waiting).
+async fn wait_for_rows(db: &Db, what: &str, sql: &'static str, n: i64) {
+    eventually(what, || {
+        let db = db.clone();
+        async move { count(&db, sql).await == n }
+    })
+    .await;
+}
+
 /// Polls `check` until it holds, for up to 10 s (refused webhooks are written without waiting).
 async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
     for _ in 0..200 {
@@ -1177,12 +1197,8 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check
 /// of the refusal; tenants see their own calls only, never refused webhooks.
 #[actix_rt::test]
 async fn the_timeline_explains_answered_and_refused_calls_on_both_engines() {
-    let postgres = callplane_plugin_api::testing::ScratchPostgres::create("timeline_answered_and_refused");
-    let dir = tempfile::tempdir().unwrap();
-    let mut engines = vec![Db::connect_lazy(&format!("sqlite://{}/t.db", dir.path().display())).unwrap()];
-    engines.extend(postgres.as_ref().map(|p| Db::connect_lazy(&p.url).unwrap()));
-    for db in engines {
-        let f = fixture_in(tempfile::tempdir().unwrap(), db, &[]).await;
+    let (_postgres, fixtures) = on_both_engines("timeline_answered_and_refused").await;
+    for f in fixtures {
         let app = app!(f);
         for params in [
             inbound(SID, BUSINESS_NUMBER),
@@ -1254,11 +1270,12 @@ async fn the_timeline_explains_answered_and_refused_calls_on_both_engines() {
                 StatusCode::FORBIDDEN
             );
         }
-        let db = f.db.clone();
-        eventually("the refused webhooks are kept", || {
-            let db = db.clone();
-            async move { count(&db, "SELECT COUNT(*) FROM unverified_webhooks").await == 3 }
-        })
+        wait_for_rows(
+            &f.db,
+            "the refused webhooks are kept",
+            "SELECT COUNT(*) FROM unverified_webhooks",
+            3,
+        )
         .await;
         assert_eq!(
             count(&f.db, "SELECT COUNT(*) FROM calls").await,
@@ -1291,11 +1308,12 @@ async fn the_timeline_explains_answered_and_refused_calls_on_both_engines() {
         app.call(unsigned("/webhook/incoming_call", &inbound(missing, BUSINESS_NUMBER)).to_request())
             .await
             .unwrap();
-        let db = f.db.clone();
-        eventually("the unsigned webhook is kept", || {
-            let db = db.clone();
-            async move { count(&db, "SELECT COUNT(*) FROM unverified_webhooks").await == 4 }
-        })
+        wait_for_rows(
+            &f.db,
+            "the unsigned webhook is kept",
+            "SELECT COUNT(*) FROM unverified_webhooks",
+            4,
+        )
         .await;
         assert!(verdict(&traced(&f.db, missing).await, "signature").contains("no X-Twilio-Signature header"));
 
@@ -1493,18 +1511,12 @@ async fn forged_webhooks_cannot_grow_the_evidence_table_past_its_bounds() {
         app.call(last.to_request()).await.unwrap().status(),
         StatusCode::FORBIDDEN
     );
-    let db = f.db.clone();
-    eventually("the writer caught up", || {
-        let db = db.clone();
-        async move {
-            count(
-                &db,
-                "SELECT COUNT(*) FROM unverified_webhooks WHERE client = '192.0.2.1'",
-            )
-            .await
-                == 1
-        }
-    })
+    wait_for_rows(
+        &f.db,
+        "the writer caught up",
+        "SELECT COUNT(*) FROM unverified_webhooks WHERE client = '192.0.2.1'",
+        1,
+    )
     .await;
     assert_eq!(
         count(&f.db, "SELECT COUNT(*) FROM unverified_webhooks").await,
@@ -1526,18 +1538,12 @@ async fn forged_webhooks_cannot_grow_the_evidence_table_past_its_bounds() {
         );
         sent += 1;
     }
-    let db = f.db.clone();
-    eventually("the writer caught up", || {
-        let db = db.clone();
-        async move {
-            count(
-                &db,
-                "SELECT COUNT(*) FROM unverified_webhooks WHERE client = '192.0.2.7'",
-            )
-            .await
-                == 20
-        }
-    })
+    wait_for_rows(
+        &f.db,
+        "the writer caught up",
+        "SELECT COUNT(*) FROM unverified_webhooks WHERE client = '192.0.2.7'",
+        20,
+    )
     .await;
     assert!(count(&f.db, "SELECT COUNT(*) FROM unverified_webhooks").await <= 300);
     assert_eq!(count(&f.db, "SELECT COUNT(*) FROM calls").await, 0);
@@ -1552,12 +1558,8 @@ async fn forged_webhooks_cannot_grow_the_evidence_table_past_its_bounds() {
 /// and keeps the young ones and every call row, on both engines.
 #[actix_rt::test]
 async fn retention_prunes_old_timeline_rows_and_keeps_calls_on_both_engines() {
-    let postgres = callplane_plugin_api::testing::ScratchPostgres::create("retention_prunes");
-    let dir = tempfile::tempdir().unwrap();
-    let mut engines = vec![Db::connect_lazy(&format!("sqlite://{}/r.db", dir.path().display())).unwrap()];
-    engines.extend(postgres.as_ref().map(|p| Db::connect_lazy(&p.url).unwrap()));
-    for db in engines {
-        let f = fixture_in(tempfile::tempdir().unwrap(), db, &[]).await;
+    let (_postgres, fixtures) = on_both_engines("retention_prunes").await;
+    for f in fixtures {
         let app = app!(f);
         for i in 0..4u32 {
             let sid = format!("CA{i:032x}");
@@ -1574,11 +1576,12 @@ async fn retention_prunes_old_timeline_rows_and_keeps_calls_on_both_engines() {
             .await
             .unwrap();
         }
-        let db = f.db.clone();
-        eventually("the refused webhooks are kept", || {
-            let db = db.clone();
-            async move { count(&db, "SELECT COUNT(*) FROM unverified_webhooks").await == 4 }
-        })
+        wait_for_rows(
+            &f.db,
+            "the refused webhooks are kept",
+            "SELECT COUNT(*) FROM unverified_webhooks",
+            4,
+        )
         .await;
         // The two oldest of each are 40 days old.
         let old_s = callplane_plugin_twilio::records::now() - 40 * 86_400;
