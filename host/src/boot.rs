@@ -120,15 +120,28 @@ impl BootPlan {
         &self,
         db: &Db,
     ) -> Result<Vec<callplane_storage::AppliedMigration>, callplane_storage::StorageError> {
-        let sets: Vec<callplane_storage::PluginMigrations<'_>> = self
-            .active
+        callplane_storage::migrate(db, &self.migration_sets()).await
+    }
+
+    /// Where each active plugin's migrations stand in `db`, in boot order; reads only.
+    ///
+    /// # Errors
+    /// The storage error (the database cannot be reached).
+    pub async fn migration_status(
+        &self,
+        db: &Db,
+    ) -> Result<Vec<callplane_storage::MigrationStatus>, callplane_storage::StorageError> {
+        callplane_storage::status(db, &self.migration_sets()).await
+    }
+
+    fn migration_sets(&self) -> Vec<callplane_storage::PluginMigrations<'_>> {
+        self.active
             .iter()
             .map(|a| callplane_storage::PluginMigrations {
                 plugin: a.plugin.name,
                 migrations: &a.registration.migrations,
             })
-            .collect();
-        callplane_storage::migrate(db, &sets).await
+            .collect()
     }
 
     /// Whether `route` belongs to a critical plugin (host routes are critical).

@@ -37,7 +37,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate, migrate, bind and serve until SIGTERM/SIGINT.
-    Serve,
+    Serve {
+        /// Apply no migration: refuse to start (CP012) when one is pending, so that migrations
+        /// run as a separate job and the serving database role needs no DDL rights.
+        #[arg(long)]
+        no_migrate: bool,
+    },
     /// Run the full boot validation without binding a port (the CI boot-check job).
     Check {
         /// Also treat the production checklist (CP1xx) as errors and probe the database.
@@ -69,12 +74,28 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Apply pending migrations of every plugin.
-    Migrate,
+    /// Apply pending migrations of every plugin (`migrate status`: only show where they stand).
+    Migrate {
+        /// What to do instead of applying.
+        #[command(subcommand)]
+        action: Option<MigrateAction>,
+    },
     /// Print a shell completion script (plugin commands included).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `callplane migrate` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Applied and pending migrations per plugin; exit 1 when one is pending (or changed since it
+    /// was applied). Reads only.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
 }
 
@@ -156,6 +177,7 @@ fn run_plugin(command: &'static PluginCommand, matches: clap::ArgMatches, file: 
     let env = config::process_env();
     let (config, findings) = config::load(file, &env, &linked_plugins());
     let _logs = quiet_logging(&config, &env);
+    eprintln!("{}", config.file_line());
     actix_web::rt::System::new().block_on(run_plugin_command(command, matches, &config, findings))
 }
 
@@ -165,12 +187,19 @@ pub fn run(cli: Cli, started: Instant) -> ExitCode {
     let (config, mut findings) = config::load(cli.config.as_deref(), &env, &linked_plugins());
     // Held until the runtime is done: dropping it flushes every buffered log line.
     let _logs = match cli.command {
-        Command::Serve => server::init_logging(&config, &mut findings),
+        Command::Serve { .. } => server::init_logging(&config, &mut findings),
         _ => quiet_logging(&config, &env),
     };
+    // `check` and `config` print it with their result; `serve` logs it.
+    if matches!(
+        cli.command,
+        Command::Routes { .. } | Command::Plugins { .. } | Command::Migrate { .. }
+    ) {
+        eprintln!("{}", config.file_line());
+    }
     actix_web::rt::System::new().block_on(async move {
         match cli.command {
-            Command::Serve => server::run(config, findings, started).await,
+            Command::Serve { no_migrate } => server::run(config, findings, started, no_migrate).await,
             Command::Check {
                 deploy,
                 format,
@@ -199,7 +228,10 @@ pub fn run(cli: Cli, started: Instant) -> ExitCode {
                 }
                 finish_listing(&findings)
             }
-            Command::Migrate => run_migrate(&config, findings).await,
+            Command::Migrate { action: None } => run_migrate(&config, findings).await,
+            Command::Migrate {
+                action: Some(MigrateAction::Status { format }),
+            } => migrate_status(&config, findings, format).await,
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut command_line(), "callplane", &mut std::io::stdout());
                 ExitCode::SUCCESS
@@ -282,8 +314,9 @@ async fn check(
     };
     let failed = any_at_least(&findings, threshold);
     match format {
-        Format::Json => println!("{}", report::check_json(!failed, &plan.plugins, &findings)),
+        Format::Json => println!("{}", report::check_json(!failed, config, &plan.plugins, &findings)),
         Format::Text => {
+            println!("{}", config.file_line());
             for p in &plan.plugins {
                 match p.status {
                     boot::PluginStatus::Active => println!("{}", report::registered_line(p)),
@@ -363,6 +396,54 @@ fn print_findings(findings: &[Finding]) {
         for line in finding.lines() {
             eprintln!("{line}");
         }
+    }
+}
+
+async fn migrate_status(config: &Config, findings: Vec<Finding>, format: Format) -> ExitCode {
+    let (plan, findings) = validate(config, findings);
+    if any_at_least(&findings, Level::Error) {
+        print_findings(&findings);
+        eprintln!("[MIGRATE] ❌ cannot tell: boot validation failed");
+        return ExitCode::FAILURE;
+    }
+    let mut ignored = Vec::new();
+    let db = lazy_db(config, &mut ignored);
+    let list = match plan.migration_status(&db).await {
+        Ok(list) => list,
+        Err(e) => {
+            eprintln!(
+                "[MIGRATE] ❌ cannot read the schema versions of {}: {e}",
+                db.redacted_url()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let behind = list.iter().filter(|m| m.state.needs_attention()).count();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({ "database": db.redacted_url(), "up_to_date": behind == 0, "migrations": list })
+        ),
+        Format::Text => {
+            print!("{}", report::migrations_text(&list));
+            if behind == 0 {
+                println!(
+                    "[MIGRATE] up to date: {} migration(s) applied to {}",
+                    list.len(),
+                    db.redacted_url()
+                );
+            } else {
+                println!(
+                    "[MIGRATE] {behind} migration(s) pending or changed in {}: run `callplane migrate`",
+                    db.redacted_url()
+                );
+            }
+        }
+    }
+    if behind == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

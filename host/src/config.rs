@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use callplane_plugin_api::{ConfigKey, RoutePlugin, Settings, is_valid_plugin_name};
+use callplane_plugin_api::{ConfigKey, RoutePlugin, Settings, ValueKind, is_valid_plugin_name};
 use callplane_storage::{DbKind, redact_url};
 use callplane_telemetry::{LogFormat, TrustedProxies, logging};
 
@@ -18,6 +18,8 @@ use crate::finding::Finding;
 pub const CONFIG_ENV: &str = "CALLPLANE_CONFIG";
 /// The config file read when none is named.
 pub const DEFAULT_CONFIG_FILE: &str = "callplane.toml";
+/// The system-wide config file, looked for last.
+pub const SYSTEM_CONFIG_FILE: &str = "/etc/callplane/callplane.toml";
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -40,6 +42,9 @@ pub struct Config {
     pub settings: Settings,
     /// The file the configuration came from, if any.
     pub file: Option<PathBuf>,
+    /// How that file was found (`--config`, `CALLPLANE_CONFIG`, `./callplane.toml`, …), or the
+    /// places looked in when there is none.
+    pub file_origin: String,
     /// Where each key's effective value came from, by its name in the file (`bind`,
     /// `twilio.auth_token`); absent: the default.
     pub sources: BTreeMap<String, Source>,
@@ -69,6 +74,21 @@ impl Source {
     }
 }
 
+impl Config {
+    /// Which configuration file is in use and how it was found, for every command to say:
+    /// `config file: /etc/callplane/callplane.toml (found as /etc/callplane/callplane.toml)`, or
+    /// `config file: none (looked for …)`.
+    pub fn file_line(&self) -> String {
+        match &self.file {
+            Some(file) => format!("config file: {} (from {})", file.display(), self.file_origin),
+            None => format!(
+                "config file: none (looked for {}; defaults and environment only)",
+                self.file_origin
+            ),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -81,6 +101,7 @@ impl Default for Config {
             shutdown_drain_secs: 5,
             settings: Settings::default(),
             file: None,
+            file_origin: String::new(),
             sources: BTreeMap::new(),
             platform_variables: Vec::new(),
         }
@@ -267,22 +288,62 @@ impl Loader {
     }
 }
 
-/// Reads the configuration of the host and of `plugins` from `file` (or `callplane.toml` when it
-/// exists and no file is named) and the environment `env`. Returns the configuration (defaults
-/// where values were bad; every plugin's keys filled in) and the CP010 findings.
+/// The configuration files looked for when none is named, in order: `./callplane.toml`,
+/// `$XDG_CONFIG_HOME/callplane/callplane.toml` (`~/.config/…` when that is unset), then
+/// [`SYSTEM_CONFIG_FILE`]. Each with how it is shown.
+pub fn config_candidates(env: &BTreeMap<String, String>) -> Vec<(PathBuf, String)> {
+    let mut candidates = vec![(PathBuf::from(DEFAULT_CONFIG_FILE), format!("./{DEFAULT_CONFIG_FILE}"))];
+    let non_empty = |name: &str| env.get(name).filter(|v| !v.is_empty());
+    if let Some(xdg) = non_empty("XDG_CONFIG_HOME") {
+        candidates.push((
+            Path::new(xdg).join("callplane").join(DEFAULT_CONFIG_FILE),
+            format!("$XDG_CONFIG_HOME/callplane/{DEFAULT_CONFIG_FILE}"),
+        ));
+    } else if let Some(home) = non_empty("HOME") {
+        candidates.push((
+            Path::new(home).join(".config/callplane").join(DEFAULT_CONFIG_FILE),
+            format!("~/.config/callplane/{DEFAULT_CONFIG_FILE}"),
+        ));
+    }
+    candidates.push((PathBuf::from(SYSTEM_CONFIG_FILE), SYSTEM_CONFIG_FILE.to_owned()));
+    candidates
+}
+
+/// The configuration file to read and how it was found: `file` (`--config`), else
+/// `CALLPLANE_CONFIG`, else the first of [`config_candidates`] that exists. `None` with the places
+/// looked in when there is none.
+fn discover(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Option<PathBuf>, String) {
+    if let Some(file) = file {
+        return (Some(file.to_path_buf()), "--config".to_owned());
+    }
+    if let Some(file) = env.get(CONFIG_ENV).filter(|v| !v.is_empty()) {
+        return (Some(PathBuf::from(file)), CONFIG_ENV.to_owned());
+    }
+    let candidates = config_candidates(env);
+    match candidates.iter().find(|(path, _)| path.is_file()) {
+        Some((path, shown)) => (Some(path.clone()), shown.clone()),
+        None => (
+            None,
+            candidates
+                .into_iter()
+                .map(|(_, shown)| shown)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    }
+}
+
+/// Reads the configuration of the host and of `plugins` from `file` (or the file [`discover`]
+/// finds) and the environment `env`. Returns the configuration (defaults where values were bad;
+/// every plugin's keys filled in; relative paths of the file and of the defaults resolved against
+/// the file's directory) and the findings: CP010 for every problem, CP011 when no file was found.
 pub fn load(
     file: Option<&Path>,
     env: &BTreeMap<String, String>,
     plugins: &[&'static RoutePlugin],
 ) -> (Config, Vec<Finding>) {
     let mut config = Config::default();
-    let named = file
-        .map(Path::to_path_buf)
-        .or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
-    let path = named.clone().or_else(|| {
-        let default = PathBuf::from(DEFAULT_CONFIG_FILE);
-        default.is_file().then_some(default)
-    });
+    let (path, origin) = discover(file, env);
     let mut loader = Loader {
         findings: Vec::new(),
         platform_variables: Vec::new(),
@@ -290,6 +351,7 @@ pub fn load(
             .as_ref()
             .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string()),
     };
+    config.file_origin = origin;
 
     let plugin_keys = plugin_keys(plugins);
     loader.findings.extend(declaration_problems(&plugin_keys));
@@ -307,6 +369,22 @@ pub fn load(
         config.file = Some(path.clone());
     }
     collect_env_keys(env, &plugin_keys, &mut raw, &mut loader);
+    // Configured by the environment alone (a container, a systemd unit) is a choice; nothing at
+    // all is most likely a command run from the wrong directory.
+    if path.is_none() && raw.is_empty() {
+        loader.findings.push(Finding::warning(
+            "CP011",
+            None,
+            format!(
+                "no configuration file (looked for {}) and no setting in the environment: using the built-in defaults",
+                config.file_origin
+            ),
+            format!(
+                "run from the directory holding {DEFAULT_CONFIG_FILE}, or name the file with --config or {CONFIG_ENV} \
+                 (its relative paths are taken from its own directory)"
+            ),
+        ));
+    }
 
     let source = |value: &Raw| match value {
         Raw::File(_) => Source::File,
@@ -344,8 +422,35 @@ pub fn load(
             Err(problem) => loader.bad(pk.named(), value, &problem, pk.key.help),
         }
     }
+    if let Some(dir) = path.as_deref().and_then(Path::parent) {
+        anchor_paths(&mut config, dir, &plugin_keys);
+    }
     config.platform_variables = loader.platform_variables;
     (config, loader.findings)
+}
+
+/// Resolves the relative paths that came from the configuration file, or are defaults, against
+/// `dir`, the file's directory: the same file gives the same database, logs and spool from any
+/// working directory. A path from an environment variable stays as given (relative to the working
+/// directory, like any path typed on a command line).
+fn anchor_paths(config: &mut Config, dir: &Path, plugin_keys: &[PluginKey]) {
+    if dir.as_os_str().is_empty() {
+        return;
+    }
+    let from_env = |config: &Config, key: &str| config.sources.get(key) == Some(&Source::Env);
+    if !from_env(config, "database_url") {
+        config.database_url = callplane_storage::sqlite_url_relative_to(&config.database_url, dir);
+    }
+    if !from_env(config, "log_dir") && config.log_dir.is_relative() {
+        config.log_dir = dir.join(&config.log_dir);
+    }
+    for pk in plugin_keys.iter().filter(|pk| pk.key.kind == ValueKind::Path) {
+        let current = config.settings.plugin(pk.plugin).path(pk.key.name);
+        if !from_env(config, &pk.file) && current.is_relative() {
+            let anchored = dir.join(current).display().to_string();
+            config.settings.set(pk.plugin, pk.key.name, anchored);
+        }
+    }
 }
 
 /// Keys declared wrong (CP006, naming the plugin): a name that is not `[a-z0-9_]`, a key declared
@@ -830,6 +935,7 @@ mod tests {
                 }),
             ConfigKey::new("api_base", ValueKind::Url, "https://api.twilio.com", "the REST API").env("TWILIO_API_BASE"),
             ConfigKey::new("max_minutes", ValueKind::Integer { min: 1, max: 10 }, "5", "minutes"),
+            ConfigKey::new("spool_dir", ValueKind::Path, "data/spool", "the spool").env("CALLPLANE_SPOOL_DIR"),
         ],
         deploy_checks: &[],
     };
@@ -854,8 +960,10 @@ mod tests {
 
     #[test]
     fn defaults_match_the_contract() {
-        let (config, findings) = load(Some(file("").path()), &env(&[]));
-        assert!(findings.is_empty(), "{findings:?}");
+        let (config, findings) = load(None, &env(&[("CALLPLANE_CONFIG", "")]));
+        let codes: Vec<&str> = findings.iter().map(|f| f.id).collect();
+        assert_eq!(codes, ["CP011"], "no file: defaults, said plainly");
+        assert_eq!(config.file, None);
         assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(config.database_url, "sqlite://data/callplane.db");
         assert_eq!(config.settings.public_base_url, "http://127.0.0.1:8080");
@@ -871,6 +979,97 @@ mod tests {
             5,
             "plugin defaults filled in"
         );
+    }
+
+    #[test]
+    fn relative_paths_of_the_file_and_the_defaults_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("callplane.toml");
+        std::fs::write(&path, "log_dir = \"logs\"\n[twilio]\nspool_dir = \"spool\"\n").unwrap();
+        let (config, findings) = load(Some(&path), &env(&[]));
+        assert!(findings.is_empty(), "{findings:?}");
+        let base = dir.path().display();
+        assert_eq!(
+            config.database_url,
+            format!("sqlite://{base}/data/callplane.db"),
+            "a default"
+        );
+        assert_eq!(config.log_dir, dir.path().join("logs"), "from the file");
+        assert_eq!(
+            twilio(&config, "spool_dir"),
+            format!("{base}/spool"),
+            "a plugin's path key"
+        );
+
+        // From the environment: relative to the working directory, as typed.
+        let (config, _) = load(
+            Some(&path),
+            &env(&[
+                ("CALLPLANE_DATABASE_URL", "sqlite://here.db"),
+                ("CALLPLANE_LOG_DIR", "here-logs"),
+                ("CALLPLANE_SPOOL_DIR", "here-spool"),
+            ]),
+        );
+        assert_eq!(config.database_url, "sqlite://here.db");
+        assert_eq!(config.log_dir, PathBuf::from("here-logs"));
+        assert_eq!(twilio(&config, "spool_dir"), "here-spool");
+
+        // Absolute paths and other databases are left alone.
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://u@h/db\"\nlog_dir = \"/var/log/cp\"\n",
+        )
+        .unwrap();
+        let (config, _) = load(Some(&path), &env(&[]));
+        assert_eq!(config.database_url, "postgres://u@h/db");
+        assert_eq!(config.log_dir, PathBuf::from("/var/log/cp"));
+    }
+
+    #[test]
+    fn the_file_is_found_by_flag_variable_then_the_usual_places() {
+        let xdg = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let vars = |pairs: &[(&str, &Path)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.display().to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let env = vars(&[("XDG_CONFIG_HOME", xdg.path()), ("HOME", home.path())]);
+        let shown: Vec<String> = config_candidates(&env).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(
+            shown,
+            [
+                "./callplane.toml",
+                "$XDG_CONFIG_HOME/callplane/callplane.toml",
+                "/etc/callplane/callplane.toml"
+            ]
+        );
+        let home_only = vars(&[("HOME", home.path())]);
+        assert_eq!(
+            config_candidates(&home_only)[1].0,
+            home.path().join(".config/callplane/callplane.toml"),
+            "~/.config when XDG_CONFIG_HOME is unset"
+        );
+
+        // (The unit tests run in host/, which holds no callplane.toml.)
+        let in_xdg = xdg.path().join("callplane/callplane.toml");
+        std::fs::create_dir_all(in_xdg.parent().unwrap()).unwrap();
+        std::fs::write(&in_xdg, "").unwrap();
+        let (found, origin) = discover(None, &env);
+        assert_eq!(
+            (found.as_deref(), origin.as_str()),
+            (Some(in_xdg.as_path()), "$XDG_CONFIG_HOME/callplane/callplane.toml")
+        );
+        let mut with_variable = env.clone();
+        with_variable.insert(CONFIG_ENV.to_owned(), "/x/named.toml".to_owned());
+        let (found, origin) = discover(None, &with_variable);
+        assert_eq!(
+            (found, origin.as_str()),
+            (Some(PathBuf::from("/x/named.toml")), CONFIG_ENV)
+        );
+        let (found, origin) = discover(Some(Path::new("flag.toml")), &with_variable);
+        assert_eq!((found, origin.as_str()), (Some(PathBuf::from("flag.toml")), "--config"));
     }
 
     #[test]

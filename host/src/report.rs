@@ -100,8 +100,14 @@ pub fn plugins_text(plugins: &[PluginReport]) -> String {
 }
 
 /// `check --format json`: `{"ok", "plugins", "findings"}`.
-pub fn check_json(ok: bool, plugins: &[PluginReport], findings: &[Finding]) -> Value {
-    json!({ "ok": ok, "plugins": plugins, "findings": findings })
+pub fn check_json(ok: bool, config: &Config, plugins: &[PluginReport], findings: &[Finding]) -> Value {
+    json!({
+        "ok": ok,
+        "config_file": config.file.as_ref().map(|f| f.display().to_string()),
+        "config_file_origin": config.file_origin,
+        "plugins": plugins,
+        "findings": findings,
+    })
 }
 
 fn status_name(status: PluginStatus) -> &'static str {
@@ -111,6 +117,23 @@ fn status_name(status: PluginStatus) -> &'static str {
         PluginStatus::Missing => "missing",
         PluginStatus::Failed => "failed",
     }
+}
+
+/// `callplane migrate status` as text: PLUGIN VERSION STATE APPLIED DESCRIPTION.
+pub fn migrations_text(list: &[callplane_storage::MigrationStatus]) -> String {
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|m| {
+            [
+                m.plugin.clone(),
+                m.version.to_string(),
+                m.state.as_str().to_owned(),
+                m.applied_at.clone().unwrap_or_else(|| "-".to_owned()),
+                m.description.clone(),
+            ]
+        })
+        .collect();
+    table(&["PLUGIN", "VERSION", "STATE", "APPLIED", "DESCRIPTION"], &rows)
 }
 
 fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
@@ -132,17 +155,13 @@ fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
     }
     out
 }
+
 /// `config` as text: the file used, one line per key (key, variable, owner, source, value), the
 /// ignored platform variables.
 pub fn config_text(config: &Config, plugins: &[&'static RoutePlugin]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    match &config.file {
-        Some(file) => {
-            let _ = writeln!(out, "config file: {}", file.display());
-        }
-        None => out.push_str("config file: none (defaults and environment only)\n"),
-    }
+    let _ = writeln!(out, "{}", config.file_line());
     let _ = writeln!(
         out,
         "{:<22} {:<32} {:<12} {:<8} VALUE",
@@ -170,6 +189,7 @@ pub fn config_text(config: &Config, plugins: &[&'static RoutePlugin]) -> String 
 pub fn config_json(config: &Config, plugins: &[&'static RoutePlugin]) -> Value {
     json!({
         "file": config.file.as_ref().map(|f| f.display().to_string()),
+        "file_origin": config.file_origin,
         "keys": rows(config, plugins),
         "platform_variables": config.platform_variables,
     })

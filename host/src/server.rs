@@ -62,7 +62,8 @@ pub fn init_logging(config: &Config, findings: &mut Vec<Finding>) -> Option<LogG
 }
 
 /// Validates, migrates, binds and serves until a signal; returns the process exit code.
-pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -> ExitCode {
+/// With `no_migrate`, a pending migration refuses the boot (CP012) instead of being applied.
+pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant, no_migrate: bool) -> ExitCode {
     let db = lazy_db(&config, &mut findings);
     let mut registry = Registry::with_prefix("callplane");
     let plan = boot::plan(
@@ -79,6 +80,7 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
             .filter(|f| f.id != "CP105"),
     );
 
+    tracing::info!(target: BOOT_TARGET, "[BOOT] {}", config.file_line());
     for p in &plan.plugins {
         match p.status {
             PluginStatus::Active => tracing::info!(
@@ -142,7 +144,39 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant) -
         return ExitCode::from(EXIT_CONFIG);
     }
 
-    if let Err(error) = plan.migrate(&db).await {
+    if no_migrate {
+        match plan.migration_status(&db).await {
+            Ok(list) => {
+                let behind: Vec<String> = list
+                    .iter()
+                    .filter(|m| m.state.needs_attention())
+                    .map(|m| format!("{} {} ({}, {})", m.plugin, m.version, m.description, m.state.as_str()))
+                    .collect();
+                if !behind.is_empty() {
+                    let finding = Finding::error(
+                        "CP012",
+                        None,
+                        format!(
+                            "serve --no-migrate: the database {} is not up to date: {}",
+                            db.redacted_url(),
+                            behind.join("; ")
+                        ),
+                        "run `callplane migrate` (the migration job, with a role that may change the schema) first; \
+                         `callplane migrate status` lists what is pending",
+                    );
+                    let [head, hint] = finding.lines();
+                    tracing::error!(target: BOOT_TARGET, id = finding.id, "{head}");
+                    tracing::error!(target: BOOT_TARGET, "{hint}");
+                    tracing::error!(target: BOOT_TARGET, "{}", report::fatal_line(&[finding]));
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+            Err(error) => {
+                tracing::error!(target: BOOT_TARGET, error = %error, database = db.redacted_url(), "[BOOT] ❌ cannot read the schema versions");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else if let Err(error) = plan.migrate(&db).await {
         tracing::error!(target: BOOT_TARGET, error = %error, database = db.redacted_url(), "[BOOT] ❌ migrations failed");
         return ExitCode::FAILURE;
     }

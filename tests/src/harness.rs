@@ -152,32 +152,7 @@ impl Sandbox {
     /// # Panics
     /// When the binary cannot start or does not finish within [`PROCESS_TIMEOUT`].
     pub fn run_with_input(&self, bin: &Path, args: &[&str], env: &[(&str, &str)], input: &str) -> Outcome {
-        let mut child = self
-            .command(bin, args, env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input.as_bytes()).expect("write stdin");
-        }
-        let pid = child.id();
-        let waiter = std::thread::spawn(move || child.wait_with_output());
-        let started = Instant::now();
-        while !waiter.is_finished() {
-            if started.elapsed() > PROCESS_TIMEOUT {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                panic!("{} {args:?} did not finish within {PROCESS_TIMEOUT:?}", bin.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let output = waiter.join().expect("waiter thread").expect("process output");
-        Outcome {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        run_command(self.command(bin, args, env), input)
     }
 
     /// Runs `serve` while this test holds the configured port, and returns what it printed.
@@ -235,8 +210,16 @@ impl Sandbox {
     /// # Panics
     /// When the host exits or is not ready within [`PROCESS_TIMEOUT`].
     pub fn serve(&self, bin: &Path, env: &[(&str, &str)]) -> Server {
+        self.serve_with(bin, &["serve"], env)
+    }
+
+    /// Starts `bin args…` (a `serve` with options) and waits for its `[BOOT] ready bind=…` line.
+    ///
+    /// # Panics
+    /// When the host exits or is not ready within [`PROCESS_TIMEOUT`].
+    pub fn serve_with(&self, bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = self
-            .command(bin, &["serve"], env)
+            .command(bin, args, env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -294,6 +277,40 @@ impl Sandbox {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Runs `command` to completion with `input` on its standard input, killing it after
+/// [`PROCESS_TIMEOUT`].
+///
+/// # Panics
+/// When it cannot start or does not finish in time.
+pub fn run_command(mut command: Command, input: &str) -> Outcome {
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let started = Instant::now();
+    while !waiter.is_finished() {
+        if started.elapsed() > PROCESS_TIMEOUT {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("{what} did not finish within {PROCESS_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = waiter.join().expect("waiter thread").expect("process output");
+    Outcome {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 
@@ -531,6 +548,33 @@ impl PgDatabase {
     /// Runs `sql` as the administrator (on the server's maintenance database).
     pub fn admin(&self, sql: &str) {
         self.scratch.admin(sql);
+    }
+
+    /// Runs `sql` (one or more statements) in the fresh database, as the administrator.
+    ///
+    /// # Panics
+    /// When a statement fails.
+    pub fn execute(&self, sql: &str) {
+        use callplane_plugin_api::storage::{Db, sqlx};
+        let (url, sql) = (self.url.clone(), sql.to_owned());
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let db = Db::connect_lazy(&url).expect("a postgres URL");
+                db.run(|pool| sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(pool))
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                db.close().await;
+            });
+        })
+        .join()
+        .expect("statement thread");
+    }
+
+    /// The URL of the fresh database for another role (`user`, no password).
+    pub fn url_as(&self, user: &str) -> String {
+        let (scheme, rest) = self.url.split_once("://").expect("a URL");
+        let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{user}@{host}")
     }
 
     /// The first column of the first row of `sql`, run in the fresh database.

@@ -198,6 +198,11 @@ impl Db {
         Ok(())
     }
 
+    /// The database file of a file-backed SQLite URL (`None` for PostgreSQL or in memory).
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
+    }
+
     /// Checks that the database answers `SELECT 1` within `timeout`.
     ///
     /// # Errors
@@ -312,6 +317,24 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StorageError> {
     })
 }
 
+/// `url` with a relative SQLite file resolved against `dir` (the directory of the configuration
+/// file that named it). Any other URL, an absolute path, an in-memory database or an empty `dir`
+/// leaves it as it is.
+pub fn sqlite_url_relative_to(url: &str, dir: &Path) -> String {
+    match sqlite_file(url) {
+        Some(file) if file.is_relative() && !dir.as_os_str().is_empty() => {
+            let (_, query) = sqlite_parts(url);
+            let path = dir.join(file);
+            if query.is_empty() {
+                format!("sqlite://{}", path.display())
+            } else {
+                format!("sqlite://{}?{query}", path.display())
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Whether `error` broke the connection rather than the statement (I/O, protocol, a crashed
 /// SQLite worker): the database is unreachable or went away, rather than refusing this statement.
 pub fn is_connection_error(error: &sqlx::Error) -> bool {
@@ -350,6 +373,30 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn relative_sqlite_files_are_resolved_against_a_directory() {
+        let dir = Path::new("/etc/callplane");
+        assert_eq!(
+            sqlite_url_relative_to("sqlite://data/x.db", dir),
+            "sqlite:///etc/callplane/data/x.db"
+        );
+        assert_eq!(
+            sqlite_url_relative_to("sqlite:x.db?mode=ro", dir),
+            "sqlite:///etc/callplane/x.db?mode=ro"
+        );
+        assert_eq!(
+            sqlite_url_relative_to("sqlite://data/x.db", Path::new("conf")),
+            "sqlite://conf/data/x.db"
+        );
+        for unchanged in ["sqlite:///var/lib/x.db", "sqlite::memory:", "postgres://u@h/db"] {
+            assert_eq!(sqlite_url_relative_to(unchanged, dir), unchanged);
+        }
+        assert_eq!(
+            sqlite_url_relative_to("sqlite://data/x.db", Path::new("")),
+            "sqlite://data/x.db"
+        );
+    }
 
     #[test]
     fn only_file_backed_sqlite_urls_name_a_file() {

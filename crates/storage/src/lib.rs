@@ -25,10 +25,12 @@ mod migrate;
 mod spool;
 pub mod writer;
 
-pub use db::{Db, DbKind, is_connection_error, redact_url};
+pub use db::{Db, DbKind, is_connection_error, redact_url, sqlite_url_relative_to};
 pub use error::StorageError;
 pub use group_commit::{Batched, GroupCommit, MAX_BATCH, PoolWrite, Written};
-pub use migrate::{AppliedMigration, Migration, PluginMigrations, SCHEMA_TABLE, migrate};
+pub use migrate::{
+    AppliedMigration, Migration, MigrationState, MigrationStatus, PluginMigrations, SCHEMA_TABLE, migrate, status,
+};
 pub use rusqlite;
 pub use spool::{DeadLetter, ReplayReport, Replayed, Spool, SpoolFile};
 pub use sqlx;

@@ -88,10 +88,22 @@ pub struct AppliedMigration {
 ///
 /// # Errors
 /// A connection error, a malformed migration list, a migration whose SQL changed after it was
-/// applied, or a failing migration. Nothing is committed on error.
+/// applied, or a failing migration. Nothing is committed on error. A database that is up to date
+/// is only read: nothing is locked or created.
 pub async fn migrate(db: &Db, sets: &[PluginMigrations<'_>]) -> Result<Vec<AppliedMigration>, StorageError> {
-    for set in sets {
-        check_order(set)?;
+    let current = status(db, sets).await?;
+    for unknown in current.iter().filter(|m| m.state == MigrationState::Unknown) {
+        // A newer binary migrated this database (a rolling upgrade in progress, or a rollback):
+        // keep running, but say so.
+        tracing::warn!(
+            plugin = unknown.plugin,
+            version = unknown.version,
+            "[MIGRATE] the database has a migration this binary does not know"
+        );
+    }
+    // Up to date: nothing to lock or create, so a role without DDL rights gets here too.
+    if current.iter().all(|m| !m.state.needs_attention()) {
+        return Ok(Vec::new());
     }
     db.prepare()?;
     db.run(|pool| apply(pool, db.kind(), sets)).await
@@ -135,16 +147,6 @@ async fn apply(
         let mut done = std::collections::BTreeMap::new();
         for row in rows {
             done.insert(row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?);
-        }
-        let known: std::collections::BTreeSet<i64> = set.migrations.iter().map(|m| m.version).collect();
-        for version in done.keys().filter(|v| !known.contains(v)) {
-            // A newer binary migrated this database (a rolling upgrade in progress, or a rollback):
-            // keep running, but say so.
-            tracing::warn!(
-                plugin = set.plugin,
-                version,
-                "[MIGRATE] the database has a migration this binary does not know"
-            );
         }
         for migration in set.migrations {
             let sql = migration.sql(kind);
@@ -194,6 +196,123 @@ async fn apply(
     }
     tx.commit().await?;
     Ok(applied)
+}
+
+/// Where one migration stands in a database (see [`status`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationStatus {
+    /// The owning plugin.
+    pub plugin: String,
+    /// The migration's version.
+    pub version: i64,
+    /// Its description (as recorded, for a migration this binary does not know).
+    pub description: String,
+    /// Applied, pending, changed or unknown.
+    pub state: MigrationState,
+    /// When it was applied (the database's clock), if it was.
+    pub applied_at: Option<String>,
+}
+
+/// The state of a migration in a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationState {
+    /// Applied, with the SQL this binary has.
+    Applied,
+    /// Not applied yet.
+    Pending,
+    /// Applied, but this binary's SQL differs: [`migrate`] refuses to go on.
+    Changed,
+    /// Applied by a binary that knows more migrations (newer, or one that a rollback left).
+    Unknown,
+}
+
+impl MigrationState {
+    /// `applied`, `pending`, `changed` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Pending => "pending",
+            Self::Changed => "changed",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Whether [`migrate`] still has something to do, or would refuse: the schema is not what
+    /// this binary serves.
+    pub fn needs_attention(self) -> bool {
+        matches!(self, Self::Pending | Self::Changed)
+    }
+}
+
+/// Where every migration of `sets` stands in `db`, in the order given, each plugin's migrations
+/// in version order followed by any the database has and the binary does not know. Only reads:
+/// a role without DDL rights can ask, and a database never migrated has every migration pending.
+///
+/// # Errors
+/// A connection error, or a malformed migration list.
+pub async fn status(db: &Db, sets: &[PluginMigrations<'_>]) -> Result<Vec<MigrationStatus>, StorageError> {
+    for set in sets {
+        check_order(set)?;
+    }
+    let exists_sql = match db.kind() {
+        DbKind::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+        DbKind::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
+        }
+    };
+    // A SQLite file that does not exist yet has nothing applied; connecting would create it.
+    let never_created = db.sqlite_path().is_some_and(|file| !file.exists());
+    let recorded: Vec<(String, i64, String, String, String)> = if never_created {
+        Vec::new()
+    } else {
+        db.run(|pool| async move {
+            let tables: i64 = sqlx::query_scalar(exists_sql)
+                .bind(SCHEMA_TABLE)
+                .fetch_one(pool)
+                .await?;
+            if tables == 0 {
+                return Ok(Vec::new());
+            }
+            sqlx::query_as(
+                "SELECT plugin, version, description, checksum, applied_at FROM callplane_schema_versions
+                 ORDER BY plugin, version",
+            )
+            .fetch_all(pool)
+            .await
+        })
+        .await?
+    };
+    let kind = db.kind();
+    let mut out = Vec::new();
+    for set in sets {
+        let mine = || recorded.iter().filter(|r| r.0 == set.plugin);
+        for migration in set.migrations {
+            let found = mine().find(|r| r.1 == migration.version);
+            let state = match found {
+                None => MigrationState::Pending,
+                Some(r) if r.3 == checksum(&migration.sql(kind)) => MigrationState::Applied,
+                Some(_) => MigrationState::Changed,
+            };
+            out.push(MigrationStatus {
+                plugin: set.plugin.to_owned(),
+                version: migration.version,
+                description: migration.description.to_owned(),
+                state,
+                applied_at: found.map(|r| r.4.clone()),
+            });
+        }
+        for r in mine().filter(|r| set.migrations.iter().all(|m| m.version != r.1)) {
+            out.push(MigrationStatus {
+                plugin: set.plugin.to_owned(),
+                version: r.1,
+                description: r.2.clone(),
+                state: MigrationState::Unknown,
+                applied_at: Some(r.4.clone()),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn check_order(set: &PluginMigrations<'_>) -> Result<(), StorageError> {
@@ -276,6 +395,43 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn status_reads_what_is_applied_pending_changed_and_unknown_without_writing() {
+        let (dir, db) = temp_db();
+        let both = [PluginMigrations {
+            plugin: "notes",
+            migrations: &[NOTES_V1, NOTES_V2],
+        }];
+        let states = |list: Vec<MigrationStatus>| list.into_iter().map(|m| (m.version, m.state)).collect::<Vec<_>>();
+        let fresh = status(&db, &both).await.unwrap();
+        assert_eq!(
+            states(fresh),
+            [(1, MigrationState::Pending), (2, MigrationState::Pending)]
+        );
+        assert!(!dir.path().join("t.db").exists(), "asking created no database");
+
+        migrate(&db, &both[..]).await.unwrap();
+        let applied = status(&db, &both).await.unwrap();
+        assert!(
+            applied
+                .iter()
+                .all(|m| m.state == MigrationState::Applied && m.applied_at.is_some())
+        );
+
+        let edited = Migration {
+            sqlite: "CREATE TABLE notes (id INTEGER PRIMARY KEY);",
+            ..NOTES_V1
+        };
+        let older = [PluginMigrations {
+            plugin: "notes",
+            migrations: &[edited],
+        }];
+        assert_eq!(
+            states(status(&db, &older).await.unwrap()),
+            [(1, MigrationState::Changed), (2, MigrationState::Unknown)]
+        );
     }
 
     #[tokio::test]
