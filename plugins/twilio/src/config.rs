@@ -81,7 +81,22 @@ pub const KEYS: &[ConfigKey] = &[
         "100",
         "refused webhooks kept per client address at most (the oldest are pruned)",
     ),
+    ConfigKey::new(
+        "voice_fallback_url",
+        ValueKind::Text,
+        "",
+        "what `callplane twilio doctor --fix` sets as each number's Voice fallback URL (a TwiML Bin or a page on another host); empty: the doctor only reports a missing one",
+    )
+    .check(https_or_empty),
 ];
+
+fn https_or_empty(url: &str) -> Result<(), String> {
+    if url.is_empty() || url::Url::parse(url).is_ok_and(|u| u.scheme() == "https" && u.host_str().is_some()) {
+        Ok(())
+    } else {
+        Err("expected an https:// URL (or nothing)".to_owned())
+    }
+}
 
 fn account_sid(sid: &str) -> Result<(), String> {
     let valid = sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());

@@ -16,6 +16,7 @@ mod api;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod doctor;
 pub mod event;
 mod migrations;
 mod outbound;
@@ -45,7 +46,7 @@ pub const PLUGIN: RoutePlugin = RoutePlugin {
     requires: &["permissions"],
     critical: true,
     register,
-    commands: &[simulate::SIMULATE, cli::TRACE, cli::CALLS],
+    commands: &[simulate::SIMULATE, cli::TRACE, cli::CALLS, doctor::TWILIO],
     config: config::KEYS,
     deploy_checks: config::DEPLOY_CHECKS,
 };
