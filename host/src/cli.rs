@@ -55,11 +55,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = FailLevel::Error)]
         fail_level: FailLevel,
     },
-    /// List the route table: METHOD PATH PLUGIN ACCESS CRITICAL.
+    /// List the route table: METHOD PATH PLUGIN ACCESS CRITICAL (or the OpenAPI 3.1 document).
     Routes {
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = RoutesFormat::Text)]
+        format: RoutesFormat,
     },
     /// List the plugins: name, version, critical, requires, status.
     Plugins {
@@ -106,6 +106,17 @@ pub enum Format {
     Text,
     /// For machines (shapes in docs/cli.md).
     Json,
+}
+
+/// Output format of `routes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoutesFormat {
+    /// For people.
+    Text,
+    /// For machines (shape in docs/cli.md).
+    Json,
+    /// The OpenAPI 3.1 document, as `GET /openapi.json` serves it.
+    Openapi,
 }
 
 /// `--fail-level`.
@@ -208,8 +219,12 @@ pub fn run(cli: Cli, started: Instant) -> ExitCode {
             Command::Routes { format } => {
                 let (plan, findings) = validate(&config, findings);
                 match format {
-                    Format::Text => print!("{}", report::routes_text(&plan)),
-                    Format::Json => println!("{}", report::routes_json(&plan)),
+                    RoutesFormat::Text => print!("{}", report::routes_text(&plan)),
+                    RoutesFormat::Json => println!("{}", report::routes_json(&plan)),
+                    RoutesFormat::Openapi => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report::openapi_json(&plan.routes)).unwrap_or_default()
+                    ),
                 }
                 finish_listing(&findings)
             }

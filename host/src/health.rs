@@ -1,10 +1,11 @@
-//! The host's own routes: `/livez`, `/readyz`, `/metrics`.
+//! The host's own routes: `/livez`, `/readyz`, `/metrics`, `/openapi.json`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
+use callplane_plugin_api::openapi::RouteDoc;
 use callplane_plugin_api::{Access, ApiError, ReadinessCheck, RouteSpec};
 use callplane_storage::Db;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -141,11 +142,76 @@ impl HostState {
 
 /// The host's routes, declared like any plugin's so `routes` lists them and collisions are found.
 pub fn host_routes() -> Vec<RouteSpec> {
+    use actix_web::http::Method;
+    let documented = |route: RouteSpec, doc: RouteDoc| RouteSpec {
+        doc: Some(std::sync::Arc::new(doc)),
+        ..route
+    };
     vec![
-        RouteSpec::new(HOST, actix_web::http::Method::GET, "/livez", Access::Public, livez),
-        RouteSpec::new(HOST, actix_web::http::Method::GET, "/readyz", Access::Public, readyz),
-        RouteSpec::new(HOST, actix_web::http::Method::GET, "/metrics", Access::Public, metrics),
+        documented(
+            RouteSpec::new(HOST, Method::GET, "/livez", Access::Public, livez),
+            RouteDoc::new("Liveness: the process serves HTTP").json::<Alive>(200, "alive"),
+        ),
+        documented(
+            RouteSpec::new(HOST, Method::GET, "/readyz", Access::Public, readyz),
+            RouteDoc::new("Readiness: whether to send this instance traffic")
+                .json::<Readiness>(200, "ready, or degraded but able to keep every call")
+                .json::<Readiness>(503, "draining, a critical plugin down, or a call could not be kept"),
+        ),
+        documented(
+            RouteSpec::new(HOST, Method::GET, "/metrics", Access::Public, metrics),
+            RouteDoc::new("Prometheus / OpenMetrics metrics").text(
+                200,
+                "the metrics",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        ),
+        documented(
+            RouteSpec::new(HOST, Method::GET, OPENAPI_PATH, Access::Public, openapi),
+            RouteDoc::new("This document: the HTTP API as OpenAPI 3.1").json::<OpenApiDocument>(200, "the document"),
+        ),
     ]
+}
+
+/// Where the OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// The OpenAPI document of the route table this instance serves, built once at boot.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(value_type = Object)]
+pub struct OpenApiDocument(pub serde_json::Value);
+
+/// `/livez`'s answer (documented; the handler builds it as JSON).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only
+struct Alive {
+    /// Always `alive`.
+    status: String,
+}
+
+/// `/readyz`'s answer (documented; the handler builds it as JSON).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only
+struct Readiness {
+    /// `ready`, `degraded` or `not_ready`.
+    status: String,
+    /// What is degraded (`database`, …).
+    degraded: Vec<String>,
+    /// Whether the instance is draining (shutting down).
+    draining: bool,
+    /// The database's kind and whether it answered.
+    #[schema(value_type = Object)]
+    database: serde_json::Value,
+    /// Every plugin: name, version, critical, status.
+    #[schema(value_type = Vec<Object>)]
+    plugins: Vec<serde_json::Value>,
+    /// Each plugin's readiness checks, by `plugin.check`.
+    #[schema(value_type = Object)]
+    checks: serde_json::Value,
+}
+
+async fn openapi(document: web::Data<OpenApiDocument>) -> HttpResponse {
+    HttpResponse::Ok().json(&document.0)
 }
 
 async fn livez() -> HttpResponse {

@@ -119,6 +119,16 @@ fn status_name(status: PluginStatus) -> &'static str {
     }
 }
 
+/// The OpenAPI 3.1 document of `routes`, as `routes --format openapi` prints it and
+/// `GET /openapi.json` serves it.
+pub fn openapi_json(routes: &[callplane_plugin_api::RouteSpec]) -> Value {
+    serde_json::to_value(callplane_plugin_api::openapi::document(
+        routes,
+        env!("CARGO_PKG_VERSION"),
+    ))
+    .unwrap_or_else(|e| json!({ "error": format!("the document cannot be rendered: {e}") }))
+}
+
 /// `callplane migrate status` as text: PLUGIN VERSION STATE APPLIED DESCRIPTION.
 pub fn migrations_text(list: &[callplane_storage::MigrationStatus]) -> String {
     let rows: Vec<[String; 5]> = list

@@ -207,6 +207,9 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant, n
         .collect();
     let plugin_count = plan.active.len();
     let route_count = plan.routes.len();
+    let openapi = web::Data::new(crate::health::OpenApiDocument(crate::report::openapi_json(
+        &plan.routes,
+    )));
     let host = web::Data::new(HostState::new(db.clone(), plan.plugins, checks, registry));
     let host_state = host.clone();
     let mut states: Vec<StateInstaller> = plan
@@ -215,7 +218,7 @@ pub async fn run(config: Config, mut findings: Vec<Finding>, started: Instant, n
         .flat_map(|a| a.registration.states.iter().cloned())
         .collect();
     states.push(Arc::new(move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(host_state.clone());
+        cfg.app_data(host_state.clone()).app_data(openapi.clone());
     }));
     // Built once; every worker builds its app from it, with the same function the tests use.
     let parts = Arc::new(AppParts {

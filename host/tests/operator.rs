@@ -281,3 +281,41 @@ fn on_postgres_the_serving_role_needs_no_ddl_rights() {
     pg.execute(&format!("DROP OWNED BY {role}"));
     pg.admin(&format!("DROP ROLE {role}"));
 }
+
+/// `routes --format openapi` and `GET /openapi.json` are the same document, and it holds every
+/// route of the table (plugins' and the host's) with the security its access policy implies.
+#[test]
+fn the_openapi_document_is_the_route_table() {
+    let sandbox = Sandbox::new();
+    let table = sandbox.run(Path::new(BIN), &["routes", "--format", "json"], &[]);
+    ok(&table);
+    let table: serde_json::Value = serde_json::from_str(&table.stdout).unwrap();
+    let printed = sandbox.run(Path::new(BIN), &["routes", "--format", "openapi"], &[]);
+    ok(&printed);
+    let document: serde_json::Value = serde_json::from_str(&printed.stdout).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    let routes = table["routes"].as_array().unwrap();
+    assert!(routes.len() > 20, "{table}");
+    for route in routes {
+        let (method, path) = (route["method"].as_str().unwrap(), route["path"].as_str().unwrap());
+        let operation = &document["paths"][path][method.to_ascii_lowercase()];
+        assert!(operation.is_object(), "{method} {path} is missing from the document");
+        let security = operation["security"].to_string();
+        let expected = match route["access"].as_str().unwrap() {
+            "Public" => "[]",
+            "TwilioSignature" => r#"[{"twilio_signature":[]}]"#,
+            _ => r#"[{"session_bearer":[]},{"session_cookie":[]}]"#,
+        };
+        assert_eq!(security, expected, "{method} {path}");
+    }
+    let outbound = &document["paths"]["/api/calls/outbound"]["post"];
+    assert_eq!(
+        outbound["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/OutboundRequest"
+    );
+
+    let server = sandbox.serve(Path::new(BIN), &[]);
+    let served = server.get("/openapi.json");
+    assert_eq!(served.status, 200);
+    assert_eq!(served.json(), document, "served as printed");
+}

@@ -77,6 +77,7 @@ mod command;
 mod config;
 mod deadline;
 mod error;
+pub mod openapi;
 mod registrar;
 mod settings;
 pub mod testing;
@@ -96,6 +97,7 @@ pub use callplane_storage as storage;
 pub use callplane_storage::Migration;
 pub use callplane_telemetry as telemetry;
 pub use inventory;
+pub use utoipa;
 
 /// One plugin, submitted with `inventory::submit!` from the plugin's crate.
 #[derive(Debug)]

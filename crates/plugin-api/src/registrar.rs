@@ -86,6 +86,8 @@ pub struct RouteSpec {
     pub access: Access,
     /// Builds the actix route (method guard and handler, no access check).
     pub handler: HandlerFactory,
+    /// What it takes and answers, for the OpenAPI document (see [`Registrar::doc`]).
+    pub doc: Option<Arc<crate::openapi::RouteDoc>>,
 }
 
 impl fmt::Debug for RouteSpec {
@@ -114,6 +116,7 @@ impl RouteSpec {
             path: path.to_owned(),
             access,
             handler: Arc::new(move || web::route().method(guard.clone()).to(handler.clone())),
+            doc: None,
         }
     }
 
@@ -309,6 +312,17 @@ impl<'a> Registrar<'a> {
         F::Output: Responder + 'static,
     {
         self.route(Method::DELETE, path, access, handler)
+    }
+
+    /// Documents the route declared last (`reg.post(…).doc(RouteDoc::new(…)…)`): its summary,
+    /// body and answers in the OpenAPI document (`callplane routes --format openapi`,
+    /// `GET /openapi.json`). An undocumented route is listed with its access and errors only.
+    pub fn doc(&mut self, doc: crate::openapi::RouteDoc) -> &mut Self {
+        match self.out.routes.last_mut() {
+            Some(route) => route.doc = Some(Arc::new(doc)),
+            None => self.out.problems.push("doc() before any route was declared".to_owned()),
+        }
+        self
     }
 
     /// Declares the plugin's migrations (versions strictly increasing: anything else is a

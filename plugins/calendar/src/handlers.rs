@@ -145,8 +145,9 @@ fn validate(a: &Appointment, max_secs: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     from: Option<String>,
     to: Option<String>,
@@ -206,15 +207,19 @@ pub(crate) async fn list(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/calendar/appointments`: RFC 3339 times with an offset.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewAppointment {
     title: String,
+    #[schema(format = DateTime)]
     starts_at: String,
+    #[schema(format = DateTime)]
     ends_at: String,
     lead_id: Option<String>,
     call_sid: Option<String>,
     notes: Option<String>,
+    #[schema(pattern = "^(scheduled|cancelled|completed)$")]
     status: Option<String>,
 }
 
@@ -277,15 +282,19 @@ pub(crate) async fn get(
     Ok(with_etag(HttpResponse::Ok().json(json_of(&a)), a.version))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/calendar/appointments/{id}`: the fields to change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Change {
     title: Option<String>,
+    #[schema(format = DateTime)]
     starts_at: Option<String>,
+    #[schema(format = DateTime)]
     ends_at: Option<String>,
     lead_id: Option<String>,
     call_sid: Option<String>,
     notes: Option<String>,
+    #[schema(pattern = "^(scheduled|cancelled|completed)$")]
     status: Option<String>,
 }
 

@@ -16,6 +16,7 @@
 mod handlers;
 mod store;
 
+use callplane_plugin_api::openapi::RouteDoc;
 use callplane_plugin_api::{Access, ConfigKey, Migration, RegisterError, Registrar, RoutePlugin, ValueKind};
 
 /// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
@@ -80,9 +81,30 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     });
     let page = Access::PageAccess("calendar");
     reg.get("/api/calendar/appointments", page, handlers::list)
+        .doc(
+            RouteDoc::new("The business's appointments, by start time")
+                .query::<handlers::ListQuery>()
+                .object(200, "{\"appointments\": […], \"total\": n}"),
+        )
         .post("/api/calendar/appointments", page, handlers::create)
+        .doc(
+            RouteDoc::new("Create an appointment")
+                .json_body::<handlers::NewAppointment>()
+                .object(201, "the appointment (its version in ETag)")
+                .error(409, "it overlaps a scheduled appointment"),
+        )
         .get("/api/calendar/appointments/{id}", page, handlers::get)
+        .doc(RouteDoc::new("One appointment (its version in ETag)").object(200, "the appointment"))
         .patch("/api/calendar/appointments/{id}", page, handlers::update)
-        .delete("/api/calendar/appointments/{id}", page, handlers::delete);
+        .doc(
+            RouteDoc::new("Change an appointment (If-Match: its version)")
+                .json_body::<handlers::Change>()
+                .object(200, "the appointment")
+                .error(409, "it would overlap a scheduled appointment")
+                .error(412, "the appointment changed since that version")
+                .error(428, "If-Match is required"),
+        )
+        .delete("/api/calendar/appointments/{id}", page, handlers::delete)
+        .doc(RouteDoc::new("Delete an appointment").empty(204, "deleted"));
     Ok(())
 }

@@ -55,9 +55,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+/// `POST /api/auth/login`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginBody {
+    #[schema(format = Email)]
     email: String,
     password: String,
 }
@@ -250,11 +252,14 @@ pub(crate) async fn list_users(who: Principal, state: web::Data<AuthState>) -> R
     Ok(HttpResponse::Ok().json(json!({ "users": state.store.list_users(who.business_id).await? })))
 }
 
-#[derive(Deserialize)]
+/// `POST /api/users`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewUser {
+    #[schema(format = Email)]
     email: String,
     password: String,
+    #[schema(pattern = "^(owner|admin|agent|viewer)$")]
     role: String,
 }
 
@@ -345,7 +350,8 @@ pub(crate) async fn list_grants(who: Principal, state: web::Data<AuthState>) -> 
     Ok(HttpResponse::Ok().json(json!({ "roles": roles, "levels": levels, "pages": PAGES })))
 }
 
-#[derive(Deserialize)]
+/// `PUT /api/permissions/roles/{role}`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Grants {
     pages: Vec<Grant>,
@@ -353,7 +359,7 @@ pub(crate) struct Grants {
 
 /// One grant in `PUT /api/permissions/roles/{role}`: a page name (read and write), or
 /// `{"page": …, "level": "read"|"write"}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Grant {
     Page(String),

@@ -17,6 +17,7 @@ pub mod password;
 pub mod session;
 mod store;
 
+use callplane_plugin_api::openapi::RouteDoc;
 use callplane_plugin_api::{Access, Capability, RegisterError, Registrar, RoutePlugin};
 
 pub use handlers::{ACCOUNT_FAILURES, CLIENT_FAILURES, THROTTLE_WINDOW_SECS, throttle_bucket};
@@ -57,7 +58,19 @@ pub fn default_pages(role: &str) -> &'static [&'static str] {
 
 /// What a grant of a page allows: reading it (`GET`), or changing it too (`POST`, `PUT`,
 /// `PATCH`, `DELETE` under `PageAccess(page)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Read only.
@@ -105,17 +118,42 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         secure_cookie,
     });
     reg.post("/api/auth/login", Access::Public, handlers::login)
+        .doc(
+            RouteDoc::new("Sign in: a session token (also set as the session cookie)")
+                .json_body::<handlers::LoginBody>()
+                .object(200, "the session: token, expiry, user")
+                .error(401, "wrong e-mail or password")
+                .error(415, "the body is not JSON")
+                .error(422, "the values are refused")
+                .error(429, "too many failed sign-ins: wait Retry-After"),
+        )
         .post("/api/auth/logout", Access::Authenticated, handlers::logout)
+        .doc(RouteDoc::new("Sign out: ends the session").empty(204, "signed out"))
         .get("/api/me", Access::Authenticated, handlers::me)
+        .doc(RouteDoc::new("The signed-in user, their business, role and pages").object(200, "the user"))
         .get("/api/users", Access::Admin, handlers::list_users)
+        .doc(RouteDoc::new("The business's users").object(200, "{\"users\": […]}"))
         .post("/api/users", Access::Admin, handlers::create_user)
+        .doc(
+            RouteDoc::new("Create a user of the business")
+                .json_body::<handlers::NewUser>()
+                .object(201, "the user")
+                .error(409, "the e-mail is taken"),
+        )
         .post(
             "/api/users/{user_id}/deactivate",
             Access::Admin,
             handlers::deactivate_user,
         )
+        .doc(RouteDoc::new("Deactivate a user and end their sessions").empty(204, "deactivated"))
         .get("/api/permissions/roles", Access::Admin, handlers::list_grants)
-        .put("/api/permissions/roles/{role}", Access::Admin, handlers::set_grants);
+        .doc(RouteDoc::new("Each role's pages and levels").object(200, "roles, levels and pages"))
+        .put("/api/permissions/roles/{role}", Access::Admin, handlers::set_grants)
+        .doc(
+            RouteDoc::new("Set a role's pages (each read or write)")
+                .json_body::<handlers::Grants>()
+                .object(200, "the role's pages"),
+        );
     Ok(())
 }
 

@@ -15,8 +15,9 @@ fn db_error(e: sqlx::Error) -> ApiError {
     ApiError::database("[TWILIO] calls query", &e)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     direction: Option<String>,
     status: Option<String>,

@@ -35,6 +35,7 @@ mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
+use callplane_plugin_api::openapi::RouteDoc;
 use callplane_plugin_api::storage::Spool;
 use callplane_plugin_api::{Access, Capability, RegisterError, Registrar, RoutePlugin, StartFailure};
 
@@ -151,25 +152,50 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         reg.metrics(),
     );
     reg.state(outbound);
+    let twiml = |summary: &str| RouteDoc::new(summary).text(200, "TwiML", "text/xml");
     reg.post(
         webhooks::INCOMING_CALL,
         Access::TwilioSignature,
         webhooks::incoming_call,
     )
+    .doc(twiml(
+        "Twilio: a call to a business number (\"A call comes in\"); answered with TwiML",
+    ))
     .post(
         webhooks::OUTBOUND_CALL,
         Access::TwilioSignature,
         webhooks::outbound_call,
     )
+    .doc(twiml(
+        "Twilio: an outbound call we placed was answered; answered with TwiML",
+    ))
     .post(webhooks::CALL_STATUS, Access::TwilioSignature, webhooks::call_status)
+    .doc(twiml("Twilio: a call's status changed (\"Call status changes\")"))
     .post("/api/calls/outbound", Access::PageAccess("calls"), outbound::create)
+    .doc(
+        RouteDoc::new("Place an outbound call from the business's number through Twilio")
+            .json_body::<outbound::OutboundRequest>()
+            .object(201, "placed: req_id and Twilio's CallSid")
+            .error(502, "Twilio refused or failed (its code in twilio_code)")
+            .error(
+                504,
+                "Twilio did not answer in time (the call may still be placed: trace the req_id)",
+            ),
+    )
     .get("/api/calls", Access::PageAccess("calls"), api::list_calls)
+    .doc(
+        RouteDoc::new("The business's calls, newest first")
+            .query::<api::ListQuery>()
+            .object(200, "{\"calls\": […], \"total\": n}"),
+    )
     .get("/api/calls/{call_sid}", Access::PageAccess("calls"), api::get_call)
+    .doc(RouteDoc::new("One call and its events").object(200, "the call"))
     .get(
         "/api/calls/{call_sid}/trace",
         Access::PageAccess("calls"),
         api::get_trace,
-    );
+    )
+    .doc(RouteDoc::new("One call's timeline and verdict, as `callplane trace` shows it").object(200, "the trace"));
     let retention_days = i64::try_from(reg.config().integer("trace_retention_days")).unwrap_or(i64::MAX);
     reg.background(
         "trace-retention",

@@ -79,16 +79,20 @@ impl OutboundState {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The CRM's lead: a number or a string.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(crate) enum LeadId {
     Number(u64),
     Text(String),
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/calls/outbound`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutboundRequest {
+    /// The number to call, E.164.
+    #[schema(pattern = "^\\+[1-9][0-9]{7,14}$")]
     to: String,
     lead_id: LeadId,
 }
