@@ -965,7 +965,7 @@ mod tests {
         assert!(plan.findings.is_empty(), "{:?}", plan.findings);
         let order: Vec<&str> = plan.active.iter().map(|a| a.plugin.name).collect();
         assert_eq!(order, ["permissions", "notes", "twilio"]);
-        assert_eq!(plan.routes.len(), 3 + 2 + 1 + 1);
+        assert_eq!(plan.routes.len(), crate::health::host_routes().len() + 2 + 1 + 1);
         assert_eq!(plan.providers.len(), 2);
         assert!(
             plan.plugins
@@ -1173,7 +1173,11 @@ mod tests {
         let plan = run(&[&LONELY], &[]);
         assert_eq!(ids(&plan), [("CP004", Level::Error, Some("lonely"))]);
         assert_eq!(status(&plan, "lonely"), PluginStatus::Failed);
-        assert_eq!(plan.routes.len(), 3, "only the host routes remain");
+        assert_eq!(
+            plan.routes.len(),
+            crate::health::host_routes().len(),
+            "only the host routes remain"
+        );
     }
 
     #[tokio::test]

@@ -178,7 +178,7 @@ fn routes_and_check_json_match_the_live_table() {
     assert_eq!(routes.code, Some(0), "{}", routes.stderr);
     let table: serde_json::Value = serde_json::from_str(&routes.stdout).unwrap();
     let table = table["routes"].as_array().unwrap().clone();
-    assert_eq!(table.len(), 10, "{table:#?}");
+    assert_eq!(table.len(), 11, "{table:#?}");
     let text = sandbox.run(Path::new(OK), &["routes"], &[CRITICAL]);
     assert_eq!(text.stdout.lines().count(), table.len() + 1);
     assert!(text.stdout.lines().next().unwrap().starts_with("METHOD  PATH"));
