@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use callplane_e2e::harness::{Outcome, PgDatabase, Sandbox, run_command};
+use callplane_e2e::harness::{Outcome, PgDatabase, Sandbox, Server, run_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_callplane");
 
@@ -143,6 +143,13 @@ fn every_command_uses_the_same_file_and_database_from_any_directory() {
     );
 }
 
+/// A signed inbound call to +15005550006, sent by `callplane simulate` to `server`.
+fn call_in(sandbox: &Sandbox, server: &Server, env: &[(&str, &str)]) -> Outcome {
+    let target = server.url("");
+    let args = ["simulate", "--target", &target, "inbound", "--to", "+15005550006"];
+    sandbox.run(Path::new(BIN), &args, env)
+}
+
 fn states(out: &Outcome) -> Vec<(String, String)> {
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
     report["migrations"]
@@ -199,19 +206,7 @@ fn migrations_as_a_job(sandbox: &Sandbox, env: &[(&str, &str)], serving: &[(&str
     // The instances: no migration, and they serve (and record) with the role they were given.
     let server = sandbox.serve_with(Path::new(BIN), &["serve", "--no-migrate"], serving);
     assert_eq!(server.get("/readyz").status, 200);
-    let answered = sandbox.run(
-        Path::new(BIN),
-        &[
-            "simulate",
-            "--target",
-            &server.url(""),
-            "inbound",
-            "--to",
-            "+15005550006",
-        ],
-        serving,
-    );
-    ok(&answered);
+    ok(&call_in(sandbox, &server, serving));
 }
 
 #[test]
@@ -261,19 +256,7 @@ fn on_postgres_the_serving_role_needs_no_ddl_rights() {
         &["admin", "create-business", "--name", "N", "--phone", "+15005550006"],
         &serving,
     ));
-    let answered = sandbox.run(
-        Path::new(BIN),
-        &[
-            "simulate",
-            "--target",
-            &server.url(""),
-            "inbound",
-            "--to",
-            "+15005550006",
-        ],
-        &serving,
-    );
-    ok(&answered);
+    ok(&call_in(&sandbox, &server, &serving));
     callplane_e2e::harness::eventually(std::time::Duration::from_secs(10), "the call's row", || {
         pg.scalar("SELECT COUNT(*) FROM calls") == 1
     });
