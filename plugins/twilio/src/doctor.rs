@@ -77,7 +77,7 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
     print!("{}", report.text());
     match report.errors() {
         0 => Ok(()),
-        n => Err(format!("twilio doctor: {n} problem(s) (above)")),
+        n => Err(format!("doctor: {n} problem(s) (above)")),
     }
 }
 
@@ -450,7 +450,10 @@ impl Api {
         request: awc::ClientRequest,
         form: Option<String>,
     ) -> Result<T, DoctorError> {
+        // A connection per request: a CLI makes a few, and a pooled connection the server (or a
+        // proxy) closed in between would fail the next one.
         let request = request
+            .force_close()
             .insert_header((header::AUTHORIZATION, self.authorization()))
             .insert_header((header::ACCEPT, "application/json"));
         let sent = match form {
