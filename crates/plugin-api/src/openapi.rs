@@ -42,6 +42,18 @@ pub struct RouteDoc {
     query: Vec<utoipa::openapi::path::Parameter>,
     responses: Vec<(u16, String, Option<Content>)>,
     schemas: Vec<(String, RefOr<Schema>)>,
+    links: Vec<DocLink>,
+}
+
+/// An OpenAPI link: the answer with `status` feeds `parameter` of the route `method path` with
+/// `expression` (`$response.body#/id`), so clients and fuzzers can follow it.
+#[derive(Clone)]
+struct DocLink {
+    status: u16,
+    method: &'static str,
+    path: &'static str,
+    parameter: &'static str,
+    expression: &'static str,
 }
 
 impl std::fmt::Debug for RouteDoc {
@@ -49,6 +61,7 @@ impl std::fmt::Debug for RouteDoc {
         f.debug_struct("RouteDoc")
             .field("summary", &self.summary)
             .field("responses", &self.responses.iter().map(|r| r.0).collect::<Vec<_>>())
+            .field("links", &self.links.len())
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +142,26 @@ impl RouteDoc {
         let any = ObjectBuilder::new().schema_type(SchemaType::new(Type::Object)).build();
         self.responses
             .push((status, description.to_owned(), Some(("application/json", any.into()))));
+        self
+    }
+
+    /// Links the answer with `status` to the route `method path`: its path parameter
+    /// `parameter` is `expression` of this answer (`"$response.body#/id"`).
+    #[must_use]
+    pub fn link(
+        mut self,
+        status: u16,
+        (method, path): (&'static str, &'static str),
+        parameter: &'static str,
+        expression: &'static str,
+    ) -> Self {
+        self.links.push(DocLink {
+            status,
+            method,
+            path,
+            parameter,
+            expression,
+        });
         self
     }
 
@@ -229,6 +262,15 @@ fn path_parameters(path: &str) -> (String, Vec<String>) {
     (out, names)
 }
 
+/// The operation id of `method path` (an OpenAPI path): `post_api_calendar_appointments`.
+fn operation_id(method: &str, path: &str) -> String {
+    format!(
+        "{}_{}",
+        method.to_ascii_lowercase(),
+        path.trim_matches('/').replace(['/', '{', '}', '.'], "_")
+    )
+}
+
 fn method(route: &RouteSpec) -> Option<HttpMethod> {
     Some(match route.method.as_str() {
         "GET" => HttpMethod::Get,
@@ -279,11 +321,7 @@ pub fn document(routes: &[RouteSpec], version: &str) -> OpenApi {
         };
         let mut operation = OperationBuilder::new()
             .summary(Some(summary))
-            .operation_id(Some(format!(
-                "{}_{}",
-                route.method.as_str().to_ascii_lowercase(),
-                path.trim_matches('/').replace(['/', '{', '}', '.'], "_")
-            )))
+            .operation_id(Some(operation_id(route.method.as_str(), &path)))
             .tag(route.plugin)
             .securities(Some(security(&route.access)));
         for name in &names {
@@ -311,6 +349,16 @@ pub fn document(routes: &[RouteSpec], version: &str) -> OpenApi {
             let mut response = ResponseBuilder::new().description(description);
             if let Some((content_type, schema)) = content {
                 response = response.content(content_type, ContentBuilder::new().schema(Some(schema)).build());
+            }
+            for link in doc.links.iter().filter(|l| l.status == status) {
+                let target = path_parameters(link.path).0;
+                response = response.link(
+                    operation_id(link.method, &target),
+                    utoipa::openapi::link::LinkBuilder::new()
+                        .operation_id(operation_id(link.method, &target))
+                        .parameter(link.parameter, link.expression)
+                        .build(),
+                );
             }
             operation = operation.response(status.to_string(), response.build());
             documented.push(status);

@@ -68,6 +68,9 @@ const MIGRATIONS: &[Migration] = &[Migration::portable(
     ",
 )];
 
+/// One appointment.
+const APPOINTMENT: &str = "/api/calendar/appointments/{id}";
+
 /// Declares the appointment routes and the migration.
 ///
 /// # Errors
@@ -91,11 +94,14 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
             RouteDoc::new("Create an appointment")
                 .json_body::<handlers::NewAppointment>()
                 .object(201, "the appointment (its version in ETag)")
+                .link(201, ("GET", APPOINTMENT), "id", "$response.body#/id")
+                .link(201, ("PATCH", APPOINTMENT), "id", "$response.body#/id")
+                .link(201, ("DELETE", APPOINTMENT), "id", "$response.body#/id")
                 .error(409, "it overlaps a scheduled appointment"),
         )
-        .get("/api/calendar/appointments/{id}", page, handlers::get)
+        .get(APPOINTMENT, page, handlers::get)
         .doc(RouteDoc::new("One appointment (its version in ETag)").object(200, "the appointment"))
-        .patch("/api/calendar/appointments/{id}", page, handlers::update)
+        .patch(APPOINTMENT, page, handlers::update)
         .doc(
             RouteDoc::new("Change an appointment (If-Match: its version)")
                 .json_body::<handlers::Change>()
@@ -104,7 +110,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
                 .error(412, "the appointment changed since that version")
                 .error(428, "If-Match is required"),
         )
-        .delete("/api/calendar/appointments/{id}", page, handlers::delete)
+        .delete(APPOINTMENT, page, handlers::delete)
         .doc(RouteDoc::new("Delete an appointment").empty(204, "deleted"));
     Ok(())
 }

@@ -138,6 +138,12 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
             RouteDoc::new("Create a user of the business")
                 .json_body::<handlers::NewUser>()
                 .object(201, "the user")
+                .link(
+                    201,
+                    ("POST", "/api/users/{user_id}/deactivate"),
+                    "user_id",
+                    "$response.body#/id",
+                )
                 .error(409, "the e-mail is taken"),
         )
         .post(

@@ -176,6 +176,18 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         RouteDoc::new("Place an outbound call from the business's number through Twilio")
             .json_body::<outbound::OutboundRequest>()
             .object(201, "placed: req_id and Twilio's CallSid")
+            .link(
+                201,
+                ("GET", "/api/calls/{call_sid}"),
+                "call_sid",
+                "$response.body#/call_sid",
+            )
+            .link(
+                201,
+                ("GET", "/api/calls/{call_sid}/trace"),
+                "call_sid",
+                "$response.body#/call_sid",
+            )
             .error(502, "Twilio refused or failed (its code in twilio_code)")
             .error(
                 504,
