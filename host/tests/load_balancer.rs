@@ -645,6 +645,9 @@ fn metrics_are_answered_only_to_the_networks_the_site_names() {
     let named = cluster.request("GET", "/metrics", &[], "");
     assert_eq!(named.status, 200, "from loopback: {}", named.body);
     assert!(named.body.contains("callplane_build_info"));
+    let document = cluster.request("GET", "/openapi.json", &[], "");
+    assert_eq!(document.status, 200, "from loopback: {}", document.body);
+    assert!(document.body.contains("\"openapi\":\"3.1.0\""), "{}", document.body);
     // The same requests from 127.0.0.3, an address the site does not name (curl can choose its
     // source address).
     let from_elsewhere = |path: &str| -> String {
@@ -666,7 +669,14 @@ fn metrics_are_answered_only_to_the_networks_the_site_names() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    for path in ["/metrics", "/metrics?format=text", "/%6detrics", "//metrics"] {
+    for path in [
+        "/metrics",
+        "/metrics?format=text",
+        "/%6detrics",
+        "//metrics",
+        "/openapi.json",
+        "/%6fpenapi.json",
+    ] {
         assert_eq!(from_elsewhere(path), "403", "{path}");
     }
     assert_eq!(from_elsewhere("/livez"), "200", "everything else is served");
