@@ -76,8 +76,7 @@ impl Source {
 
 impl Config {
     /// Which configuration file is in use and how it was found, for every command to say:
-    /// `config file: /etc/callplane/callplane.toml (found as /etc/callplane/callplane.toml)`, or
-    /// `config file: none (looked for …)`.
+    /// `config file: /srv/cp/callplane.toml (from --config)`, or `config file: none (looked for …)`.
     pub fn file_line(&self) -> String {
         match &self.file {
             Some(file) => format!("config file: {} (from {})", file.display(), self.file_origin),
@@ -336,7 +335,8 @@ fn discover(file: Option<&Path>, env: &BTreeMap<String, String>) -> (Option<Path
 /// Reads the configuration of the host and of `plugins` from `file` (or the file [`discover`]
 /// finds) and the environment `env`. Returns the configuration (defaults where values were bad;
 /// every plugin's keys filled in; relative paths of the file and of the defaults resolved against
-/// the file's directory) and the findings: CP010 for every problem, CP011 when no file was found.
+/// the file's directory) and the findings: CP010 for every problem, CP011 when neither a file nor
+/// the environment configures anything.
 pub fn load(
     file: Option<&Path>,
     env: &BTreeMap<String, String>,
