@@ -372,14 +372,10 @@ async fn run_plugin_command(
     findings: Vec<Finding>,
 ) -> ExitCode {
     let name = command.name;
-    let (plan, findings) = validate(config, findings);
-    if any_at_least(&findings, Level::Error) {
-        print_findings(&findings);
-        eprintln!("callplane {name}: refusing: boot validation failed");
+    let refusal = format!("callplane {name}: refusing: boot validation failed");
+    let Some((plan, db)) = validated(config, findings, &refusal) else {
         return ExitCode::FAILURE;
-    }
-    let mut ignored = Vec::new();
-    let db = lazy_db(config, &mut ignored);
+    };
     if command.database
         && let Err(e) = plan.migrate(&db).await
     {
@@ -405,6 +401,19 @@ async fn run_plugin_command(
     }
 }
 
+/// The boot plan and the database for a command that needs both, or `None` after printing the
+/// findings and `refusal` when validation fails.
+fn validated(config: &Config, findings: Vec<Finding>, refusal: &str) -> Option<(BootPlan, Db)> {
+    let (plan, findings) = validate(config, findings);
+    if any_at_least(&findings, Level::Error) {
+        print_findings(&findings);
+        eprintln!("{refusal}");
+        return None;
+    }
+    let mut ignored = Vec::new();
+    Some((plan, lazy_db(config, &mut ignored)))
+}
+
 /// Every finding's two lines on standard error.
 fn print_findings(findings: &[Finding]) {
     for finding in findings {
@@ -415,14 +424,9 @@ fn print_findings(findings: &[Finding]) {
 }
 
 async fn migrate_status(config: &Config, findings: Vec<Finding>, format: Format) -> ExitCode {
-    let (plan, findings) = validate(config, findings);
-    if any_at_least(&findings, Level::Error) {
-        print_findings(&findings);
-        eprintln!("[MIGRATE] ❌ cannot tell: boot validation failed");
+    let Some((plan, db)) = validated(config, findings, "[MIGRATE] ❌ cannot tell: boot validation failed") else {
         return ExitCode::FAILURE;
-    }
-    let mut ignored = Vec::new();
-    let db = lazy_db(config, &mut ignored);
+    };
     let list = match plan.migration_status(&db).await {
         Ok(list) => list,
         Err(e) => {
@@ -463,14 +467,13 @@ async fn migrate_status(config: &Config, findings: Vec<Finding>, format: Format)
 }
 
 async fn run_migrate(config: &Config, findings: Vec<Finding>) -> ExitCode {
-    let (plan, findings) = validate(config, findings);
-    if any_at_least(&findings, Level::Error) {
-        print_findings(&findings);
-        eprintln!("[MIGRATE] ❌ refusing to migrate: boot validation failed");
+    let Some((plan, db)) = validated(
+        config,
+        findings,
+        "[MIGRATE] ❌ refusing to migrate: boot validation failed",
+    ) else {
         return ExitCode::FAILURE;
-    }
-    let mut ignored = Vec::new();
-    let db = lazy_db(config, &mut ignored);
+    };
     match plan.migrate(&db).await {
         Ok(applied) => {
             for m in &applied {
