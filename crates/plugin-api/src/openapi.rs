@@ -312,7 +312,10 @@ pub fn document(routes: &[RouteSpec], version: &str) -> OpenApi {
     for route in sorted {
         let Some(http_method) = method(route) else { continue };
         let (path, names) = path_parameters(&route.path);
-        let doc = route.doc.as_deref().cloned().unwrap_or_default();
+        let mut doc = route.doc.as_deref().cloned().unwrap_or_default();
+        if doc.responses.is_empty() {
+            doc = doc.object(200, "the route's answer");
+        }
         schemas.extend(doc.schemas.iter().cloned());
         let summary = if doc.summary.is_empty() {
             format!("{} {}", route.method, route.path)
@@ -362,16 +365,6 @@ pub fn document(routes: &[RouteSpec], version: &str) -> OpenApi {
             }
             operation = operation.response(status.to_string(), response.build());
             documented.push(status);
-        }
-        if documented.is_empty() {
-            let any = ObjectBuilder::new().schema_type(SchemaType::new(Type::Object)).build();
-            operation = operation.response(
-                "200",
-                ResponseBuilder::new()
-                    .description("the route's answer")
-                    .content("application/json", ContentBuilder::new().schema(Some(any)).build())
-                    .build(),
-            );
         }
         let mut errors: Vec<(u16, &str)> = ALWAYS.iter().chain(access_errors(&route.access)).copied().collect();
         if !names.is_empty() {
@@ -483,6 +476,10 @@ mod tests {
         assert_eq!(get["parameters"][0]["name"], "id");
         assert_eq!(get["parameters"][0]["in"], "path");
         assert!(get["responses"]["404"].is_object());
+        assert_eq!(
+            get["responses"]["200"]["content"]["application/json"]["schema"]["type"],
+            "object"
+        );
         let webhook = &doc["paths"]["/webhook/notes"]["post"];
         assert_eq!(webhook["security"], serde_json::json!([{ "twilio_signature": [] }]));
         assert!(

@@ -51,8 +51,7 @@ enum TwilioCommand {
 }
 
 fn e164(text: &str) -> Result<String, String> {
-    let digits = text.strip_prefix('+').unwrap_or_default();
-    if (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0') {
+    if crate::outbound::is_e164(text) {
         Ok(text.to_owned())
     } else {
         Err(format!("{text:?} is not an E.164 number such as +15005550006"))

@@ -92,7 +92,7 @@ pub(crate) enum LeadId {
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutboundRequest {
     /// The number to call, E.164.
-    #[schema(pattern = "^\\+[1-9][0-9]{7,14}$")]
+    #[schema(pattern = "^\\+[1-9][0-9]{1,14}$")]
     to: String,
     lead_id: LeadId,
 }
@@ -155,7 +155,8 @@ fn new_req_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
-fn is_e164(number: &str) -> bool {
+/// Whether `number` is E.164: `+`, a non-zero digit, at most 15 digits in all.
+pub(crate) fn is_e164(number: &str) -> bool {
     number
         .strip_prefix('+')
         .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'))
