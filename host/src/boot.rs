@@ -532,9 +532,88 @@ impl Planner<'_> {
         }
         let out: BTreeSet<&str> = self.out.keys().copied().collect();
         active.retain(|a| !out.contains(a.plugin.name));
+        let active = self.share_services(active);
 
         let providers = providers.into_iter().map(|(c, (_, p))| (c, p)).collect();
         (active, providers)
+    }
+
+    /// Services between plugins ([`callplane_plugin_api::services`]): one offer per type (CP002),
+    /// every need met by an active plugin (CP004, as a failed registration: a non-critical plugin
+    /// is left out, which may leave another's need unmet, hence the loop), then every want filled.
+    fn share_services(&mut self, mut active: Vec<ActivePlugin>) -> Vec<ActivePlugin> {
+        use callplane_plugin_api::services::{Offer, fill, unmet};
+        let mut owners: BTreeMap<std::any::TypeId, &'static str> = BTreeMap::new();
+        for a in &active {
+            for offer in &a.registration.offers {
+                match owners.get(&offer.type_id) {
+                    Some(first) if *first != a.plugin.name => self.refuse(
+                        a.plugin,
+                        "CP002",
+                        format!(
+                            "plugins '{first}' and '{}' both offer the service {}",
+                            a.plugin.name, offer.type_name
+                        ),
+                        "exactly one plugin may offer each service; drop one of them".to_owned(),
+                    ),
+                    _ => {
+                        owners.insert(offer.type_id, a.plugin.name);
+                    }
+                }
+            }
+        }
+        loop {
+            active.retain(|a| !self.out.contains_key(a.plugin.name));
+            // A plugin left out here takes those that require it along, as in registration.
+            let orphans: Vec<(&'static RoutePlugin, &'static str)> = active
+                .iter()
+                .filter_map(|a| {
+                    let missing = a.plugin.requires.iter().find(|r| self.out.contains_key(*r))?;
+                    Some((a.plugin, *missing))
+                })
+                .collect();
+            if !orphans.is_empty() {
+                for (plugin, missing) in orphans {
+                    let (message, hint) = requirement_finding(plugin, missing, "was left out");
+                    self.refuse(plugin, "CP004", message, hint);
+                }
+                continue;
+            }
+            let offers: Vec<&Offer> = active.iter().flat_map(|a| &a.registration.offers).collect();
+            let lacking: Vec<(&'static RoutePlugin, Vec<String>)> = active
+                .iter()
+                .map(|a| {
+                    let unmet = unmet(&a.registration.wants, &offers);
+                    (a.plugin, unmet.into_iter().map(str::to_owned).collect::<Vec<_>>())
+                })
+                .filter(|(_, unmet)| !unmet.is_empty())
+                .collect();
+            if lacking.is_empty() {
+                for a in &active {
+                    fill(&a.registration.wants, &offers);
+                }
+                return active;
+            }
+            for (plugin, unmet) in lacking {
+                let name = plugin.name;
+                let hint = if self.critical(plugin) {
+                    "link and enable the plugin that offers it; a critical plugin cannot run without it".to_owned()
+                } else {
+                    format!(
+                        "link and enable the plugin that offers it; plugin '{name}' is not critical, so the host starts without it (DEGRADED)"
+                    )
+                };
+                self.fail(
+                    plugin,
+                    "CP004",
+                    format!(
+                        "plugin '{name}' needs the service {} which no active plugin offers",
+                        unmet.join(", ")
+                    ),
+                    hint,
+                );
+            }
+        }
     }
 
     /// The plugin reports in boot order, and the findings in a deterministic order (by plugin in
@@ -738,7 +817,9 @@ fn check_routes(routes: &[RouteSpec], findings: &mut Vec<Finding>) {
         }
         seen.entry(key).or_insert(route);
         shapes.entry(route.shape()).or_insert(route);
-        let webhook = route.path == "/webhook" || route.path.starts_with("/webhook/");
+        // Twilio's media sockets are webhooks too: signed, never behind a session.
+        let webhook =
+            route.path == "/webhook" || route.path.starts_with("/webhook/") || route.path.starts_with("/ws/twilio/");
         if webhook {
             match route.access {
                 Access::TwilioSignature => {}

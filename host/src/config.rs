@@ -444,9 +444,12 @@ fn anchor_paths(config: &mut Config, dir: &Path, plugin_keys: &[PluginKey]) {
     if !from_env(config, "log_dir") && config.log_dir.is_relative() {
         config.log_dir = dir.join(&config.log_dir);
     }
-    for pk in plugin_keys.iter().filter(|pk| pk.key.kind == ValueKind::Path) {
+    let paths = plugin_keys
+        .iter()
+        .filter(|pk| matches!(pk.key.kind, ValueKind::Path | ValueKind::OptionalPath));
+    for pk in paths {
         let current = config.settings.plugin(pk.plugin).path(pk.key.name);
-        if !from_env(config, &pk.file) && current.is_relative() {
+        if !from_env(config, &pk.file) && current.is_relative() && !current.as_os_str().is_empty() {
             let anchored = dir.join(current).display().to_string();
             config.settings.set(pk.plugin, pk.key.name, anchored);
         }

@@ -38,6 +38,8 @@ pub enum ValueKind {
     },
     /// A file or directory path (not empty).
     Path,
+    /// A file or directory path, or nothing (empty): an optional file such as a CA bundle.
+    OptionalPath,
     /// An `http://` or `https://` base URL without credentials, query or fragment (kept without a
     /// trailing slash).
     Url,
@@ -51,6 +53,7 @@ impl ValueKind {
             Self::Bool => "true or false".to_owned(),
             Self::Integer { min, max } => format!("a whole number from {min} to {max}"),
             Self::Path => "a path".to_owned(),
+            Self::OptionalPath => "a path, or nothing".to_owned(),
             Self::Url => "an http(s) URL".to_owned(),
         }
     }
@@ -143,7 +146,7 @@ impl ConfigKey {
                 _ => return Err(format!("expected {}", self.kind.describe())),
             },
             ValueKind::Path if value.is_empty() => return Err("expected a path".to_owned()),
-            ValueKind::Path => value.to_owned(),
+            ValueKind::Path | ValueKind::OptionalPath => value.to_owned(),
             ValueKind::Url => base_url(value)?,
         };
         if let Some(check) = self.check {
@@ -270,6 +273,14 @@ impl PluginConfig {
     /// When the plugin did not declare `key`.
     pub fn path(&self, key: &str) -> PathBuf {
         PathBuf::from(self.get(key))
+    }
+
+    /// An `OptionalPath` value: `None` when empty.
+    ///
+    /// # Panics
+    /// When the plugin did not declare `key`.
+    pub fn optional_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.get(key)).filter(|p| !p.is_empty()).map(PathBuf::from)
     }
 }
 

@@ -79,6 +79,7 @@ mod deadline;
 mod error;
 pub mod openapi;
 mod registrar;
+pub mod services;
 mod settings;
 pub mod testing;
 pub mod timestamps;
@@ -91,6 +92,7 @@ pub use error::{ApiError, MAX_BODY, RegisterError, paging};
 pub use registrar::{
     BackgroundTask, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartFailure, StartHook,
 };
+pub use services::{CallLedger, CallNote, MediaRelay, StreamTarget, Wanted};
 pub use settings::{Secret, Settings};
 
 pub use callplane_storage as storage;

@@ -160,6 +160,10 @@ pub struct Registration {
     /// The type of each piece of shared state, by name (the host refuses two plugins sharing one
     /// type: the second would shadow the first).
     pub state_types: Vec<(std::any::TypeId, &'static str)>,
+    /// Services this plugin shares with others ([`Registrar::offer`]).
+    pub offers: Vec<crate::services::Offer>,
+    /// Services this plugin asked for ([`Registrar::need`], [`Registrar::want`]).
+    pub wants: Vec<crate::services::Want>,
     /// Malformed declarations (bad paths, migrations out of order, …): the registration counts
     /// as failed.
     pub problems: Vec<String>,
@@ -178,6 +182,8 @@ impl fmt::Debug for Registration {
                 "start_hooks",
                 &self.start_hooks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
+            .field("offers", &self.offers)
+            .field("wants", &self.wants)
             .field("problems", &self.problems)
             .finish()
     }
@@ -378,6 +384,30 @@ impl<'a> Registrar<'a> {
     pub fn background(&mut self, name: &str, task: BackgroundTask) -> &mut Self {
         self.out.tasks.push((name.to_owned(), task));
         self
+    }
+
+    /// Shares `service` with every other plugin (see [`crate::services`]); one offer per type in
+    /// the whole binary.
+    pub fn offer<T: ?Sized + Send + Sync + 'static>(&mut self, service: Arc<T>) -> &mut Self {
+        self.out.offers.push(crate::services::Offer::new(service));
+        self
+    }
+
+    /// A service this plugin cannot work without, filled in once every plugin has registered.
+    /// When no active plugin offers it, the host treats this plugin as failed to register
+    /// (critical: the boot stops; otherwise it is left out and the host runs degraded).
+    pub fn need<T: ?Sized + Send + Sync + 'static>(&mut self) -> crate::services::Wanted<T> {
+        let (want, wanted) = crate::services::Want::new(true);
+        self.out.wants.push(want);
+        wanted
+    }
+
+    /// A service this plugin uses when some active plugin offers it, filled in once every plugin
+    /// has registered (empty until then, and for good when nobody offers it).
+    pub fn want<T: ?Sized + Send + Sync + 'static>(&mut self) -> crate::services::Wanted<T> {
+        let (want, wanted) = crate::services::Want::new(false);
+        self.out.wants.push(want);
+        wanted
     }
 
     /// Runs `hook` when the server starts (see [`StartHook`]).

@@ -77,6 +77,7 @@ impl TestHost {
             metrics: Registry::default(),
         };
         let mut migrations = Vec::new();
+        let mut shared = (Vec::new(), Vec::new());
         for plugin in plugins {
             let name = plugin.name;
             let registry = metrics.sub_registry_with_prefix(name.replace('-', "_"));
@@ -90,6 +91,18 @@ impl TestHost {
             host.states.extend(out.states);
             host.tasks.extend(out.tasks);
             host.start_hooks.extend(out.start_hooks);
+            shared.0.extend(out.offers);
+            shared.1.push((name, out.wants));
+        }
+        // Services, as the host shares them once every plugin has registered.
+        let offers: Vec<&crate::services::Offer> = shared.0.iter().collect();
+        for (name, wants) in &shared.1 {
+            let unmet = crate::services::unmet(wants, &offers);
+            assert!(
+                unmet.is_empty(),
+                "{name} needs {unmet:?}, which none of the test's plugins offers"
+            );
+            crate::services::fill(wants, &offers);
         }
         let mut reg = Registrar::new("test", &settings, &db, &mut metrics);
         extra(&mut reg);

@@ -10,6 +10,13 @@ pub fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// RFC 3339 (UTC, `Z`) text of Unix seconds; empty for a time out of range.
 pub fn rfc3339(secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(secs)

@@ -154,6 +154,15 @@ impl Db {
         }
     }
 
+    /// Runs what `work` builds on the database runtime, detached: for a write nobody waits for
+    /// (a timeline note), from any thread, with or without an async runtime of its own.
+    pub fn spawn<F>(&self, work: impl FnOnce(Db) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.handle.spawn(work(self.clone()));
+    }
+
     /// The engine behind this pool.
     pub fn kind(&self) -> DbKind {
         self.kind

@@ -2,12 +2,13 @@
 //! absent database still answers calls.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use callplane_plugin_api::storage::Db;
 use callplane_plugin_api::storage::sqlx::{self, Row};
+use callplane_plugin_api::{MediaRelay, Wanted};
 
 use crate::event::AnswerKind;
 use crate::records::Outage;
@@ -44,12 +45,62 @@ impl Business {
         }
     }
 
-    /// What a caller hears: the business's media stream, else its greeting.
-    pub fn answer(&self, call_sid: &str) -> (AnswerKind, Bytes) {
-        match &self.media_stream_url {
-            Some(url) => (AnswerKind::Stream, twiml::stream(url, call_sid, self.id).into()),
-            None => (AnswerKind::Greeting, self.greeting_twiml.clone()),
+    /// What a caller hears: the business's media stream (through `relay` when this host relays
+    /// streams), else its greeting.
+    pub fn answer(&self, call_sid: &str, relay: Option<&RelayUrls>) -> (AnswerKind, Bytes) {
+        match (&self.media_stream_url, relay) {
+            (Some(_), Some(relay)) => (
+                AnswerKind::Stream,
+                twiml::relayed_stream(&relay.stream, &relay.status_callback, call_sid, self.id).into(),
+            ),
+            (Some(url), None) => (AnswerKind::Stream, twiml::stream(url, call_sid, self.id).into()),
+            (None, _) => (AnswerKind::Greeting, self.greeting_twiml.clone()),
         }
+    }
+}
+
+/// The URLs of this host's media relay, as the TwiML names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayUrls {
+    /// `wss://` + the public host + the relay's path (`ws://` under an `http://` public URL,
+    /// which only a laptop has: Twilio refuses it).
+    pub stream: String,
+    /// The signed webhook the stream's events go to.
+    pub status_callback: String,
+}
+
+/// How calls with a media server are streamed: through the relay another plugin offers
+/// ([`MediaRelay`]), or straight to the media server when no plugin does.
+#[derive(Debug, Clone)]
+pub struct StreamRoute {
+    relay: Wanted<MediaRelay>,
+    public_base_url: String,
+    urls: Arc<OnceLock<Option<RelayUrls>>>,
+}
+
+impl StreamRoute {
+    /// Streams through `relay` once the host has filled it in, under `public_base_url`.
+    pub fn new(relay: Wanted<MediaRelay>, public_base_url: String) -> Self {
+        Self {
+            relay,
+            public_base_url,
+            urls: Arc::default(),
+        }
+    }
+
+    /// The relay's URLs; `None` when no active plugin relays streams. Decided at the first call
+    /// (the host fills the relay in before it serves anything).
+    pub fn urls(&self) -> Option<&RelayUrls> {
+        self.urls
+            .get_or_init(|| {
+                let relay = self.relay.get()?;
+                let base = &self.public_base_url;
+                Some(RelayUrls {
+                    stream: format!("{}{}", crate::signature::websocket_url(base), relay.path),
+                    status_callback: format!("{base}{}", relay.status_callback),
+                })
+            })
+            .as_ref()
     }
 }
 
@@ -151,7 +202,7 @@ mod tests {
     #[test]
     fn a_business_answers_with_its_greeting_rendered_once_or_its_stream() {
         let business = Business::new(7, "Tom & Jerry's".into(), None);
-        let (kind, answer) = business.answer("CA1");
+        let (kind, answer) = business.answer("CA1", None);
         assert_eq!(kind, AnswerKind::Greeting);
         assert!(
             answer.ends_with(b"<Say>Tom &amp; Jerry&apos;s</Say></Response>"),
@@ -159,16 +210,30 @@ mod tests {
         );
         assert_eq!(
             answer.as_ptr(),
-            business.answer("CA2").1.as_ptr(),
+            business.answer("CA2", None).1.as_ptr(),
             "every call shares the rendered greeting"
         );
         let streamed = Business::new(7, "hi".into(), Some("wss://media.example/s".into()));
-        let (kind, answer) = streamed.answer("CA3");
+        let (kind, answer) = streamed.answer("CA3", None);
         assert_eq!(kind, AnswerKind::Stream);
         let answer = String::from_utf8(answer.to_vec()).unwrap();
         assert!(
             answer.contains(r#"<Stream url="wss://media.example/s"><Parameter name="call_sid" value="CA3"/>"#),
             "{answer}"
         );
+        let relay = RelayUrls {
+            stream: "wss://v.example/ws/twilio/media".into(),
+            status_callback: "https://v.example/webhook/stream_status".into(),
+        };
+        let (kind, answer) = streamed.answer("CA4", Some(&relay));
+        assert_eq!(kind, AnswerKind::Stream);
+        let answer = String::from_utf8(answer.to_vec()).unwrap();
+        assert!(
+            answer.contains(r#"<Stream url="wss://v.example/ws/twilio/media" statusCallback="https://v.example/webhook/stream_status""#)
+                && !answer.contains("media.example"),
+            "the relay's URL, never the media server's: {answer}"
+        );
+        let (kind, _) = business.answer("CA5", Some(&relay));
+        assert_eq!(kind, AnswerKind::Greeting, "no media server, no stream");
     }
 }

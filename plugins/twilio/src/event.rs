@@ -5,14 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::params::Params;
 
-pub use callplane_plugin_api::timestamps::now;
-
-/// Now, in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use callplane_plugin_api::timestamps::{now, now_ms};
 
 /// Which webhook an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,7 @@ pub mod config;
 pub mod directory;
 pub mod doctor;
 pub mod event;
+pub mod ledger;
 mod migrations;
 mod outbound;
 pub mod params;
@@ -37,7 +38,9 @@ use std::time::Duration;
 
 use callplane_plugin_api::openapi::RouteDoc;
 use callplane_plugin_api::storage::Spool;
-use callplane_plugin_api::{Access, Capability, RegisterError, Registrar, RoutePlugin, StartFailure};
+use callplane_plugin_api::{
+    Access, CallLedger, Capability, MediaRelay, RegisterError, Registrar, RoutePlugin, StartFailure,
+};
 
 /// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
 pub const PLUGIN: RoutePlugin = RoutePlugin {
@@ -140,10 +143,15 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     );
     reg.migrations(migrations::MIGRATIONS);
     reg.provide_access(Capability::TwilioSignature, provider);
+    let ledger = ledger::Ledger::new(db.clone());
+    reg.offer::<dyn CallLedger>(Arc::new(ledger.clone()));
+    let relay = reg.want::<MediaRelay>();
     reg.state(webhooks::WebhookState {
         recorder: recorder.clone(),
         directory: records::Directory::new(db.clone(), recorder.outage().clone()),
         instance_id: settings.instance_id.clone(),
+        streams: directory::StreamRoute::new(relay, settings.public_base_url.clone()),
+        ledger,
     });
     let outbound = outbound::OutboundState::new(
         settings.public_base_url.clone(),

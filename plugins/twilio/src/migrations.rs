@@ -2,6 +2,8 @@
 //!
 //! Version 3 adds the call timeline: the details of each event, `outbound_events` (the steps of
 //! an outbound request, by REQ id) and `unverified_webhooks` (refused webhooks, bounded).
+//! Version 4 adds `call_notes`: steps other plugins add to a call's timeline (the media relay's
+//! stream hop), by CallSid.
 //!
 //! `call_events` belongs to its call by the call's row id and is unique on
 //! `(call_id, kind, sequence)` (sequence `-1` for the call's first webhook), so a webhook Twilio
@@ -130,6 +132,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     CREATE INDEX unverified_webhooks_client ON unverified_webhooks (client, id);
 ",
     ),
+    // Steps other plugins add to a call's timeline through the call ledger (the media relay's
+    // `start`, `agent_connected`/`agent_failed`, `stop`, Twilio's stream events), by CallSid: a
+    // stream may be noted before its call's row is written (the spool), so no foreign key.
+    Migration::portable(
+        4,
+        "call notes: steps of other plugins in a call's timeline",
+        "
+    CREATE TABLE call_notes (
+        id {id},
+        call_sid TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        source TEXT NOT NULL,
+        step TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        request_id TEXT
+    );
+    CREATE INDEX call_notes_call ON call_notes (call_sid);
+",
+    ),
 ];
 
 #[cfg(test)]
@@ -237,7 +259,7 @@ mod tests {
         );
         // Version 3 keeps them too, their timeline fields empty: a trace of an older call shows
         // what was kept.
-        assert_eq!(upgrade(db, MIGRATIONS.len()).await.unwrap(), 1, "version 3 applied");
+        assert_eq!(upgrade(db, 3).await.unwrap(), 1, "version 3 applied");
         let old: Vec<(i64, Option<i64>, Option<String>)> = db
             .run(|pool| {
                 sqlx::query_as("SELECT id, received_ms, instance_id FROM call_events ORDER BY id").fetch_all(pool)

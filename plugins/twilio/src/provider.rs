@@ -226,8 +226,27 @@ pub(crate) fn shown(value: Option<&str>) -> Cow<'_, str> {
     }
 }
 
-/// Logs the contract's `hit` line for `path`.
-fn log_hit(path: &str, hook: &Webhook, signature_present: bool) {
+/// Whether `req` opens a WebSocket (`GET` with `Upgrade: websocket`).
+fn is_websocket_upgrade(req: &ServiceRequest) -> bool {
+    req.method() == actix_web::http::Method::GET
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Logs the contract's `hit` line for `path` (`socket`: a Media Stream's WebSocket handshake,
+/// which names neither the call nor the business: they arrive in the stream's `start` message).
+fn log_hit(path: &str, hook: &Webhook, signature_present: bool, socket: bool) {
+    if socket {
+        tracing::info!(
+            target: TRACE_TARGET,
+            path, signature_present,
+            "[TWILIO][STREAM] hit path={path} call_sid=- business_id=- signature_present={signature_present}"
+        );
+        return;
+    }
     let call_sid = &*shown(hook.get("CallSid"));
     let from = &*shown(hook.get("From"));
     let to = &*shown(hook.get("To"));
@@ -258,7 +277,11 @@ fn log_hit(path: &str, hook: &Webhook, signature_present: bool) {
                 "[TWILIO][STATUS] hit path=/webhook/call_status call_sid={call_sid} call_status={call_status} sequence={sequence} signature_present={signature_present}"
             );
         }
-        _ => tracing::info!(target: TRACE_TARGET, path, call_sid, signature_present, "[TWILIO][WEBHOOK] hit"),
+        _ => tracing::info!(
+            target: TRACE_TARGET,
+            path, call_sid, signature_present,
+            "[TWILIO][WEBHOOK] hit path={path} call_sid={call_sid} signature_present={signature_present}"
+        ),
     }
 }
 
@@ -269,7 +292,10 @@ impl AccessProvider for SignatureProvider {
             let received_ms = now_ms();
             let route = route_of(req);
             let path = &*route;
-            let prefix = trace_prefix(path);
+            // Twilio opens a Media Stream with a signed GET upgrade and no body: its payload is
+            // the socket, for the handler (reading it here would wait for the call to end).
+            let socket = is_websocket_upgrade(req);
+            let prefix = if socket { "[TWILIO][STREAM]" } else { trace_prefix(path) };
             // The signed URL is the one Twilio called, spelled as it was called.
             let called_path = req.path().to_owned();
             let query_string = req.query_string().to_owned();
@@ -294,6 +320,7 @@ impl AccessProvider for SignatureProvider {
             let is_form = media_type.as_deref() == Some("application/x-www-form-urlencoded");
             let (http, payload) = req.parts_mut();
             let body = match Bytes::from_request(http, payload).await {
+                _ if socket => Bytes::new(),
                 Ok(body) if body.len() <= MAX_WEBHOOK_BODY => body,
                 Err(e) if e.as_error::<PayloadError>().is_some_and(is_body_timeout) => {
                     tracing::info!(target: TRACE_TARGET, path = %path, signature_present, "{prefix} hit path={path} body=timed_out signature_present={signature_present}");
@@ -307,7 +334,7 @@ impl AccessProvider for SignatureProvider {
             // Only what Twilio sends: a form body decoded strictly, or JSON (signed through its
             // `bodySHA256`). Anything else is refused whatever its signature says, after the `hit`
             // line (shown as leniently decoded).
-            let (params, refusal) = if is_json {
+            let (params, refusal) = if is_json || socket {
                 (Params::default(), None)
             } else if is_form {
                 match Params::parse_strict(&body) {
@@ -336,7 +363,7 @@ impl AccessProvider for SignatureProvider {
                 arrived: Some(arrived),
                 received_ms,
             };
-            log_hit(path, &hook, signature_present);
+            log_hit(path, &hook, signature_present, socket);
             if let Some((status, problem)) = refusal {
                 self.webhooks
                     .get_or_create(&WebhookLabels {
@@ -353,10 +380,15 @@ impl AccessProvider for SignatureProvider {
                 return Err(refuse(status));
             }
 
-            let url = if query_string.is_empty() {
-                format!("{}{called_path}", self.public_base_url)
+            let base = if socket {
+                Cow::Owned(signature::websocket_url(&self.public_base_url))
             } else {
-                format!("{}{called_path}?{query_string}", self.public_base_url)
+                Cow::Borrowed(self.public_base_url.as_str())
+            };
+            let url = if query_string.is_empty() {
+                format!("{base}{called_path}")
+            } else {
+                format!("{base}{called_path}?{query_string}")
             };
             let outcome = match &header {
                 None => Outcome::Invalid,

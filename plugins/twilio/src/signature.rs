@@ -108,6 +108,17 @@ pub fn url_candidates(url: &str) -> [String; 2] {
     [without, with]
 }
 
+/// The URL a WebSocket handshake to `url` is signed over: Twilio signs the `<Stream>` URL as the
+/// TwiML names it, `wss://` (or `ws://`), where the server behind TLS termination sees `https://`
+/// (`http://`). See `testdata/README.md` for the sources.
+pub fn websocket_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => format!("ws://{rest}"),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => format!("wss://{rest}"),
+        _ => url.to_owned(),
+    }
+}
+
 /// An auth token as the HMAC key webhooks are checked with, derived once (deriving it hashes the
 /// token: about 3 % of a webhook's work when done for every request). Its `Debug` shows nothing of
 /// the token.
@@ -214,6 +225,52 @@ mod tests {
         body: Option<String>,
         signature: String,
         valid: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct SocketVectors {
+        auth_token: String,
+        signed_url: String,
+        vectors: Vec<SocketVector>,
+    }
+
+    #[derive(Deserialize)]
+    struct SocketVector {
+        name: String,
+        url: String,
+        signature: String,
+        valid: bool,
+    }
+
+    const NO_PARAMS: [(&str, &str); 0] = [];
+
+    /// The WebSocket handshake rule, on vectors made with Twilio's SDK: the `wss://` URL is
+    /// signed, with no parameters; its `https://` spelling (what the server sees) is not.
+    #[test]
+    fn websocket_handshakes_are_signed_over_the_wss_url() {
+        let all: SocketVectors =
+            serde_json::from_str(include_str!("../testdata/twilio_websocket_vectors.json")).unwrap();
+        assert!(all.vectors.len() >= 4);
+        for v in &all.vectors {
+            let outcome = validate(&all.auth_token, &v.url, NO_PARAMS, None, Some(&v.signature));
+            assert_eq!(outcome == Outcome::Valid, v.valid, "{}", v.name);
+        }
+        let served = "https://voice.example.com";
+        assert_eq!(websocket_url(served), "wss://voice.example.com");
+        assert_eq!(websocket_url("http://localhost:8080"), "ws://localhost:8080");
+        let key = AuthKey::new(&all.auth_token);
+        let signature = &all.vectors[0].signature;
+        let url = format!("{}/ws/twilio/media", websocket_url(served));
+        assert_eq!(url, all.signed_url);
+        assert_eq!(
+            validate_with(&key, &url, NO_PARAMS, None, Some(signature)),
+            Outcome::Valid
+        );
+        let seen = format!("{served}/ws/twilio/media");
+        assert_ne!(
+            validate_with(&key, &seen, NO_PARAMS, None, Some(signature)),
+            Outcome::Valid
+        );
     }
 
     /// The vectors generated with Twilio's own SDK (testdata/README.md says how).

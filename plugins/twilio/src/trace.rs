@@ -87,7 +87,7 @@ pub struct Entry {
     pub at_ms: i64,
     /// When (RFC 3339, UTC).
     pub at: String,
-    /// `webhook`, `status`, `outbound`, `spool` or `unverified`.
+    /// `webhook`, `status`, `outbound`, `spool`, `unverified`, or `stream` (the media relay's hop).
     pub source: &'static str,
     /// The instance that saw it.
     pub instance: Option<String>,
@@ -156,6 +156,17 @@ struct Step {
     duration_ms: Option<i64>,
 }
 
+/// A stored step of another plugin (`call_notes`: the media relay's stream hop).
+#[derive(Debug)]
+struct Note {
+    at_ms: i64,
+    source: String,
+    step: String,
+    detail: String,
+    instance: String,
+    request_id: Option<String>,
+}
+
 /// A stored refused webhook.
 #[derive(Debug)]
 struct Refused {
@@ -211,22 +222,60 @@ pub async fn load(db: &Db, id: &CallId, viewer: Viewer, spool: Option<&Path>) ->
         (Viewer::Operator, Some(sid)) => (refused(db, sid).await?, spooled(spool, sid)),
         _ => (Vec::new(), Vec::new()),
     };
-    if call.is_none() && steps.is_empty() && refused.is_empty() && pending.is_empty() {
+    // Notes belong to a call the relay checked against its business: a tenant sees its own.
+    let notes = match &call_sid {
+        Some(sid) => notes(db, sid).await?,
+        None => Vec::new(),
+    };
+    if call.is_none() && steps.is_empty() && refused.is_empty() && pending.is_empty() && notes.is_empty() {
         return Ok(None);
     }
     let call = call.map(|(_, c)| c);
     let shown_id = match id {
         CallId::Sid(s) | CallId::Req(s) => s.clone(),
     };
-    Ok(Some(assemble(
-        shown_id,
-        call,
-        &events,
-        &steps,
-        &refused,
-        &pending,
-        now_ms(),
-    )))
+    let found = Found {
+        events,
+        steps,
+        refused,
+        pending,
+        notes,
+    };
+    Ok(Some(assemble(shown_id, call, &found, now_ms())))
+}
+
+/// Everything stored of a call, by kind.
+struct Found {
+    events: Vec<Event>,
+    steps: Vec<Step>,
+    refused: Vec<Refused>,
+    pending: Vec<CallEvent>,
+    notes: Vec<Note>,
+}
+
+async fn notes(db: &Db, call_sid: &str) -> Result<Vec<Note>, sqlx::Error> {
+    let rows = db
+        .run(|pool| {
+            sqlx::query(
+                "SELECT at_ms, source, step, detail, instance_id, request_id
+                 FROM call_notes WHERE call_sid = $1 ORDER BY id",
+            )
+            .bind(call_sid)
+            .fetch_all(pool)
+        })
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Note {
+                at_ms: r.try_get("at_ms")?,
+                source: r.try_get("source")?,
+                step: r.try_get("step")?,
+                detail: r.try_get("detail")?,
+                instance: r.try_get("instance_id")?,
+                request_id: r.try_get("request_id")?,
+            })
+        })
+        .collect()
 }
 
 async fn call_row(db: &Db, column: &str, value: &str) -> Result<Option<(i64, CallSummary)>, sqlx::Error> {
@@ -469,16 +518,24 @@ fn refused_entry(r: &Refused) -> Entry {
 }
 
 /// Builds the trace: the timeline in order, the verdict and the hints, as of `now_ms`.
-fn assemble(
-    id: String,
-    call: Option<CallSummary>,
-    events: &[Event],
-    steps: &[Step],
-    refused: &[Refused],
-    pending: &[CallEvent],
-    now_ms: i64,
-) -> Trace {
+fn assemble(id: String, call: Option<CallSummary>, found: &Found, now_ms: i64) -> Trace {
+    let Found {
+        events,
+        steps,
+        refused,
+        pending,
+        notes,
+    } = found;
     let mut timeline = Vec::new();
+    for n in notes {
+        timeline.push(entry(
+            n.at_ms,
+            if n.source == "stream" { "stream" } else { "note" },
+            Some(n.instance.clone()),
+            n.request_id.clone(),
+            format!("{} {}", n.step, n.detail).trim_end().to_owned(),
+        ));
+    }
     for e in events {
         event_entries(e, &mut timeline);
     }
@@ -635,6 +692,13 @@ fn assemble(
         question: "state",
         answer: state,
     });
+    if let Some((answer, hint)) = stream_verdict(notes) {
+        verdict.push(Verdict {
+            question: "media stream",
+            answer,
+        });
+        hints.extend(hint);
+    }
 
     let streamed = events.iter().find(|e| e.answer_kind.as_deref() == Some("stream"));
     let ended = call
@@ -680,6 +744,46 @@ fn assemble(
         verdict,
         hints,
     }
+}
+
+/// The media relay's hop, from its notes: relayed, or where it stopped (and what the caller heard).
+fn stream_verdict(notes: &[Note]) -> Option<(String, Option<String>)> {
+    let stream: Vec<&Note> = notes.iter().filter(|n| n.source == "stream").collect();
+    let last = |step: &str| stream.iter().rev().find(|n| n.step == step);
+    if stream.is_empty() {
+        return None;
+    }
+    let twilio_error = last("stream-error").map(|n| format!("; Twilio reported {}", n.detail));
+    let twilio_error = twilio_error.unwrap_or_default();
+    if let Some(failed) = last("agent_failed") {
+        return Some((
+            format!(
+                "the media server did not take the stream ({}): the caller heard the fallback message{twilio_error}",
+                failed.detail
+            ),
+            Some(format!(
+                "the business's media server failed at {} ({}): check that it is up and reachable from {}; callers hear the fallback message until it is",
+                rfc3339_ms(failed.at_ms),
+                failed.detail,
+                failed.instance
+            )),
+        ));
+    }
+    if let Some(refused) = last("refused") {
+        return Some((format!("refused by the relay: {}{twilio_error}", refused.detail), None));
+    }
+    let answer = match (last("agent_connected"), last("stop")) {
+        (Some(connected), Some(stop)) => {
+            format!(
+                "relayed (agent {}); ended: {}{twilio_error}",
+                connected.detail, stop.detail
+            )
+        }
+        (Some(connected), None) => format!("relaying (agent {}), no stop yet{twilio_error}", connected.detail),
+        (None, _) if last("start").is_some() => format!("started; the media server was not reached{twilio_error}"),
+        (None, _) => format!("Twilio's stream events only{twilio_error}"),
+    };
+    Some((answer, None))
 }
 
 fn plural(n: usize) -> &'static str {
@@ -765,6 +869,7 @@ pub async fn prune(db: &Db, days: i64, now_ms: i64) -> Result<Option<u64>, sqlx:
         ("call_events", "received_at", cutoff_ms / 1000),
         ("outbound_events", "at_ms", cutoff_ms),
         ("unverified_webhooks", "received_ms", cutoff_ms),
+        ("call_notes", "at_ms", cutoff_ms),
     ] {
         // Rows are appended in time order (ids only grow): everything below the first young row
         // is old. Found by walking the ids from the oldest, which stops at the first young row.

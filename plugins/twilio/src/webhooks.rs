@@ -7,7 +7,9 @@ use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use callplane_plugin_api::telemetry::{ClientOrigin, TRACE_TARGET, current_request_id};
 
+use crate::directory::{Business, StreamRoute};
 use crate::event::{Answer, AnswerKind};
+use crate::ledger::Ledger;
 use crate::provider::{Webhook, shown, trace_prefix};
 use crate::records::{CallEvent, Directory, EventKind, Lookup, Recorded, Recorder, now};
 use crate::twiml;
@@ -26,6 +28,22 @@ pub(crate) struct WebhookState {
     pub(crate) directory: Directory,
     /// This instance's id, on every event it records.
     pub(crate) instance_id: String,
+    /// Through the media relay, or straight to the media server.
+    pub(crate) streams: StreamRoute,
+    /// Remembers the calls answered with a relayed stream.
+    pub(crate) ledger: Ledger,
+}
+
+impl WebhookState {
+    /// `business`'s answer to `call_sid`; a relayed stream is remembered for the relay.
+    fn answer(&self, business: &Business, call_sid: &str) -> (AnswerKind, Bytes) {
+        let relay = self.streams.urls();
+        let answer = business.answer(call_sid, relay);
+        if let (AnswerKind::Stream, Some(_), Some(url)) = (answer.0, relay, &business.media_stream_url) {
+            self.ledger.streamed(call_sid, business.id, url);
+        }
+        answer
+    }
 }
 
 fn xml(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
@@ -140,7 +158,7 @@ pub(crate) async fn incoming_call(req: HttpRequest, state: web::Data<WebhookStat
         _ => None,
     };
     let (kind, body): (AnswerKind, Bytes) = match &lookup {
-        Lookup::Known(business) => business.answer(&call_sid),
+        Lookup::Known(business) => state.answer(business, &call_sid),
         Lookup::Unknown => (
             AnswerKind::UnknownNumber,
             twiml::say(twiml::UNKNOWN_NUMBER, true).into(),
@@ -182,7 +200,7 @@ pub(crate) async fn outbound_call(req: HttpRequest, state: web::Data<WebhookStat
     let business = state.directory.by_id(business_id).await;
     let (kind, body) = business.map_or_else(
         || (AnswerKind::Fallback, twiml::say(twiml::FALLBACK_GREETING, true).into()),
-        |b| b.answer(&call_sid),
+        |b| state.answer(&b, &call_sid),
     );
     let about = Received {
         kind: EventKind::OutboundAnswered,
