@@ -16,6 +16,8 @@
 //! they did before it existed.
 
 pub mod config;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod messages;
 pub mod metrics;
 pub mod queue;

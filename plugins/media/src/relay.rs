@@ -43,7 +43,7 @@ use crate::queue::{Pushed, Queue};
 pub const PATH: &str = "/ws/twilio/media";
 /// The largest frame accepted from either side (a Twilio media message is about 300 bytes).
 pub const MAX_FRAME: usize = 64 * 1024;
-/// How long the last messages (`stop`, a close) may take to reach a side that is ending.
+/// How long a close may take to reach Twilio.
 const FLUSH: Duration = Duration::from_secs(1);
 /// How long a trace value may be, in characters.
 const MAX_VALUE: usize = 64;
@@ -213,17 +213,20 @@ async fn connect(url: &str, config: &RelayConfig) -> Result<actix_codec::Framed<
         .connector(connector)
         .timeout(config.connect_timeout)
         .finish();
-    let (_, framed) = client
-        .ws(url)
-        .max_frame_size(MAX_FRAME)
-        .connect()
-        .await
-        .map_err(|e| match e {
-            awc::error::WsClientError::InvalidResponseStatus(status) => {
+    let (_, framed) = client.ws(url).max_frame_size(MAX_FRAME).connect().await.map_err(|e| {
+        use awc::error::{ConnectError, SendRequestError, WsClientError};
+        match e {
+            WsClientError::InvalidResponseStatus(status) => {
                 format!("the media server refused the socket: HTTP {}", status.as_u16())
             }
+            WsClientError::SendRequest(
+                SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout),
+            ) => {
+                format!("no answer within {} ms", config.connect_timeout.as_millis())
+            }
             other => other.to_string(),
-        })?;
+        }
+    })?;
     Ok(framed)
 }
 
@@ -371,15 +374,6 @@ async fn relay(state: Arc<RelayState>, mut session: Session, mut twilio: Message
     early.push(start_text);
     let ending = pump(&stream, &mut twilio, &session, agent, early).await;
     let (outcome, reason) = ending.outcome();
-    match ending {
-        Ending::Stopped | Ending::TwilioGone(_) | Ending::Idle => {
-            close(&session, CloseCode::Normal, "stream ended").await;
-        }
-        Ending::AgentClosed(_) | Ending::AgentError(_) => {
-            close(&session, CloseCode::Normal, "media server left").await;
-        }
-        Ending::Overflow(_) => close(&session, CloseCode::Size, "queue overflow").await,
-    }
     stream.stopped(outcome, &reason);
 }
 
@@ -494,10 +488,11 @@ async fn pump(
                 return Ending::AgentError(e.to_string());
             }
         }
+        // The closing handshake: our close frame, then the agent's answer (read below), and only
+        // then the connection ends (closed at once, the agent could lose what it had not read).
         let _ = agent_tx
             .send(awc::ws::Message::Close(Some(CloseCode::Normal.into())))
             .await;
-        let _ = agent_tx.close().await;
         Ending::Stopped
     };
     let write_twilio = async {
@@ -511,16 +506,27 @@ async fn pump(
     };
     let (mut read_twilio, mut read_agent) = (std::pin::pin!(read_twilio), std::pin::pin!(read_agent));
     let (mut write_agent, mut write_twilio) = (std::pin::pin!(write_agent), std::pin::pin!(write_twilio));
-    let (ending, agent_written) = tokio::select! {
-        ending = &mut read_twilio => (ending, false),
-        ending = &mut read_agent => (ending, false),
-        ending = &mut write_agent => (ending, true),
-        ending = &mut write_twilio => (ending, false),
+    let (ending, agent_read, agent_written) = tokio::select! {
+        ending = &mut read_twilio => (ending, false, false),
+        ending = &mut read_agent => (ending, true, false),
+        ending = &mut write_agent => (ending, false, true),
+        ending = &mut write_twilio => (ending, false, false),
     };
-    // The agent's socket ends too: after `stop` (already queued) or at once, with a close frame.
+    // Twilio's socket is closed first and cleanly (after an agent that left, Twilio plays what
+    // follows `</Connect>`); then the agent's ends too: after the `stop` already queued for it,
+    // however slowly it reads, or at once, with a close frame, and its answering close (each
+    // within the idle timeout: a slow agent still gets its `stop`).
+    match ending {
+        Ending::Overflow(_) => close(session, CloseCode::Size, "queue overflow").await,
+        Ending::AgentClosed(_) | Ending::AgentError(_) => close(session, CloseCode::Normal, "media server left").await,
+        _ => close(session, CloseCode::Normal, "stream ended").await,
+    }
     if !agent_written {
         to_agent.close();
-        let _ = timeout(FLUSH, &mut write_agent).await;
+        let _ = timeout(config.idle_timeout, &mut write_agent).await;
+    }
+    if !agent_read {
+        let _ = timeout(config.idle_timeout, &mut read_agent).await;
     }
     ending
 }

@@ -319,8 +319,12 @@ impl AccessProvider for SignatureProvider {
             let is_json = media_type.as_deref() == Some("application/json");
             let is_form = media_type.as_deref() == Some("application/x-www-form-urlencoded");
             let (http, payload) = req.parts_mut();
-            let body = match Bytes::from_request(http, payload).await {
-                _ if socket => Bytes::new(),
+            let read = if socket {
+                Ok(Bytes::new())
+            } else {
+                Bytes::from_request(http, payload).await
+            };
+            let body = match read {
                 Ok(body) if body.len() <= MAX_WEBHOOK_BODY => body,
                 Err(e) if e.as_error::<PayloadError>().is_some_and(is_body_timeout) => {
                     tracing::info!(target: TRACE_TARGET, path = %path, signature_present, "{prefix} hit path={path} body=timed_out signature_present={signature_present}");
@@ -418,7 +422,9 @@ impl AccessProvider for SignatureProvider {
                 );
                 return Err(refuse(StatusCode::FORBIDDEN));
             }
-            req.set_payload(actix_web::dev::Payload::from(body));
+            if !socket {
+                req.set_payload(actix_web::dev::Payload::from(body));
+            }
             req.extensions_mut().insert(hook);
             Ok(())
         })
