@@ -338,6 +338,7 @@ async fn a_relayed_call_flows_both_ways_in_order_and_is_traced() {
     );
     let verdict = trace.verdict.iter().find(|v| v.question == "media stream").unwrap();
     assert!(verdict.answer.starts_with("relayed (agent ms="), "{}", verdict.answer);
+    eprintln!("{}", trace.text());
 
     let lines = lines_of(&call_sid);
     for expected in [
@@ -470,6 +471,9 @@ async fn each_agent_failure_closes_twilios_socket_within_the_bound_and_names_the
                 .any(|l| l.contains("[TWILIO][STREAM] agent_failed err=")),
             "{path}"
         );
+        if path == "/refuse" {
+            eprintln!("{}\n{}", lines_of(&call_sid).join("\n"), trace.text());
+        }
     }
     // Closed mid-call: Twilio's socket is closed too, and the cause is in the timeline.
     let (business, _) = relay.business("/close");
@@ -609,4 +613,68 @@ async fn twilio_speaks(twilio: &mut TwilioStream) -> usize {
     let (_, closed, _) = twilio.until_closed(Duration::from_secs(15)).await;
     assert_eq!(closed, Some(Got::Closed(Some(1000))));
     echoes
+}
+
+/// Posts Twilio's stream event for `call_sid`, signed with `signature` (computed when `None`).
+async fn stream_event(relay: &Relay, params: &[(&str, &str)], signature: Option<&str>) -> u16 {
+    let url = format!("{}/webhook/stream_status", relay.base);
+    let computed = signature::compute(TOKEN, &url, params.iter().copied());
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    awc::Client::new()
+        .post(&url)
+        .insert_header(("x-twilio-signature", signature.unwrap_or(&computed)))
+        .content_type("application/x-www-form-urlencoded")
+        .send_body(body)
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[actix_rt::test]
+async fn twilios_stream_errors_land_in_the_timeline() {
+    let relay = relay().await;
+    let (call_sid, _) = relay.call("/echo").await;
+    let event = [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", call_sid.as_str()),
+        ("StreamSid", "MZ00000000000000000000000000000007"),
+        ("StreamName", "MZ00000000000000000000000000000007"),
+        ("StreamEvent", "stream-error"),
+        ("StreamError", "31920 Stream - WebSocket - Handshake Error"),
+        ("Timestamp", "2026-12-03T09:00:00.000Z"),
+    ];
+    assert_eq!(
+        stream_event(&relay, &event, Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA=")).await,
+        403,
+        "forged"
+    );
+    let no_call = [("StreamEvent", "stream-started")];
+    assert_eq!(stream_event(&relay, &no_call, None).await, 400, "no CallSid");
+    assert_eq!(stream_event(&relay, &event, None).await, 200);
+    let trace = relay.trace_with(&call_sid, "stream-error").await;
+    let noted = trace
+        .timeline
+        .iter()
+        .find(|e| e.what.starts_with("stream-error"))
+        .unwrap();
+    assert!(
+        noted
+            .what
+            .contains("error=\"31920 Stream - WebSocket - Handshake Error\""),
+        "{}",
+        noted.what
+    );
+    let verdict = trace.verdict.iter().find(|v| v.question == "media stream").unwrap();
+    assert!(verdict.answer.contains("Twilio reported"), "{}", verdict.answer);
+    assert!(
+        lines_of(&call_sid)
+            .iter()
+            .any(|l| l.contains("[TWILIO][STREAM] event=stream-error")),
+        "{:?}",
+        lines_of(&call_sid)
+    );
+    relay.stop().await;
 }

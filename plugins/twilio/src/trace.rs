@@ -840,7 +840,7 @@ impl Trace {
         }
         let _ = writeln!(out, "\nverdict:");
         for v in &self.verdict {
-            let _ = writeln!(out, "  {:<11} {}", v.question, v.answer);
+            let _ = writeln!(out, "  {:<12} {}", v.question, v.answer);
         }
         if !self.hints.is_empty() {
             let _ = writeln!(out, "\nhints:");
