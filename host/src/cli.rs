@@ -321,7 +321,10 @@ async fn check(
     if deploy {
         let mut ignored = Vec::new();
         let db = lazy_db(config, &mut ignored);
-        findings.extend(deploy::database_check(&db, level).await);
+        match deploy::database_check(&db, level).await {
+            Some(unreachable) => findings.push(unreachable),
+            None => findings.extend(deploy::data_checks(&plan, &db, level).await),
+        }
     }
     let threshold = match fail_level {
         FailLevel::Error => Level::Error,

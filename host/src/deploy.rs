@@ -98,3 +98,23 @@ pub async fn database_check(db: &Db, level: Level) -> Option<Finding> {
         hint: "check CALLPLANE_DATABASE_URL, the network path and the credentials".to_owned(),
     })
 }
+
+/// The plugins' checks of their data ([`callplane_plugin_api::Registrar::data_check`]), once the
+/// database answers (CP107 says when it does not).
+pub async fn data_checks(plan: &crate::boot::BootPlan, db: &Db, level: Level) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for active in &plan.active {
+        for (id, check) in &active.registration.data_checks {
+            if let Some((message, hint)) = check(db.clone()).await {
+                findings.push(Finding {
+                    id,
+                    level,
+                    plugin: Some(active.plugin.name.to_owned()),
+                    message,
+                    hint,
+                });
+            }
+        }
+    }
+    findings
+}

@@ -47,6 +47,24 @@ fn bootstrap_sign_in_and_enforce(database_url: Option<&str>) {
     );
     assert_eq!(duplicate.code, Some(1));
     assert!(duplicate.stderr.contains("already exists"), "{}", duplicate.stderr);
+    // Twilio refuses unencrypted media streams: so does create-business, and writes nothing.
+    for (url, says) in [
+        ("ws://media.example.com/s", "is ws://: Twilio refuses unencrypted media streams"),
+        ("https://media.example.com/s", "is not a wss:// URL"),
+    ] {
+        let refused = sandbox.run(
+            bin,
+            &[
+                "admin", "create-business", "--name", "Media", "--phone", "+972501234568",
+                "--media-stream-url", url,
+            ],
+            &env,
+        );
+        assert_eq!(refused.code, Some(1), "{url}: {}{}", refused.stdout, refused.stderr);
+        assert!(refused.stderr.contains(says), "{url}: {}", refused.stderr);
+    }
+    let listed = sandbox.run(bin, &["admin", "list-businesses"], &env);
+    assert!(!listed.stdout.contains("+972501234568"), "{}", listed.stdout);
 
     for (email, role, pw) in [
         ("owner@dental.example", "owner", OWNER_PW),

@@ -31,6 +31,11 @@ pub type BackgroundTask = Arc<dyn Fn() -> LocalBoxFuture<'static, ()> + Send + S
 /// hooks after validation and before migrations; an error stops the boot (exit 78, nothing bound).
 pub type StartHook = Arc<dyn Fn() -> Result<(), StartFailure> + Send + Sync>;
 
+/// A production check of the plugin's data (`CP1xx`, run by `check --deploy` once the database
+/// answers): the problem and a hint, or `None` when all is well or the data cannot be read (an
+/// unmigrated database is `migrate status`'s finding, not this check's).
+pub type DataCheck = Arc<dyn Fn(Db) -> LocalBoxFuture<'static, Option<(String, String)>> + Send + Sync>;
+
 /// Why a plugin cannot start ([`StartHook`]): the finding `serve` prints before it refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartFailure {
@@ -160,6 +165,8 @@ pub struct Registration {
     /// The type of each piece of shared state, by name (the host refuses two plugins sharing one
     /// type: the second would shadow the first).
     pub state_types: Vec<(std::any::TypeId, &'static str)>,
+    /// Checks of the plugin's data for `check --deploy`, by finding id ([`Registrar::data_check`]).
+    pub data_checks: Vec<(&'static str, DataCheck)>,
     /// Services this plugin shares with others ([`Registrar::offer`]).
     pub offers: Vec<crate::services::Offer>,
     /// Services this plugin asked for ([`Registrar::need`], [`Registrar::want`]).
@@ -383,6 +390,13 @@ impl<'a> Registrar<'a> {
     /// Runs `task` in the background while the server serves.
     pub fn background(&mut self, name: &str, task: BackgroundTask) -> &mut Self {
         self.out.tasks.push((name.to_owned(), task));
+        self
+    }
+
+    /// Adds a production check of the plugin's data (`check --deploy` runs it once the database
+    /// answers; see [`DataCheck`]). `id` is the finding's, `CP1` and two digits.
+    pub fn data_check(&mut self, id: &'static str, check: DataCheck) -> &mut Self {
+        self.out.data_checks.push((id, check));
         self
     }
 

@@ -41,7 +41,7 @@ enum AdminCommand {
         /// What callers hear when no media stream is configured.
         #[arg(long, default_value = DEFAULT_GREETING)]
         greeting: String,
-        /// A wss:// media-stream URL for the business's calls.
+        /// The business's media server: a wss:// URL (ws:// is refused: Twilio would refuse it).
         #[arg(long)]
         media_stream_url: Option<String>,
     },
@@ -125,10 +125,15 @@ async fn run(ctx: CommandContext) -> Result<(), String> {
                 return Err("--greeting must be 1–1000 characters".to_owned());
             }
             if let Some(url) = &media_stream_url {
-                let ok =
-                    url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "wss" | "ws") && u.host_str().is_some());
-                if !ok {
-                    return Err(format!("--media-stream-url {url:?} is not a ws:// or wss:// URL"));
+                let parsed = url::Url::parse(url).ok().filter(|u| u.host_str().is_some());
+                match parsed.as_ref().map(url::Url::scheme) {
+                    Some("wss") => {}
+                    Some("ws") => {
+                        return Err(format!(
+                            "--media-stream-url {url:?} is ws://: Twilio refuses unencrypted media streams (error 31922); serve the media server over TLS and give its wss:// URL"
+                        ));
+                    }
+                    _ => return Err(format!("--media-stream-url {url:?} is not a wss:// URL")),
                 }
             }
             let id = store

@@ -180,6 +180,34 @@ pub const DEPLOY_CHECKS: &[DeployCheck] = &[
     },
 ];
 
+/// CP112: media servers on `ws://`. Twilio refuses a `<Stream>` that is not `wss://` (error
+/// 31922), so the callers of such a business hear silence. `admin create-business` refuses them;
+/// rows older than that rule, or written by hand, are found here.
+pub async fn unencrypted_media_servers(db: callplane_plugin_api::storage::Db) -> Option<(String, String)> {
+    use callplane_plugin_api::storage::sqlx;
+    let rows: Vec<(i64, String)> = db
+        .run(|pool| {
+            sqlx::query_as(
+                "SELECT id, media_stream_url FROM businesses WHERE LOWER(media_stream_url) NOT LIKE 'wss://%' ORDER BY id",
+            )
+            .fetch_all(pool)
+        })
+        .await
+        .ok()?;
+    if rows.is_empty() {
+        return None;
+    }
+    let listed: Vec<String> = rows.iter().map(|(id, url)| format!("business {id} ({url})")).collect();
+    Some((
+        format!(
+            "{} media server URL(s) are not wss://: {}; Twilio refuses them (error 31922) and those callers hear silence",
+            rows.len(),
+            listed.join(", ")
+        ),
+        "serve the media servers over TLS and set each business's media_stream_url to its wss:// URL".to_owned(),
+    ))
+}
+
 /// CP110: the spool is what keeps calls while the database is away; a directory it cannot write
 /// would lose them exactly then.
 fn spool_dir_writable(_: &Settings, config: &PluginConfig) -> Option<(String, String)> {

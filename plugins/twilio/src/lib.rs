@@ -142,6 +142,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         reg.metrics(),
     );
     reg.migrations(migrations::MIGRATIONS);
+    reg.data_check("CP112", Arc::new(|db| Box::pin(config::unencrypted_media_servers(db))));
     reg.provide_access(Capability::TwilioSignature, provider);
     let ledger = ledger::Ledger::new(db.clone());
     reg.offer::<dyn CallLedger>(Arc::new(ledger.clone()));

@@ -1610,3 +1610,26 @@ async fn retention_prunes_old_timeline_rows_and_keeps_calls_on_both_engines() {
         );
     }
 }
+
+/// CP112 (`check --deploy`): a business whose media server is `ws://` is named, with the fix.
+#[actix_rt::test]
+async fn unencrypted_media_servers_are_a_deploy_finding() {
+    let f = fixture().await;
+    assert_eq!(
+        callplane_plugin_twilio::config::unencrypted_media_servers(f.db.clone()).await,
+        None,
+        "wss:// and no media server are fine"
+    );
+    f.db.run(|pool| {
+        sqlx::query("UPDATE businesses SET media_stream_url = 'ws://agent.internal/s' WHERE phone_number = $1")
+            .bind(STREAM_NUMBER)
+            .execute(pool)
+    })
+    .await
+    .unwrap();
+    let (message, hint) = callplane_plugin_twilio::config::unencrypted_media_servers(f.db.clone())
+        .await
+        .unwrap();
+    assert!(message.contains("(ws://agent.internal/s)") && message.contains("31922"), "{message}");
+    assert!(hint.contains("wss://"), "{hint}");
+}
