@@ -49,14 +49,23 @@ fn bootstrap_sign_in_and_enforce(database_url: Option<&str>) {
     assert!(duplicate.stderr.contains("already exists"), "{}", duplicate.stderr);
     // Twilio refuses unencrypted media streams: so does create-business, and writes nothing.
     for (url, says) in [
-        ("ws://media.example.com/s", "is ws://: Twilio refuses unencrypted media streams"),
+        (
+            "ws://media.example.com/s",
+            "is ws://: Twilio refuses unencrypted media streams",
+        ),
         ("https://media.example.com/s", "is not a wss:// URL"),
     ] {
         let refused = sandbox.run(
             bin,
             &[
-                "admin", "create-business", "--name", "Media", "--phone", "+972501234568",
-                "--media-stream-url", url,
+                "admin",
+                "create-business",
+                "--name",
+                "Media",
+                "--phone",
+                "+972501234568",
+                "--media-stream-url",
+                url,
             ],
             &env,
         );

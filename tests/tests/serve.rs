@@ -11,6 +11,7 @@ use callplane_e2e::harness::{Sandbox, Server, eventually};
 
 const OK: &str = env!("CARGO_BIN_EXE_fixture-ok");
 const DEGRADED: &str = env!("CARGO_BIN_EXE_fixture-degraded");
+const MEDIA_PANICS: &str = env!("CARGO_BIN_EXE_fixture-media-panics");
 const CRITICAL: (&str, &str) = ("CALLPLANE_CRITICAL_PLUGINS", "permissions,notes,twilio");
 
 fn serve_ok(sandbox: &Sandbox, extra: &[(&str, &str)]) -> Server {
@@ -540,4 +541,58 @@ fn a_failing_log_file_is_counted_and_the_service_keeps_answering() {
             "the console still has every line ({i} missing):\n{output}"
         );
     }
+}
+
+/// The media relay is not critical: a relay that panics at registration leaves the host DEGRADED
+/// and answering calls, with today's TwiML (the stream goes straight to the media server, as in a
+/// build without `plugin-media`).
+#[test]
+fn a_relay_that_panics_at_registration_leaves_calls_answered_as_before() {
+    let sandbox = Sandbox::new();
+    let bin = Path::new(MEDIA_PANICS);
+    let env = [("CALLPLANE_CRITICAL_PLUGINS", "permissions,twilio")];
+    let business = sandbox.run(
+        bin,
+        &[
+            "admin",
+            "create-business",
+            "--name",
+            "Streamer",
+            "--phone",
+            "+15550001111",
+            "--media-stream-url",
+            "wss://agent.example.com/media",
+        ],
+        &env,
+    );
+    assert_eq!(business.code, Some(0), "{}{}", business.stdout, business.stderr);
+    let server = sandbox.serve(bin, &env);
+    let output = server.output();
+    assert!(
+        output.contains("[BOOT][DEGRADED] plugin=media disabled: registration panicked"),
+        "{output}"
+    );
+    assert_eq!(server.get("/readyz").json()["status"], "degraded");
+    let answer = sandbox.run(
+        bin,
+        &[
+            "simulate",
+            "--target",
+            &server.url(""),
+            "inbound",
+            "--to",
+            "+15550001111",
+        ],
+        &env,
+    );
+    assert_eq!(answer.code, Some(0), "{}{}", answer.stdout, answer.stderr);
+    assert!(
+        answer.stdout.contains("-> 200")
+            && answer
+                .stdout
+                .contains(r#"<Stream url="wss://agent.example.com/media">"#)
+            && !answer.stdout.contains("/ws/twilio/media"),
+        "today's TwiML: {}",
+        answer.stdout
+    );
 }

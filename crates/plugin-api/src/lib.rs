@@ -90,7 +90,8 @@ pub use config::{ConfigKey, PluginConfig, ValueCheck, ValueKind, base_url};
 pub use deadline::{BODY_DEADLINE, is_body_timeout, protective_headers};
 pub use error::{ApiError, MAX_BODY, RegisterError, paging};
 pub use registrar::{
-    BackgroundTask, DataCheck, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartFailure, StartHook,
+    BackgroundTask, DataCheck, ReadinessCheck, ReadinessReport, Registrar, Registration, RouteSpec, StartFailure,
+    StartHook,
 };
 pub use services::{CallLedger, CallNote, MediaRelay, StreamTarget, Wanted};
 pub use settings::{Secret, Settings};

@@ -1630,6 +1630,9 @@ async fn unencrypted_media_servers_are_a_deploy_finding() {
     let (message, hint) = callplane_plugin_twilio::config::unencrypted_media_servers(f.db.clone())
         .await
         .unwrap();
-    assert!(message.contains("(ws://agent.internal/s)") && message.contains("31922"), "{message}");
+    assert!(
+        message.contains("(ws://agent.internal/s)") && message.contains("31922"),
+        "{message}"
+    );
     assert!(hint.contains("wss://"), "{hint}");
 }
