@@ -234,6 +234,19 @@ impl TwilioStream {
     /// The handshake's failure (a refusal is `InvalidResponseStatus`).
     pub async fn open(url: &str, signature: Option<&str>, call_sid: &str) -> Result<Self, awc::error::WsClientError> {
         let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+        Self::open_with(&client, url, signature, call_sid).await
+    }
+
+    /// [`TwilioStream::open`] with `client` (its TLS roots, say, for a `wss://` URL).
+    ///
+    /// # Errors
+    /// The handshake's failure.
+    pub async fn open_with(
+        client: &awc::Client,
+        url: &str,
+        signature: Option<&str>,
+        call_sid: &str,
+    ) -> Result<Self, awc::error::WsClientError> {
         let mut request = client.ws(url);
         if let Some(signature) = signature {
             request = request.set_header("x-twilio-signature", signature);
