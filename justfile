@@ -32,3 +32,4 @@ e2e:
 bench:
     cargo build --release -p callplane -p callplane-bench
     ./target/release/callplane-bench
+    ./target/release/callplane-media-bench

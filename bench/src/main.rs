@@ -42,7 +42,10 @@ use callplane_e2e::hop::DbHop;
 use callplane_plugin_api::storage::{Db, sqlx};
 use callplane_plugin_api::testing::ScratchPostgres;
 use callplane_plugin_twilio::signature;
+use procs::{clock_ticks_per_second, cpu_ticks, free_port, memory_mb, stop};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+mod procs;
 
 const TOKEN: &str = "bench-auth-token-3f9e";
 const ACCOUNT: &str = "AC5ef8732a3c49700934481addd5ce1659";
@@ -896,19 +899,6 @@ fn webhook(n: u64) -> (String, String) {
     (body, sig)
 }
 
-fn stop(mut child: Child) -> anyhow::Result<()> {
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
-    let started = Instant::now();
-    while child.try_wait()?.is_none() {
-        if started.elapsed() > Duration::from_secs(40) {
-            child.kill()?;
-            bail!("the server did not stop within 40 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
 async fn count_calls(url: &str) -> anyhow::Result<i64> {
     let db = Db::connect_lazy(url)?;
     let (n,): (i64,) = db
@@ -927,43 +917,8 @@ fn count_lines(dir: &Path, needle: &str) -> anyhow::Result<u64> {
     Ok(n)
 }
 
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("/proc stat format")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command name: state is field 3, utime 14 and stime 15 (proc(5)).
-    let utime: u64 = fields.get(11).context("utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("stime")?.parse()?;
-    Ok(utime + stime)
-}
-
-/// A memory line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`) in MB.
-fn memory_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("memory field")?;
-    Ok(kb / 1024.0)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -723,8 +723,15 @@ fn a_media_stream_is_relayed_through_nginx() {
         let sid = call_sid(77);
         let answer = cluster.send_webhook(&sid).unwrap();
         assert_eq!(answer.status, 200, "{}", answer.body);
-        let socket_url = format!("{}/ws/twilio/media", cluster.nginx.url.replacen("https://", "wss://", 1));
-        assert!(answer.body.contains(&format!("<Stream url=\"{socket_url}\"")), "{}", answer.body);
+        let socket_url = format!(
+            "{}/ws/twilio/media",
+            cluster.nginx.url.replacen("https://", "wss://", 1)
+        );
+        assert!(
+            answer.body.contains(&format!("<Stream url=\"{socket_url}\"")),
+            "{}",
+            answer.body
+        );
         let signature = common::sign(TOKEN, &socket_url, &[]);
         let client = websocket_client(&cluster.nginx.ca);
         let mut twilio = TwilioStream::open_with(&client, &socket_url, Some(&signature), &sid)
@@ -747,7 +754,10 @@ fn a_media_stream_is_relayed_through_nginx() {
         }
         assert_eq!(frames, (0..50).collect::<Vec<u32>>(), "in order, through nginx");
         assert!(twilio.stop().await);
-        assert_eq!(twilio.until_closed(Duration::from_secs(10)).await.1, Some(Got::Closed(Some(1000))));
+        assert_eq!(
+            twilio.until_closed(Duration::from_secs(10)).await.1,
+            Some(Got::Closed(Some(1000)))
+        );
         agent.stop().await;
     });
     let env = cluster.env(0);
@@ -761,7 +771,11 @@ fn a_media_stream_is_relayed_through_nginx() {
         },
         "the stream's stop in the call's timeline",
     );
-    for step in ["start stream_sid=", "agent_connected ms=", "stop frames_in=54 frames_out=51 dropped=0"] {
+    for step in [
+        "start stream_sid=",
+        "agent_connected ms=",
+        "stop frames_in=54 frames_out=51 dropped=0",
+    ] {
         assert!(trace.contains(step), "{step} in:\n{trace}");
     }
     assert!(trace.contains("media stream relayed"), "{trace}");
