@@ -321,6 +321,8 @@ where
             })
             .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
             .client_disconnect_timeout(Duration::from_secs(1))
+            // Small answers and a media stream's 20 ms frames leave at once (no Nagle delay).
+            .tcp_nodelay(true)
             .local_addr(local)
             .expect(fn_service(expect_continue))
             .finish(map_config(app, |()| AppConfig::default()))

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use callplane_plugin_api::storage::{Db, sqlx};
-use callplane_plugin_media::fake::{Agent, frame_of, payload};
+use callplane_plugin_media::fake::{self, Agent, frame_of, payload};
 use callplane_plugin_twilio::signature;
 use futures_util::{SinkExt as _, StreamExt as _};
 
@@ -133,7 +133,7 @@ async fn load(
     call_sids: &[String],
     measure: Duration,
 ) -> anyhow::Result<(Vec<u64>, Duration)> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    let client = fake::client();
     let samples = Samples::default();
     let started = Instant::now();
     let (measured_from, until) = (started + WARMUP, started + WARMUP + measure);
@@ -273,7 +273,7 @@ async fn wait_ready(base: &str) -> anyhow::Result<()> {
 /// Opens `n` streams that say nothing after `start` (Twilio's side of a call on hold) and holds
 /// them open for `hold`.
 async fn idle_streams(url: &str, call_sids: &[String], hold: Duration) -> anyhow::Result<usize> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    let client = fake::client();
     let signature = signature::compute(TOKEN, url, std::iter::empty::<(&str, &str)>());
     let mut open = Vec::new();
     for sid in call_sids {

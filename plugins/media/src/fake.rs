@@ -137,6 +137,7 @@ impl Agent {
                 .route("/refuse", web::get().to(HttpResponse::Forbidden))
         })
         .workers(1)
+        .tcp_nodelay(true)
         .disable_signals()
         .listen(listener)
         .unwrap()
@@ -199,6 +200,14 @@ pub fn frame_of(payload: &str) -> Option<u32> {
     Some(u32::from_be_bytes(audio.get(..4)?.try_into().ok()?))
 }
 
+/// A client as Twilio's side would be: `TCP_NODELAY`, no limit on concurrent sockets.
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().connector(crate::relay::tcp_nodelay()).limit(0))
+        .timeout(Duration::from_secs(30))
+        .finish()
+}
+
 /// Twilio's side of one stream.
 pub struct TwilioStream {
     sink: futures_util::stream::SplitSink<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>, awc::ws::Message>,
@@ -233,8 +242,7 @@ impl TwilioStream {
     /// # Errors
     /// The handshake's failure (a refusal is `InvalidResponseStatus`).
     pub async fn open(url: &str, signature: Option<&str>, call_sid: &str) -> Result<Self, awc::error::WsClientError> {
-        let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
-        Self::open_with(&client, url, signature, call_sid).await
+        Self::open_with(&client(), url, signature, call_sid).await
     }
 
     /// [`TwilioStream::open`] with `client` (its TLS roots, say, for a `wss://` URL).

@@ -22,9 +22,11 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_tls::connect::{ConnectError, ConnectInfo, Connection};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use awc::BoxedSocket;
+use awc::http::Uri;
 use awc::ws::{Codec, Frame};
 use bytestring::ByteString;
 use callplane_plugin_api::telemetry::value::{shown, truncated};
@@ -204,9 +206,27 @@ async fn read_start(
     }
 }
 
+/// TCP connections with `TCP_NODELAY`: a frame every 20 ms must leave at once, not wait for the
+/// acknowledgement of the one before (Nagle's algorithm against a delayed ACK costs up to 40 ms).
+pub fn tcp_nodelay()
+-> impl actix_service::Service<ConnectInfo<Uri>, Response = Connection<Uri, tokio::net::TcpStream>, Error = ConnectError>
++ Clone {
+    use actix_service::Service as _;
+    let tcp = actix_tls::connect::Connector::default().service();
+    actix_service::fn_service(move |info: ConnectInfo<Uri>| {
+        let tcp = tcp.clone();
+        async move {
+            let connection = tcp.call(info).await?;
+            let _ = connection.io_ref().set_nodelay(true);
+            Ok(connection)
+        }
+    })
+}
+
 /// Opens the agent's socket (`ws://` or `wss://` with the relay's TLS roots).
 async fn connect(url: &str, config: &RelayConfig) -> Result<actix_codec::Framed<BoxedSocket, Codec>, String> {
     let connector = awc::Connector::new()
+        .connector(tcp_nodelay())
         .rustls_0_23(config.tls.clone())
         .timeout(config.connect_timeout);
     let client = awc::Client::builder()
