@@ -42,7 +42,7 @@ use callplane_e2e::hop::DbHop;
 use callplane_plugin_api::storage::{Db, sqlx};
 use callplane_plugin_api::testing::ScratchPostgres;
 use callplane_plugin_twilio::signature;
-use procs::{clock_ticks_per_second, cpu_ticks, free_port, memory_mb, stop};
+use procs::{clean_command, clock_ticks_per_second, cpu_ticks, free_port, memory_mb, stop};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 mod procs;
@@ -540,14 +540,7 @@ impl<'p> Sandbox<'p> {
     }
 
     fn callplane(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.paths.callplane);
-        cmd.args(args).current_dir(self.dir.path());
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("CALLPLANE_") || key.starts_with("TWILIO_") || key == "RUST_LOG" {
-                cmd.env_remove(key.as_ref());
-            }
-        }
+        let mut cmd = clean_command(&self.paths.callplane, self.dir.path(), args);
         cmd.env("CALLPLANE_BIND", format!("127.0.0.1:{}", self.port))
             .env("CALLPLANE_DATABASE_URL", self.database_url())
             .env("CALLPLANE_LOG_DIR", self.log_dir())

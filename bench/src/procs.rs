@@ -1,5 +1,6 @@
 //! What both benchmark drivers read of a server process (`/proc`) and how they stop it.
 
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -54,4 +55,18 @@ pub(crate) fn clock_ticks_per_second() -> f64 {
 /// A loopback port nothing listens on now.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `bin` with `args`, run in `dir`, with none of this environment's `CALLPLANE_*`, `TWILIO_*` or
+/// `RUST_LOG` (the scenario sets its own).
+pub(crate) fn clean_command(bin: &Path, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CALLPLANE_") || key.starts_with("TWILIO_") || key == "RUST_LOG" {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }

@@ -24,7 +24,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 #[path = "../procs.rs"]
 mod procs;
 
-use procs::{clock_ticks_per_second, cpu_ticks, free_port, memory_mb, stop};
+use procs::{clean_command, clock_ticks_per_second, cpu_ticks, free_port, memory_mb, stop};
 
 const TOKEN: &str = "bench-media-token-51c0";
 const ACCOUNT: &str = "AC5ef8732a3c49700934481addd5ce1659";
@@ -177,14 +177,7 @@ struct Relay {
 
 impl Relay {
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args).current_dir(self.dir.path());
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("CALLPLANE_") || key.starts_with("TWILIO_") || key == "RUST_LOG" {
-                cmd.env_remove(key.as_ref());
-            }
-        }
+        let mut cmd = clean_command(&self.bin, self.dir.path(), args);
         cmd.env("CALLPLANE_BIND", format!("127.0.0.1:{}", self.port))
             .env("CALLPLANE_DATABASE_URL", self.database_url())
             .env("CALLPLANE_LOG_DIR", self.dir.path().join("logs"))

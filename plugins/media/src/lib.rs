@@ -66,6 +66,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     reg.get(relay::PATH, Access::TwilioSignature, relay::upgrade)
         .doc(
             RouteDoc::new("Twilio Media Streams: the WebSocket a relayed call's audio arrives on (signed upgrade)")
+                .empty(101, "the socket: Twilio's Media Streams messages both ways")
                 .error(400, "not a WebSocket handshake")
                 .error(503, "this instance relays as many streams as it may"),
         )

@@ -839,8 +839,10 @@ impl Trace {
             }
         }
         let _ = writeln!(out, "\nverdict:");
+        // The answers line up one column past the longest question.
+        let width = self.verdict.iter().map(|v| v.question.len()).max().unwrap_or(0) + 1;
         for v in &self.verdict {
-            let _ = writeln!(out, "  {:<12} {}", v.question, v.answer);
+            let _ = writeln!(out, "  {:<width$} {}", v.question, v.answer);
         }
         if !self.hints.is_empty() {
             let _ = writeln!(out, "\nhints:");
