@@ -1361,4 +1361,78 @@ mod tests {
         );
         assert_eq!(a.findings.len(), 6, "{:#?}", a.findings);
     }
+
+    /// A service of the tests' own: what one plugin offers and another needs.
+    #[derive(Debug, PartialEq)]
+    struct Greeting(&'static str);
+
+    static HEARD: std::sync::Mutex<Vec<callplane_plugin_api::Wanted<Greeting>>> = std::sync::Mutex::new(Vec::new());
+
+    fn offers(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.offer(Arc::new(Greeting("hello")));
+        Ok(())
+    }
+    fn needs(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        let wanted = reg.need::<Greeting>();
+        HEARD.lock().unwrap().push(wanted);
+        Ok(())
+    }
+
+    fn offers_then_fails(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.offer(Arc::new(Greeting("never heard")));
+        Err(RegisterError::Other("failed after offering".into()))
+    }
+
+    static OFFERS: RoutePlugin = plugin("offers", &[], false, offers);
+    static OFFERS_THEN_FAILS: RoutePlugin = plugin("offers-then-fails", &[], false, offers_then_fails);
+    static OFFERS_TOO: RoutePlugin = plugin("offers-too", &[], false, offers);
+    static NEEDS: RoutePlugin = plugin("needs", &[], false, needs);
+    static NEEDS_CRITICAL: RoutePlugin = plugin("needs-critical", &[], true, needs);
+    static NEEDS_NEEDS: RoutePlugin = plugin("needs-needs", &["needs"], false, nothing);
+
+    #[actix_rt::test]
+    async fn services_reach_active_plugins_and_unmet_needs_fail_like_registrations() {
+        // Offered and needed: both active, the handle filled once every plugin registered.
+        HEARD.lock().unwrap().clear();
+        let plan = run(&[&NEEDS, &OFFERS], &[]);
+        assert!(!plan.has_errors(), "{:#?}", plan.findings);
+        assert_eq!(status(&plan, "needs"), PluginStatus::Active);
+        let heard = HEARD.lock().unwrap().pop().unwrap();
+        assert_eq!(heard.get(), Some(&Greeting("hello")));
+
+        // Nobody offers it: a non-critical plugin is left out (and what requires it goes too),
+        // a critical one stops the boot.
+        let plan = run(&[&NEEDS, &NEEDS_NEEDS], &[]);
+        assert_eq!(status(&plan, "needs"), PluginStatus::Disabled);
+        assert_eq!(status(&plan, "needs-needs"), PluginStatus::Failed);
+        assert!(
+            ids(&plan).contains(&("CP004", Level::Warning, Some("needs"))),
+            "{:#?}",
+            plan.findings
+        );
+        let unmet = plan
+            .findings
+            .iter()
+            .find(|f| f.plugin.as_deref() == Some("needs"))
+            .unwrap();
+        assert!(
+            unmet.message.contains("needs the service") && unmet.message.contains("Greeting"),
+            "{}",
+            unmet.message
+        );
+        let plan = run(&[&NEEDS_CRITICAL], &[]);
+        assert!(plan.has_errors());
+        assert_eq!(status(&plan, "needs-critical"), PluginStatus::Failed);
+
+        // An offer of a plugin that failed reaches no one; two offers of one type are CP002.
+        let plan = run(&[&NEEDS, &OFFERS_THEN_FAILS], &[]);
+        assert_eq!(status(&plan, "offers-then-fails"), PluginStatus::Disabled);
+        assert_eq!(status(&plan, "needs"), PluginStatus::Disabled, "{:#?}", plan.findings);
+        let plan = run(&[&OFFERS, &OFFERS_TOO], &[]);
+        assert!(
+            ids(&plan).contains(&("CP002", Level::Error, Some("offers-too"))),
+            "{:#?}",
+            plan.findings
+        );
+    }
 }

@@ -778,5 +778,9 @@ fn a_media_stream_is_relayed_through_nginx() {
     ] {
         assert!(trace.contains(step), "{step} in:\n{trace}");
     }
-    assert!(trace.contains("media stream relayed"), "{trace}");
+    let verdict = trace
+        .lines()
+        .find(|l| l.trim_start().starts_with("media stream"))
+        .unwrap_or_default();
+    assert!(verdict.contains(" relayed (agent ms="), "{trace}");
 }

@@ -11,6 +11,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt as _, StreamExt as _};
 
+/// What [`Agent::received`] lists last once an agent's socket has ended.
+pub const CLOSED: &str = "<closed>";
+
 /// What a fake agent received, in order (the raw texts).
 pub type Received = Arc<Mutex<Vec<String>>>;
 
@@ -103,6 +106,9 @@ async fn agent_socket(
             }
         }
         let _ = session.close(None).await;
+        if let Ok(mut received) = state.received.lock() {
+            received.push(format!("{path} {CLOSED}"));
+        }
     });
     Ok(response)
 }
@@ -151,7 +157,7 @@ impl Agent {
         }
     }
 
-    /// The texts the agent at `path` received, in order.
+    /// The texts the agent at `path` received, in order, then [`CLOSED`] once its socket ended.
     #[allow(clippy::unwrap_used)]
     pub fn received(&self, path: &str) -> Vec<String> {
         let prefix = format!("{path} ");

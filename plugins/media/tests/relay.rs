@@ -13,7 +13,7 @@ use actix_web::HttpServer;
 use callplane_plugin_api::Settings;
 use callplane_plugin_api::storage::Db;
 use callplane_plugin_api::testing::TestHost;
-use callplane_plugin_media::fake::{Agent, Got, TwilioStream, frame_of, silent_agent};
+use callplane_plugin_media::fake::{Agent, CLOSED, Got, TwilioStream, frame_of, silent_agent};
 use callplane_plugin_permissions::Store;
 use callplane_plugin_twilio::signature;
 use callplane_plugin_twilio::trace::{self, CallId, Viewer};
@@ -254,6 +254,7 @@ async fn relay() -> Relay {
 fn events(texts: &[String]) -> Vec<String> {
     texts
         .iter()
+        .filter(|t| *t != CLOSED)
         .map(|t| {
             serde_json::from_str::<serde_json::Value>(t).unwrap()["event"]
                 .as_str()
@@ -261,6 +262,57 @@ fn events(texts: &[String]) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// Whether the agent at `path` saw its socket end within `wait`.
+async fn agent_closed(relay: &Relay, path: &str, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if relay.agent.received(path).last().is_some_and(|t| t == CLOSED) {
+            return true;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[actix_rt::test]
+async fn a_silent_twilio_socket_is_closed_and_a_vanished_one_takes_the_agents_along() {
+    let relay = relay().await;
+    let (business, _) = relay.business("/echo");
+    // Silent after start: closed after the idle timeout (2 s here), and the agent's socket too.
+    let (call_sid, _) = relay.call("/echo").await;
+    let mut twilio = relay.stream(&call_sid, business).await;
+    let (_, closed, took) = twilio.until_closed(Duration::from_secs(5)).await;
+    assert_eq!(closed, Some(Got::Closed(Some(1000))));
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(agent_closed(&relay, "/echo", Duration::from_secs(5)).await);
+    let trace = relay.trace_with(&call_sid, "stop").await;
+    assert!(
+        trace.timeline.iter().any(|e| e.what.contains("reason=idle")),
+        "{:#?}",
+        trace.timeline
+    );
+    // Twilio's side vanishes mid-stream: the agent's socket is closed.
+    relay.agent.received.lock().unwrap().clear();
+    let (call_sid, _) = relay.call("/echo").await;
+    let mut twilio = relay.stream(&call_sid, business).await;
+    assert!(twilio.speak(5).await);
+    drop(twilio);
+    assert!(
+        agent_closed(&relay, "/echo", Duration::from_secs(5)).await,
+        "the agent's socket ends with Twilio's"
+    );
+    let trace = relay.trace_with(&call_sid, "stop").await;
+    assert!(
+        trace.timeline.iter().any(|e| e.what.contains("reason=twilio_gone")),
+        "{:#?}",
+        trace.timeline
+    );
+    relay.stop().await;
 }
 
 #[actix_rt::test]
@@ -507,21 +559,27 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Frames the slow-agent test sends as fast as the socket takes them: 10 minutes of audio, about
+/// 10 MB, more than the kernel's socket buffers hold (Linux grows a sender's to 4 MiB), so the
+/// relay's bound is what is tested, not the kernel's.
+const BURST: usize = 30_000;
+
 #[actix_rt::test]
 async fn a_slow_agent_costs_dropped_frames_not_memory_and_never_a_mark_or_the_stop() {
     let relay = relay_with(
-        &[("queue_frames", "50"), ("idle_timeout_secs", "10")],
-        Duration::from_millis(1500),
+        &[("queue_frames", "50"), ("idle_timeout_secs", "20")],
+        // Asleep well past the burst (about 1.5 s here), even on a loaded machine.
+        Duration::from_secs(6),
     )
     .await;
     let (business, _) = relay.business("/slow");
     let (call_sid, _) = relay.call("/slow").await;
     let mut twilio = relay.stream(&call_sid, business).await;
     let before = rss_kib();
-    // 60 s of audio as fast as the socket takes it, a mark every 1,000 frames, then stop.
-    for i in 0..3_000 {
+    // A burst while the agent reads nothing, a mark every 10,000 frames, then stop.
+    for i in 0..BURST {
         assert!(twilio.media().await);
-        if i % 1_000 == 999 {
+        if i % 10_000 == 9_999 {
             assert!(twilio.mark(&format!("m{i}")).await);
         }
     }
@@ -543,19 +601,19 @@ async fn a_slow_agent_costs_dropped_frames_not_memory_and_never_a_mark_or_the_st
     assert_eq!(kinds.last().map(String::as_str), Some("stop"), "the stop arrives, last");
     let media = kinds.iter().filter(|k| *k == "media").count();
     assert!(
-        media < 3_000,
-        "the slow agent got {media} of 3000 frames: some were dropped"
+        media < BURST,
+        "the slow agent got {media} of {BURST} frames: none was dropped"
     );
     let stop = trace.timeline.iter().find(|e| e.what.starts_with("stop")).unwrap();
-    let dropped: u64 = stop
+    let dropped: usize = stop
         .what
         .split_once("dropped=")
         .and_then(|(_, rest)| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert_eq!(
-        dropped + media as u64,
-        3_000,
+        dropped + media,
+        BURST,
         "every frame is relayed or counted as dropped: {}",
         stop.what
     );
@@ -566,7 +624,7 @@ async fn a_slow_agent_costs_dropped_frames_not_memory_and_never_a_mark_or_the_st
     let mut report = std::io::stderr();
     let _ = writeln!(
         report,
-        "slow agent: {media} of 3000 frames relayed, {dropped} dropped, RSS +{grown} KiB"
+        "slow agent: {media} of {BURST} frames relayed, {dropped} dropped, RSS +{grown} KiB"
     );
     relay.stop().await;
 }
