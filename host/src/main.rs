@@ -6,6 +6,8 @@
 
 #[cfg(feature = "plugin-calendar")]
 use callplane_plugin_calendar as _;
+#[cfg(feature = "plugin-console")]
+use callplane_plugin_console as _;
 #[cfg(feature = "plugin-media")]
 use callplane_plugin_media as _;
 #[cfg(feature = "plugin-permissions")]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::http::{StatusCode, header};
+use actix_web::http::{Method, StatusCode, header};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, Error, HttpRequest, HttpResponse, ResponseError as _, web};
 use callplane_storage::Db;
@@ -106,12 +106,13 @@ pub fn mount(
             }
         }));
         for spec in group {
-            let access = spec.access;
+            let (access, sign_in) = (spec.access, spec.sign_in);
             let policy = access
                 .capability()
                 .map(|capability| providers.get(&capability).cloned());
-            resource = resource
-                .route((spec.handler)().wrap(from_fn(move |req, next| guard(policy.clone(), access, req, next))));
+            resource = resource.route((spec.handler)().wrap(from_fn(move |req, next| {
+                guard(policy.clone(), access, sign_in, req, next)
+            })));
         }
         cfg.service(resource);
     }
@@ -148,6 +149,18 @@ fn specificity(path: &str) -> Vec<(bool, &str)> {
         .collect()
 }
 
+/// `303 See Other` to the sign-in `page`, which takes the page asked for (`uri`) from `?next=`.
+fn to_sign_in(page: &str, uri: &actix_web::http::Uri) -> HttpResponse {
+    let asked = uri
+        .path_and_query()
+        .map_or("/", actix_web::http::uri::PathAndQuery::as_str);
+    let next: String = url::form_urlencoded::byte_serialize(asked.as_bytes()).collect();
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, format!("{page}?next={next}")))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
 /// Every route's own middleware: its access policy, then its handler, and a panic in either
 /// answers 500 (JSON, with the request id) for this request only: the panic is caught, logged
 /// and counted (`callplane_http_handler_panics_total`), and the worker keeps serving.
@@ -157,6 +170,7 @@ fn specificity(path: &str) -> Vec<(bool, &str)> {
 async fn guard(
     policy: Option<Option<Arc<dyn AccessProvider>>>,
     access: Access,
+    sign_in: Option<&'static str>,
     mut req: ServiceRequest,
     next: Next<actix_web::body::BoxBody>,
 ) -> Result<ServiceResponse<EitherBody<actix_web::body::BoxBody>>, actix_web::Error> {
@@ -177,6 +191,12 @@ async fn guard(
             }
             Some(Some(provider)) => {
                 if let Err(denied) = provider.authorize(&mut req, access).await {
+                    let denied = match sign_in {
+                        Some(page) if denied.status() == StatusCode::UNAUTHORIZED && req.method() == Method::GET => {
+                            to_sign_in(page, req.uri())
+                        }
+                        _ => denied,
+                    };
                     return Ok(req.into_response(denied).map_into_right_body());
                 }
             }

@@ -73,6 +73,7 @@
 
 mod access;
 pub mod app;
+pub mod calls;
 mod command;
 mod config;
 mod deadline;
@@ -85,6 +86,7 @@ pub mod testing;
 pub mod timestamps;
 
 pub use access::{Access, AccessProvider, Capability, Principal, changes_state};
+pub use calls::{CallBook, CallLine, CallQuery, Trace};
 pub use command::{CommandContext, PluginCommand};
 pub use config::{ConfigKey, PluginConfig, ValueCheck, ValueKind, base_url};
 pub use deadline::{BODY_DEADLINE, is_body_timeout, protective_headers};

@@ -93,6 +93,8 @@ pub struct RouteSpec {
     pub handler: HandlerFactory,
     /// What it takes and answers, for the OpenAPI document (see [`Registrar::doc`]).
     pub doc: Option<Arc<crate::openapi::RouteDoc>>,
+    /// The sign-in page of a page for people (see [`Registrar::sign_in`]).
+    pub sign_in: Option<&'static str>,
 }
 
 impl fmt::Debug for RouteSpec {
@@ -122,6 +124,7 @@ impl RouteSpec {
             access,
             handler: Arc::new(move || web::route().method(guard.clone()).to(handler.clone())),
             doc: None,
+            sign_in: None,
         }
     }
 
@@ -334,6 +337,25 @@ impl<'a> Registrar<'a> {
         match self.out.routes.last_mut() {
             Some(route) => route.doc = Some(Arc::new(doc)),
             None => self.out.problems.push("doc() before any route was declared".to_owned()),
+        }
+        self
+    }
+
+    /// Makes the route declared last a page for people (`reg.get(…).sign_in("/console/login")`):
+    /// a `GET` refused for want of a session (401) is answered `303 See Other` to `page`, with
+    /// the page asked for in `?next=`, instead of the JSON error an API client gets. Every other
+    /// refusal (a role without the page: 403) is answered as usual.
+    pub fn sign_in(&mut self, page: &'static str) -> &mut Self {
+        match self.out.routes.last_mut() {
+            Some(route) if page.starts_with('/') && !page.starts_with("//") => route.sign_in = Some(page),
+            Some(route) => self.out.problems.push(format!(
+                "{} {}: sign-in page {page:?} must be a path on this host",
+                route.method, route.path
+            )),
+            None => self
+                .out
+                .problems
+                .push("sign_in() before any route was declared".to_owned()),
         }
         self
     }

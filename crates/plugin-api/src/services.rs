@@ -8,13 +8,15 @@
 //! every plugin has registered and the active set is known; an offer of a plugin that failed or
 //! was disabled never reaches anyone.
 //!
-//! The two services the bundled plugins share:
+//! The services the bundled plugins share:
 //!
 //! * [`MediaRelay`], offered by the media plugin and wanted by the twilio plugin: when present,
 //!   calls with a media server are streamed through this host's relay instead of straight to the
 //!   media server.
 //! * [`CallLedger`], offered by the twilio plugin and needed by the media plugin: whether a call
 //!   was answered with a stream for a business, and the call's timeline.
+//! * [`crate::CallBook`], offered by the twilio plugin and needed by the console: a business's
+//!   recent calls with their verdicts, and one call's trace.
 
 use std::any::{Any, TypeId};
 use std::sync::{Arc, OnceLock};

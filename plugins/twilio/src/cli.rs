@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+pub use callplane_plugin_api::calls::CallLine;
 use callplane_plugin_api::storage::Db;
 use callplane_plugin_api::storage::sqlx::{self, Row};
 use callplane_plugin_api::timestamps::rfc3339_ms;
 use callplane_plugin_api::{CommandContext, PluginCommand};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, ValueEnum};
-use serde::Serialize;
 
 use crate::SPOOL_FILE;
 use crate::event::now_ms;
@@ -120,40 +120,52 @@ pub const CALLS: PluginCommand = PluginCommand {
 };
 
 /// Most lines `calls` prints.
-const MAX_LINES: i64 = 1000;
+pub const MAX_LINES: i64 = 1000;
 
-/// One line of `callplane calls`.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallLine {
-    /// When it began (RFC 3339, UTC).
-    pub at: String,
-    /// The CallSid (absent for an outbound request Twilio never placed).
-    pub call_sid: Option<String>,
-    /// The REQ id of an outbound request.
-    pub req_id: Option<String>,
-    /// `inbound` or `outbound` (`unknown` for refused webhooks).
-    pub direction: String,
-    /// Caller.
-    pub from: String,
-    /// Callee.
-    pub to: String,
-    /// The tenant.
-    pub business_id: Option<i64>,
-    /// Twilio's last status.
-    pub status: String,
-    /// `answered` (we answered its webhook), `refused` (only refused webhooks name it),
-    /// `unknown-number`, `failed-outbound` (Twilio's API refused or never answered our request),
-    /// `spooled` (kept in the spool while the database was away, replayed since), `requested`
-    /// (outbound, Twilio not called yet), `placed` (outbound, Twilio accepted it, no webhook yet),
-    /// `no-webhook` (only status callbacks arrived: is the number's Voice URL ours?).
-    pub verdict: String,
+/// Which calls [`recent`] lists.
+#[derive(Debug, Clone, Copy)]
+pub struct Filter<'a> {
+    /// Calls created at or after this instant (Unix milliseconds).
+    pub since_ms: i64,
+    /// One business's calls only: a tenant's view, without refused webhooks.
+    pub business: Option<i64>,
+    /// Only calls to this number.
+    pub to: Option<&'a str>,
+    /// Only calls from or to a number containing these digits (`+` and digits only).
+    pub number: Option<&'a str>,
+    /// At most this many calls (and at most [`MAX_LINES`]).
+    pub limit: i64,
 }
 
-/// Calls since `since_ms`, newest first, and refused webhooks for calls never recorded.
+impl Filter<'_> {
+    /// Every call since `since_ms`, up to [`MAX_LINES`].
+    pub fn since(since_ms: i64) -> Self {
+        Self {
+            since_ms,
+            business: None,
+            to: None,
+            number: None,
+            limit: MAX_LINES,
+        }
+    }
+}
+
+/// The calls `filter` names, newest first; in the operator's view (no business, no number) also
+/// refused webhooks for calls never recorded.
 ///
 /// # Errors
 /// A database error.
-pub async fn recent(db: &Db, since_ms: i64, to: Option<&str>) -> Result<Vec<CallLine>, sqlx::Error> {
+pub async fn recent(db: &Db, filter: &Filter<'_>) -> Result<Vec<CallLine>, sqlx::Error> {
+    let Filter {
+        since_ms,
+        business,
+        to,
+        number,
+        limit,
+    } = *filter;
+    // Digits and `+` only (callers check): no LIKE wildcard can come from the filter.
+    debug_assert!(number.is_none_or(|n| n.bytes().all(|b| b.is_ascii_digit() || b == b'+')));
+    let pattern = number.map(|n| format!("%{n}%"));
     let rows = db
         .run(|pool| {
             sqlx::query(
@@ -162,12 +174,15 @@ pub async fn recent(db: &Db, since_ms: i64, to: Option<&str>) -> Result<Vec<Call
                    (SELECT COUNT(*) FROM call_events e WHERE e.call_id = c.id) AS events,
                    (SELECT COUNT(*) FROM call_events e WHERE e.call_id = c.id AND e.spooled_ms IS NOT NULL) AS spooled
                  FROM calls c
-                 WHERE c.created_at >= $1 AND ($2 IS NULL OR c.to_number = $2)
-                 ORDER BY c.created_at DESC, c.id DESC LIMIT $3",
+                 WHERE c.created_at >= $1 AND ($2 IS NULL OR c.to_number = $2) AND ($3 IS NULL OR c.business_id = $3)
+                   AND ($4 IS NULL OR c.from_number LIKE $4 OR c.to_number LIKE $4)
+                 ORDER BY c.created_at DESC, c.id DESC LIMIT $5",
             )
             .bind(since_ms / 1000)
             .bind(to)
-            .bind(MAX_LINES)
+            .bind(business)
+            .bind(&pattern)
+            .bind(limit.clamp(0, MAX_LINES))
             .fetch_all(pool)
         })
         .await?;
@@ -206,7 +221,7 @@ pub async fn recent(db: &Db, since_ms: i64, to: Option<&str>) -> Result<Vec<Call
             verdict: verdict.to_owned(),
         });
     }
-    if to.is_none() {
+    if to.is_none() && business.is_none() && number.is_none() {
         let refused = db
             .run(|pool| {
                 sqlx::query(
@@ -215,7 +230,7 @@ pub async fn recent(db: &Db, since_ms: i64, to: Option<&str>) -> Result<Vec<Call
                      GROUP BY u.call_sid ORDER BY first DESC LIMIT $2",
                 )
                 .bind(since_ms)
-                .bind(MAX_LINES)
+                .bind(limit.clamp(0, MAX_LINES))
                 .fetch_all(pool)
             })
             .await?;
@@ -233,6 +248,7 @@ pub async fn recent(db: &Db, since_ms: i64, to: Option<&str>) -> Result<Vec<Call
             });
         }
         lines.sort_by(|a, b| b.at.cmp(&a.at));
+        lines.truncate(usize::try_from(limit).unwrap_or(0));
     }
     Ok(lines)
 }
@@ -240,7 +256,11 @@ pub async fn recent(db: &Db, since_ms: i64, to: Option<&str>) -> Result<Vec<Call
 async fn run_calls(ctx: CommandContext) -> Result<(), String> {
     let cli = CallsCli::from_arg_matches(&ctx.matches).map_err(|e| e.to_string().trim_end().to_owned())?;
     let since_ms = now_ms().saturating_sub(i64::try_from(cli.since.as_millis()).unwrap_or(i64::MAX));
-    let mut lines = recent(&ctx.db, since_ms, cli.to.as_deref())
+    let filter = Filter {
+        to: cli.to.as_deref(),
+        ..Filter::since(since_ms)
+    };
+    let mut lines = recent(&ctx.db, &filter)
         .await
         .map_err(|e| format!("the database cannot be read: {e}"))?;
     if let Some(status) = &cli.status {

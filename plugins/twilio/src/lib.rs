@@ -13,6 +13,7 @@
 //!   evidence, bounded.
 
 mod api;
+mod book;
 pub mod cli;
 pub mod config;
 pub mod directory;
@@ -39,7 +40,7 @@ use std::time::Duration;
 use callplane_plugin_api::openapi::RouteDoc;
 use callplane_plugin_api::storage::Spool;
 use callplane_plugin_api::{
-    Access, CallLedger, Capability, MediaRelay, RegisterError, Registrar, RoutePlugin, StartFailure,
+    Access, CallBook, CallLedger, Capability, MediaRelay, RegisterError, Registrar, RoutePlugin, StartFailure,
 };
 
 /// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
@@ -146,6 +147,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     reg.provide_access(Capability::TwilioSignature, provider);
     let ledger = ledger::Ledger::new(db.clone());
     reg.offer::<dyn CallLedger>(Arc::new(ledger.clone()));
+    reg.offer::<dyn CallBook>(Arc::new(book::Book::new(db.clone())));
     let relay = reg.want::<MediaRelay>();
     reg.state(webhooks::WebhookState {
         recorder: recorder.clone(),

@@ -12,7 +12,8 @@ use std::path::Path;
 use callplane_plugin_api::storage::sqlx::{self, Row};
 use callplane_plugin_api::storage::{Db, DbKind};
 use callplane_plugin_api::timestamps::rfc3339_ms;
-use serde::Serialize;
+
+pub use callplane_plugin_api::calls::{CallSummary, Entry, Trace, Verdict};
 
 use crate::event::{CallEvent, now_ms};
 
@@ -57,73 +58,6 @@ pub enum Viewer {
     Tenant(i64),
 }
 
-/// The call's row.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallSummary {
-    /// Twilio's CallSid (absent while an outbound request has none).
-    pub call_sid: Option<String>,
-    /// The outbound request's REQ id.
-    pub req_id: Option<String>,
-    /// The tenant.
-    pub business_id: Option<i64>,
-    /// `inbound` or `outbound`.
-    pub direction: String,
-    /// Caller.
-    pub from: String,
-    /// Callee.
-    pub to: String,
-    /// The last status applied.
-    pub status: String,
-    /// Why an outbound request failed.
-    pub error: Option<String>,
-    /// When the row was created (RFC 3339).
-    pub created_at: String,
-}
-
-/// One line of the timeline.
-#[derive(Debug, Clone, Serialize)]
-pub struct Entry {
-    /// When (Unix milliseconds).
-    pub at_ms: i64,
-    /// When (RFC 3339, UTC).
-    pub at: String,
-    /// `webhook`, `status`, `outbound`, `spool`, `unverified`, or `stream` (the media relay's hop).
-    pub source: &'static str,
-    /// The instance that saw it.
-    pub instance: Option<String>,
-    /// The request id.
-    pub request_id: Option<String>,
-    /// What happened, in one line.
-    pub what: String,
-    /// The TwiML we answered, for a webhook.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub twiml: Option<String>,
-}
-
-/// One answer of the verdict.
-#[derive(Debug, Clone, Serialize)]
-pub struct Verdict {
-    /// `reached us`, `signature`, `tenant`, `twilio api`, `state`.
-    pub question: &'static str,
-    /// The answer.
-    pub answer: String,
-}
-
-/// A call's trace.
-#[derive(Debug, Clone, Serialize)]
-pub struct Trace {
-    /// The id asked for.
-    pub id: String,
-    /// The call's row, when there is one (refused webhooks alone make none).
-    pub call: Option<CallSummary>,
-    /// Everything that happened, oldest first.
-    pub timeline: Vec<Entry>,
-    /// The answers.
-    pub verdict: Vec<Verdict>,
-    /// Known failure shapes the timeline shows, and what to do.
-    pub hints: Vec<String>,
-}
-
 /// A stored webhook event.
 #[derive(Debug)]
 struct Event {
@@ -137,6 +71,7 @@ struct Event {
     answer_status: Option<i64>,
     answer_kind: Option<String>,
     twiml: Option<String>,
+    params: Option<Vec<(String, String)>>,
     latency_us: Option<i64>,
     applied: Option<i64>,
     spooled_ms: Option<i64>,
@@ -310,7 +245,7 @@ async fn events(db: &Db, call_id: i64) -> Result<Vec<Event>, sqlx::Error> {
         .run(|pool| {
             sqlx::query(
                 "SELECT kind, status, sequence, request_id, received_at, received_ms, instance_id, client,
-                        answer_status, answer_kind, twiml, latency_us, applied, spooled_ms, stored_ms
+                        answer_status, answer_kind, twiml, payload, latency_us, applied, spooled_ms, stored_ms
                  FROM call_events WHERE call_id = $1 ORDER BY id",
             )
             .bind(call_id)
@@ -333,6 +268,7 @@ async fn events(db: &Db, call_id: i64) -> Result<Vec<Event>, sqlx::Error> {
                 answer_status: r.try_get("answer_status")?,
                 answer_kind: r.try_get("answer_kind")?,
                 twiml: r.try_get("twiml")?,
+                params: serde_json::from_str(&r.try_get::<String, _>("payload")?).ok(),
                 latency_us: r.try_get("latency_us")?,
                 applied: r.try_get("applied")?,
                 spooled_ms: r.try_get("spooled_ms")?,
@@ -426,6 +362,7 @@ fn entry(
         request_id,
         what,
         twiml: None,
+        params: None,
     }
 }
 
@@ -456,6 +393,7 @@ fn event_entries(e: &Event, out: &mut Vec<Entry>) {
     let source = if e.kind == "status" { "status" } else { "webhook" };
     let mut webhook = entry(e.at_ms, source, e.instance.clone(), e.request_id.clone(), what);
     webhook.twiml.clone_from(&e.twiml);
+    webhook.params.clone_from(&e.params);
     out.push(webhook);
     if let Some(spooled) = e.spooled_ms {
         out.push(entry(
@@ -795,62 +733,6 @@ fn minutes(n: i64) -> String {
         0 => "less than a minute".to_owned(),
         1 => "1 minute".to_owned(),
         n => format!("{n} minutes"),
-    }
-}
-
-impl Trace {
-    /// The trace for people: the call, its timeline, the verdict, the hints.
-    pub fn text(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        match &self.call {
-            Some(c) => {
-                let _ = writeln!(
-                    out,
-                    "call {} ({}, {} -> {}){}{}, created {}",
-                    c.call_sid.as_deref().unwrap_or("(no CallSid yet)"),
-                    c.direction,
-                    c.from,
-                    c.to,
-                    c.req_id.as_deref().map_or(String::new(), |r| format!(", REQ={r}")),
-                    c.business_id.map_or(String::new(), |b| format!(", business {b}")),
-                    c.created_at
-                );
-            }
-            None => {
-                let _ = writeln!(out, "{}: no call record", self.id);
-            }
-        }
-        let _ = writeln!(out, "\ntimeline (UTC):");
-        for e in &self.timeline {
-            let _ = writeln!(
-                out,
-                "  {}  {:<11} {:<20} {}{}",
-                e.at,
-                e.source,
-                e.instance.as_deref().unwrap_or("-"),
-                e.what,
-                e.request_id
-                    .as_deref()
-                    .map_or(String::new(), |r| format!("  request_id={r}"))
-            );
-            if let Some(twiml) = &e.twiml {
-                let _ = writeln!(out, "  {:>24}  twiml: {twiml}", "");
-            }
-        }
-        let _ = writeln!(out, "\nverdict:");
-        // The answers line up one column past the longest question.
-        let width = self.verdict.iter().map(|v| v.question.len()).max().unwrap_or(0) + 1;
-        for v in &self.verdict {
-            let _ = writeln!(out, "  {:<width$} {}", v.question, v.answer);
-        }
-        if !self.hints.is_empty() {
-            let _ = writeln!(out, "\nhints:");
-            for h in &self.hints {
-                let _ = writeln!(out, "  - {h}");
-            }
-        }
-        out
     }
 }
 
