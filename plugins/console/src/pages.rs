@@ -134,7 +134,9 @@ pub(crate) fn live(who: &Principal, filters: &Filters, calls: &[CallLine], probl
         @if let Some(problem) = problem {
             p.error role="alert" { (problem) }
         }
-        p #live-status.muted aria-live="polite" { "Showing " (calls.len()) " calls." }
+        p #live-status.muted aria-live="polite" {
+            "Showing " (calls.len()) @if calls.len() == 1 { " call." } @else { " calls." }
+        }
         div.scroll {
             table.calls {
                 thead { tr {

@@ -14,6 +14,7 @@ use callplane_plugin_api::Settings;
 use callplane_plugin_api::storage::{Db, sqlx};
 use callplane_plugin_api::testing::TestHost;
 use callplane_plugin_permissions::{Store, password};
+use callplane_plugin_twilio::cli::Filter;
 use callplane_plugin_twilio::signature;
 use serde_json::{Value, json};
 
@@ -1318,7 +1319,9 @@ async fn the_timeline_explains_answered_and_refused_calls_on_both_engines() {
         assert!(verdict(&traced(&f.db, missing).await, "signature").contains("no X-Twilio-Signature header"));
 
         // `calls`: the answered call and the refused ones, each with its verdict.
-        let lines = callplane_plugin_twilio::cli::recent(&f.db, 0, None).await.unwrap();
+        let lines = callplane_plugin_twilio::cli::recent(&f.db, &Filter::since(0))
+            .await
+            .unwrap();
         let verdict_of = |sid: &str| {
             lines
                 .iter()
@@ -1328,9 +1331,15 @@ async fn the_timeline_explains_answered_and_refused_calls_on_both_engines() {
         assert_eq!(verdict_of(SID), Some("answered"));
         assert_eq!(verdict_of(forged), Some("refused"));
         assert_eq!(verdict_of(missing), Some("refused"));
-        let to_a = callplane_plugin_twilio::cli::recent(&f.db, 0, Some(BUSINESS_NUMBER))
-            .await
-            .unwrap();
+        let to_a = callplane_plugin_twilio::cli::recent(
+            &f.db,
+            &Filter {
+                to: Some(BUSINESS_NUMBER),
+                ..Filter::since(0)
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(to_a.len(), 1, "--to filters, and refused webhooks name no number");
 
         // The API: the tenant's own calls, as JSON; another tenant's, refused ones and bad ids 404.
@@ -1432,7 +1441,9 @@ async fn outbound_requests_have_their_steps_in_the_timeline() {
         "failed: 21211 The 'To' number +15005550001 is not a valid phone number."
     );
     assert_eq!(verdict(&t, "state"), "failed: the call ended");
-    let lines = callplane_plugin_twilio::cli::recent(&f.db, 0, None).await.unwrap();
+    let lines = callplane_plugin_twilio::cli::recent(&f.db, &Filter::since(0))
+        .await
+        .unwrap();
     assert_eq!(
         lines.iter().filter(|l| l.verdict == "failed-outbound").count(),
         1,
@@ -1482,7 +1493,9 @@ async fn a_spooled_call_is_traced_before_and_after_its_replay() {
     assert!(what[0].starts_with("POST /webhook/incoming_call"), "{what:#?}");
     assert_eq!(what[1], "spooled (incoming): the database was away");
     assert_eq!(what[2], "replayed into the database (incoming)");
-    let lines = callplane_plugin_twilio::cli::recent(&f.db, 0, None).await.unwrap();
+    let lines = callplane_plugin_twilio::cli::recent(&f.db, &Filter::since(0))
+        .await
+        .unwrap();
     assert_eq!(lines[0].verdict, "spooled");
 }
 
