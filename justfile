@@ -33,3 +33,4 @@ bench:
     cargo build --release -p callplane -p callplane-bench
     ./target/release/callplane-bench
     ./target/release/callplane-media-bench
+    ./target/release/callplane-console-bench

@@ -21,6 +21,7 @@ mod pages;
 
 pub use pages::CSP;
 
+use callplane_plugin_api::openapi::RouteDoc;
 use callplane_plugin_api::{Access, CallBook, RegisterError, Registrar, RoutePlugin};
 
 /// The plugin, as the host links it (and as tests mount it with `testing::TestHost`).
@@ -51,17 +52,52 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
     let book = reg.need::<dyn CallBook>();
     reg.state(handlers::Console { book });
     let page = Access::PageAccess(PAGE);
+    let html = |summary: &str| RouteDoc::new(summary).text(200, "the page", "text/html");
+    let to_sign_in = "no session: to the sign-in page, with the page asked for in ?next=";
+    let unavailable = "the calls cannot be read right now: a page saying so (Retry-After)";
     reg.get("/console", Access::Public, handlers::home)
+        .doc(RouteDoc::new("The console: to its live list").empty(308, "to /console/calls"))
         .get(SIGN_IN, Access::Public, handlers::sign_in)
+        .doc(html(
+            "The console's sign-in page (it signs in through POST /api/auth/login)",
+        ))
         .get("/console/assets/console.css", Access::Public, assets::css)
+        .doc(RouteDoc::new("The console's style sheet").text(200, "the style sheet", "text/css"))
         .get("/console/assets/console.js", Access::Public, assets::js)
+        .doc(RouteDoc::new("The console's script").text(200, "the script", "text/javascript"))
         .get("/console/calls", page, handlers::live)
         .sign_in(SIGN_IN)
+        .doc(
+            html("The console's live list: the business's recent calls with their verdicts")
+                .text(400, "a filter is refused: the page again, saying which", "text/html")
+                .text(503, unavailable, "text/html")
+                .empty(303, to_sign_in),
+        )
         .get("/console/live", page, handlers::live_rows)
+        .doc(
+            RouteDoc::new("The live list's rows (the page's script refreshes the list with them)")
+                .text(200, "the rows, tagged (ETag)", "text/html")
+                .empty(304, "the rows have not changed since the If-None-Match tag"),
+        )
         .get("/console/calls/{id}", page, handlers::call)
         .sign_in(SIGN_IN)
+        .doc(
+            html("The console's page of a call (CallSid or REQ id): its timeline and verdict")
+                .text(404, "not one of the business's calls: a page saying so", "text/html")
+                .text(503, unavailable, "text/html")
+                .empty(303, to_sign_in),
+        )
         .get("/console/calls/{id}/trace", page, handlers::call_trace)
+        .doc(
+            RouteDoc::new("The changing part of a call's page (the page's script refreshes it)")
+                .text(200, "the timeline and verdict, tagged (ETag)", "text/html")
+                .empty(304, "nothing has changed since the If-None-Match tag"),
+        )
         .get("/console/outbound", page, handlers::outbound)
-        .sign_in(SIGN_IN);
+        .sign_in(SIGN_IN)
+        .doc(
+            html("The console's form that places an outbound call (through POST /api/calls/outbound)")
+                .empty(303, to_sign_in),
+        );
     Ok(())
 }
