@@ -51,6 +51,7 @@ pub fn routes_json(plan: &BootPlan) -> Value {
                 "page": r.access.page(),
                 "level": r.access.page().map(|_| if changes_state(&r.method) { "write" } else { "read" }),
                 "critical": plan.route_is_critical(r),
+                "sign_in": r.sign_in,
             })
         })
         .collect();

@@ -128,7 +128,7 @@ fn tenants(sandbox: &Sandbox, env: &[(&str, &str)]) -> Tenants {
 }
 
 /// The live route table as the binary reports it.
-fn routes(sandbox: &Sandbox, env: &[(&str, &str)]) -> Vec<(String, String, String)> {
+fn routes(sandbox: &Sandbox, env: &[(&str, &str)]) -> Vec<(String, String, String, bool)> {
     let out = sandbox.run(Path::new(BIN), &["routes", "--format", "json"], env);
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let table: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -141,6 +141,7 @@ fn routes(sandbox: &Sandbox, env: &[(&str, &str)]) -> Vec<(String, String, Strin
                 r["method"].as_str().unwrap().to_owned(),
                 r["path"].as_str().unwrap().to_owned(),
                 r["access"].as_str().unwrap().to_owned(),
+                !r["sign_in"].is_null(),
             )
         })
         .collect()
@@ -155,6 +156,7 @@ fn with_b_ids(path: &str, t: &Tenants) -> String {
     let target = path
         .replace("{id}", &t.b_appointment.to_string())
         .replace("{call_sid}", B_SID)
+        .replace("{call}", B_SID)
         .replace("{user_id}", &t.b_user.to_string())
         .replace("{role}", "agent");
     assert!(!target.contains('{'), "{path}: teach with_b_ids this parameter");
@@ -178,13 +180,18 @@ fn tenant_isolation(database: Option<&str>) {
     let table = routes(&sandbox, &env);
     let grants_before = json_request(&t.server, "GET", "/api/permissions/roles", Some(&t.b), "").body;
     let mut walked = 0;
-    for (method, path, access) in &table {
+    for (method, path, access, page) in &table {
         let target = with_b_ids(path, &t);
         let body = body_for(method, path);
-        // Without a session: 401 (webhooks: 403, they take Twilio's signature instead).
+        // Without a session: 401 (webhooks: 403, they take Twilio's signature instead; a page for
+        // people, 303 to its sign-in page).
         if access != "Public" {
             let anonymous = json_request(&t.server, method, &target, None, body);
-            let expected = if access == "TwilioSignature" { 403 } else { 401 };
+            let expected = match (access.as_str(), page) {
+                ("TwilioSignature", _) => 403,
+                (_, true) => 303,
+                _ => 401,
+            };
             assert_eq!(
                 anonymous.status, expected,
                 "{method} {path} without a session: {}",

@@ -317,6 +317,8 @@ pub fn run_command(mut command: Command, input: &str) -> Outcome {
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // A redirect is an answer to check (the console's sign-in 303), not one to follow.
+        .max_redirects(0)
         .timeout_global(Some(Duration::from_secs(60)))
         .max_idle_connections(0)
         .build()

@@ -127,11 +127,20 @@
     const button = document.getElementById("sign-out");
     if (!button) return;
     button.addEventListener("click", async () => {
+      let problem;
       try {
-        await fetch("/api/auth/logout", { method: "POST", credentials: "same-origin" });
-      } finally {
-        location.assign("/console/login");
+        const res = await fetch("/api/auth/logout", { method: "POST", credentials: "same-origin" });
+        if (res.ok || res.status === 401) return location.assign("/console/login");
+        problem = (await errorOf(res)).message;
+      } catch (_) {
+        problem = "the server cannot be reached";
       }
+      // Still signed in: say so rather than pretend.
+      const note = document.createElement("p");
+      note.className = "error";
+      note.setAttribute("role", "alert");
+      note.textContent = "Not signed out: " + problem;
+      document.querySelector("main").prepend(note);
     });
   }
 

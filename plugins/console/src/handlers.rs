@@ -138,15 +138,9 @@ fn filters(query: &FilterQuery, now_ms: i64) -> (Filters, Result<CallQuery, Stri
         number: number.clone(),
         verdict: verdict.to_owned(),
     };
-    let window_ms: i64 = match since {
-        "15m" => 15 * 60_000,
-        "1h" => 3_600_000,
-        "24h" => 86_400_000,
-        "7d" => 7 * 86_400_000,
-        _ => {
-            let choices: Vec<&str> = SINCE.iter().map(|(value, _)| *value).collect();
-            return (shown, Err(format!("since must be one of {}", choices.join(", "))));
-        }
+    let Some(&(_, _, window_ms)) = SINCE.iter().find(|(value, _, _)| *value == since) else {
+        let choices: Vec<&str> = SINCE.iter().map(|(value, _, _)| *value).collect();
+        return (shown, Err(format!("since must be one of {}", choices.join(", "))));
     };
     let digits = number.strip_prefix('+').unwrap_or(&number);
     if !number.is_empty() && (digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit())) {
@@ -196,7 +190,7 @@ pub(crate) async fn live_rows(
     Ok(fragment(&req, pages::rows(&calls)))
 }
 
-/// `GET /console/calls/{id}`: a call of the business (a CallSid, or the REQ id of an outbound
+/// `GET /console/calls/{call}`: a call of the business (a CallSid, or the REQ id of an outbound
 /// request); any other id is 404.
 pub(crate) async fn call(who: Principal, console: web::Data<Console>, id: web::Path<String>) -> HttpResponse {
     let trace = match console.book() {
@@ -213,7 +207,7 @@ pub(crate) async fn call(who: Principal, console: web::Data<Console>, id: web::P
     }
 }
 
-/// `GET /console/calls/{id}/trace`: the changing part of a call's page, for the script.
+/// `GET /console/calls/{call}/trace`: the changing part of a call's page, for the script.
 pub(crate) async fn call_trace(
     req: HttpRequest,
     who: Principal,

@@ -79,7 +79,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
                 .text(200, "the rows, tagged (ETag)", "text/html")
                 .empty(304, "the rows have not changed since the If-None-Match tag"),
         )
-        .get("/console/calls/{id}", page, handlers::call)
+        .get("/console/calls/{call}", page, handlers::call)
         .sign_in(SIGN_IN)
         .doc(
             html("The console's page of a call (CallSid or REQ id): its timeline and verdict")
@@ -87,7 +87,7 @@ pub fn register(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
                 .text(503, unavailable, "text/html")
                 .empty(303, to_sign_in),
         )
-        .get("/console/calls/{id}/trace", page, handlers::call_trace)
+        .get("/console/calls/{call}/trace", page, handlers::call_trace)
         .doc(
             RouteDoc::new("The changing part of a call's page (the page's script refreshes it)")
                 .text(200, "the timeline and verdict, tagged (ETag)", "text/html")

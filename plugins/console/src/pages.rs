@@ -26,12 +26,13 @@ pub(crate) struct Filters {
     pub verdict: String,
 }
 
-/// The choices of the "since" filter: the value in the query and what the picker shows.
-pub(crate) const SINCE: [(&str, &str); 4] = [
-    ("15m", "15 minutes"),
-    ("1h", "hour"),
-    ("24h", "24 hours"),
-    ("7d", "7 days"),
+/// The choices of the "since" filter: the value in the query, what the picker shows, and the
+/// window in milliseconds.
+pub(crate) const SINCE: [(&str, &str, i64); 4] = [
+    ("15m", "15 minutes", 15 * 60_000),
+    ("1h", "hour", 3_600_000),
+    ("24h", "24 hours", 86_400_000),
+    ("7d", "7 days", 7 * 86_400_000),
 ];
 
 /// `<time>` for an RFC 3339 UTC instant: the UTC value as text and on hover; the script replaces
@@ -112,7 +113,7 @@ pub(crate) fn live(who: &Principal, filters: &Filters, calls: &[CallLine], probl
         form.filters method="get" action="/console/calls" {
             label { "Since"
                 select name="since" {
-                    @for (value, shown) in SINCE {
+                    @for (value, shown, _) in SINCE {
                         option value=(value) selected[filters.since == value] { "the last " (shown) }
                     }
                 }
