@@ -2,7 +2,8 @@
 //! `GET /console/live` every 3 s with the entity tag of the rows it shows (exactly what the page's
 //! script does), so an unchanged list costs a 304 without a body. This driver opens `BENCH_PAGES`
 //! such pages (default 50) against `callplane serve` (release build, SQLite) whose business already
-//! has 100 calls and receives a new one every 2 s, and measures the server's CPU from
+//! has 100 calls and receives a new one every `BENCH_CALL_EVERY_SECS` (default 10; 2 is a busy
+//! line, where nearly every refresh finds news), and measures the server's CPU from
 //! `/proc/<pid>/stat` over `BENCH_SECS` (default 60), against the same server with the same calls
 //! arriving and no page open, in the same run.
 
@@ -27,8 +28,6 @@ const EMAIL: &str = "operator@bench.example";
 const PASSWORD: &str = "a long bench password";
 /// How often the page's script asks (console.js, REFRESH_MS).
 const REFRESH: Duration = Duration::from_secs(3);
-/// A new call arrives this often in both phases.
-const NEW_CALL_EVERY: Duration = Duration::from_secs(2);
 /// Calls the business has before the measurement.
 const SEEDED_CALLS: u32 = 100;
 
@@ -172,13 +171,19 @@ async fn page(
     Ok(())
 }
 
-/// New calls every [`NEW_CALL_EVERY`] from `first` until `until`; returns the next number.
-async fn arrivals(client: &awc::Client, base: &str, first: u32, until: Instant) -> anyhow::Result<u32> {
+/// A new call every `every` from `first` until `until`; returns the next number.
+async fn arrivals(
+    client: &awc::Client,
+    base: &str,
+    every: Duration,
+    first: u32,
+    until: Instant,
+) -> anyhow::Result<u32> {
     let mut n = first;
     while Instant::now() < until {
         call(client, base, n).await?;
         n += 1;
-        actix_web::rt::time::sleep(NEW_CALL_EVERY).await;
+        actix_web::rt::time::sleep(every).await;
     }
     Ok(n)
 }
@@ -206,6 +211,7 @@ fn main() -> anyhow::Result<()> {
     }
     let pages = u32::try_from(env_number("BENCH_PAGES", 50)).unwrap_or(50);
     let secs = Duration::from_secs(env_number("BENCH_SECS", 60));
+    let every = Duration::from_secs(env_number("BENCH_CALL_EVERY_SECS", 10).max(1));
     let server = Server {
         dir: tempfile::tempdir()?,
         bin,
@@ -246,13 +252,13 @@ fn main() -> anyhow::Result<()> {
         println!(
             "console bench: {pages} open live lists (a GET every {} s with If-None-Match), {SEEDED_CALLS} calls, a new call every {} s; {} s per phase",
             REFRESH.as_secs(),
-            NEW_CALL_EVERY.as_secs(),
+            every.as_secs(),
             secs.as_secs()
         );
 
         // Baseline: the same arrivals, no page open.
         let until = Instant::now() + secs;
-        let (idle_cpu, next) = cpu_while(pid, arrivals(&client, &base, SEEDED_CALLS + 1, until)).await?;
+        let (idle_cpu, next) = cpu_while(pid, arrivals(&client, &base, every, SEEDED_CALLS + 1, until)).await?;
 
         // The pages, staggered over one refresh period as real users would be.
         let url = format!("{base}/console/live?since=24h&number=&verdict=");
@@ -265,7 +271,7 @@ fn main() -> anyhow::Result<()> {
         });
         let (open_cpu, _) = cpu_while(pid, async {
             let (pages_done, arrived) =
-                futures_util::join!(futures_util::future::join_all(open), arrivals(&client, &base, next, until));
+                futures_util::join!(futures_util::future::join_all(open), arrivals(&client, &base, every, next, until));
             for done in pages_done {
                 done?;
             }

@@ -359,6 +359,18 @@ async fn everything_twilio_and_users_send_is_shown_as_text() {
     ] {
         assert!(body.contains(part), "{part}: {body}");
     }
+    // The part the script refreshes: the same section, tagged; unchanged, a 304.
+    let path = format!("/console/calls/{}/trace", sid(3));
+    let (status, headers, fragment) = send(&app, get(&path, &agent)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        fragment.starts_with(r#"<section id="trace""#) && !fragment.contains("<html"),
+        "{fragment}"
+    );
+    assert!(fragment.contains("&lt;script&gt;window.pwned=1"), "{fragment}");
+    let tag = headers.get(header::ETAG).unwrap().clone();
+    let (status, _, body) = send(&app, get(&path, &agent).insert_header((header::IF_NONE_MATCH, tag))).await;
+    assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
     // A path that is not an id is shown as nothing but "no such call".
     let (status, headers, body) = send(&app, get("/console/calls/%3Cscript%3Ealert(1)%3C%2Fscript%3E", &agent)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
