@@ -14,8 +14,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use callplane_plugin_twilio::signature;
 
+#[path = "../inbound.rs"]
+mod inbound;
 #[path = "../procs.rs"]
 mod procs;
 
@@ -98,32 +99,6 @@ impl Server {
     }
 }
 
-/// A signed inbound call, as Twilio sends it.
-async fn call(client: &awc::Client, base: &str, n: u32) -> anyhow::Result<()> {
-    let url = format!("{base}/webhook/incoming_call");
-    let sid = format!("CA{n:032x}");
-    let params = [
-        ("CallSid", sid.as_str()),
-        ("From", "+14155550123"),
-        ("To", NUMBER),
-        ("CallStatus", "ringing"),
-    ];
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish();
-    let res = client
-        .post(&url)
-        .insert_header(("x-twilio-signature", signature::compute(TOKEN, &url, params)))
-        .content_type("application/x-www-form-urlencoded")
-        .send_body(body)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !res.status().is_success() {
-        bail!("the webhook of {sid} answered {}", res.status());
-    }
-    Ok(())
-}
-
 /// What the pages saw.
 #[derive(Default)]
 struct Counts {
@@ -181,7 +156,7 @@ async fn arrivals(
 ) -> anyhow::Result<u32> {
     let mut n = first;
     while Instant::now() < until {
-        call(client, base, n).await?;
+        inbound::call(client, base, TOKEN, NUMBER, &format!("CA{n:032x}")).await?;
         n += 1;
         actix_web::rt::time::sleep(every).await;
     }
@@ -236,7 +211,7 @@ fn main() -> anyhow::Result<()> {
             actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
         for n in 1..=SEEDED_CALLS {
-            call(&client, &base, n).await?;
+            inbound::call(&client, &base, TOKEN, NUMBER, &format!("CA{n:032x}")).await?;
         }
         let login = client
             .post(format!("{base}/api/auth/login"))

@@ -21,6 +21,8 @@ use callplane_plugin_media::fake::{self, Agent, frame_of, payload};
 use callplane_plugin_twilio::signature;
 use futures_util::{SinkExt as _, StreamExt as _};
 
+#[path = "../inbound.rs"]
+mod inbound;
 #[path = "../procs.rs"]
 mod procs;
 
@@ -221,27 +223,8 @@ impl Relay {
         .await?;
         db.close().await;
         let client = awc::Client::default();
-        let url = format!("{}/webhook/incoming_call", self.base());
         for sid in calls {
-            let params = [
-                ("CallSid", sid.as_str()),
-                ("From", "+14155550123"),
-                ("To", NUMBER),
-                ("CallStatus", "ringing"),
-            ];
-            let body = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(params)
-                .finish();
-            let res = client
-                .post(&url)
-                .insert_header(("x-twilio-signature", signature::compute(TOKEN, &url, params)))
-                .content_type("application/x-www-form-urlencoded")
-                .send_body(body)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if !res.status().is_success() {
-                bail!("the webhook of {sid} answered {}", res.status());
-            }
+            inbound::call(&client, &self.base(), TOKEN, NUMBER, sid).await?;
         }
         Ok(())
     }
