@@ -341,6 +341,56 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_page_without_a_session_redirects_to_its_sign_in_page_and_nothing_else_does() {
+        let settings = Settings::default();
+        let db = Db::connect_lazy("sqlite::memory:").unwrap();
+        let mut metrics = Registry::default();
+        let mut reg = Registrar::new("pages", &settings, &db, &mut metrics);
+        reg.get("/page", Access::PageAccess("calls"), whoami)
+            .sign_in("/login")
+            .post("/page", Access::PageAccess("calls"), whoami)
+            .sign_in("/login")
+            .get("/secret-page", Access::PageAccess("secret"), whoami)
+            .sign_in("/login");
+        let routes = reg.finish().routes;
+        let mut providers: BTreeMap<Capability, Arc<dyn AccessProvider>> = BTreeMap::new();
+        providers.insert(Capability::Sessions, Arc::new(HeaderSessions));
+        let app = atest::init_service(App::new().configure(|cfg| mount(cfg, &routes, &providers))).await;
+        let res = app
+            .call(atest::TestRequest::get().uri("/page?since=1h&x=%2F").to_request())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            res.headers().get(header::LOCATION).unwrap(),
+            "/login?next=%2Fpage%3Fsince%3D1h%26x%3D%252F"
+        );
+        let status = |req: atest::TestRequest| {
+            let app = &app;
+            async move { app.call(req.to_request()).await.unwrap().status().as_u16() }
+        };
+        assert_eq!(
+            status(atest::TestRequest::post().uri("/page")).await,
+            401,
+            "a write is not a visit"
+        );
+        assert_eq!(
+            status(atest::TestRequest::get().uri("/page").insert_header(("x-user", "7"))).await,
+            200
+        );
+        assert_eq!(
+            status(
+                atest::TestRequest::get()
+                    .uri("/secret-page")
+                    .insert_header(("x-user", "7"))
+            )
+            .await,
+            403,
+            "a role without the page is refused, not sent to sign in again"
+        );
+    }
+
+    #[actix_rt::test]
     async fn mounted_routes_enforce_their_policies() {
         let routes = table();
         let mut providers: BTreeMap<Capability, Arc<dyn AccessProvider>> = BTreeMap::new();

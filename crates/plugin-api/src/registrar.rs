@@ -520,6 +520,27 @@ mod tests {
         }
     }
 
+    #[actix_rt::test]
+    async fn a_sign_in_page_is_a_path_on_this_host() {
+        let (settings, mut metrics) = (Settings::default(), Registry::default());
+        let db = Db::connect_lazy("sqlite::memory:").unwrap_or_else(|e| panic!("{e}"));
+        let mut reg = Registrar::new("pages", &settings, &db, &mut metrics);
+        reg.get("/pages/a", Access::PageAccess("calls"), || async { "" })
+            .sign_in("/pages/login")
+            .get("/pages/b", Access::PageAccess("calls"), || async { "" })
+            .sign_in("//evil.example/login")
+            .sign_in("https://evil.example/login");
+        let out = reg.finish();
+        assert_eq!(out.routes[0].sign_in, Some("/pages/login"));
+        assert_eq!(out.routes[1].sign_in, None);
+        assert_eq!(out.problems.len(), 2, "{:?}", out.problems);
+        assert!(
+            out.problems[0].contains("must be a path on this host"),
+            "{:?}",
+            out.problems
+        );
+    }
+
     #[test]
     fn shapes_ignore_parameter_names() {
         let a = RouteSpec::new("a", Method::GET, "/api/x/{id}", Access::Public, || async { "" });
