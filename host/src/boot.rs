@@ -784,8 +784,26 @@ fn boot_order(
     order
 }
 
-/// CP003 (collisions), CP007/CP008 (webhook policies), CP009 (public API routes).
+/// CP003 (collisions), CP007/CP008 (webhook policies), CP009 (public API routes), CP013 (sign-in
+/// pages).
 fn check_routes(routes: &[RouteSpec], findings: &mut Vec<Finding>) {
+    for route in routes {
+        let Some(page) = route.sign_in else { continue };
+        let served = routes
+            .iter()
+            .any(|r| r.method == actix_web::http::Method::GET && r.path == page && r.access == Access::Public);
+        if !served {
+            findings.push(Finding::error(
+                "CP013",
+                Some(route.plugin),
+                format!(
+                    "route {} {} sends visitors without a session to {page}, which is no public GET route",
+                    route.method, route.path
+                ),
+                format!("declare GET {page} with Access::Public, or name the sign-in page that exists"),
+            ));
+        }
+    }
     let mut seen: BTreeMap<(String, String), &RouteSpec> = BTreeMap::new();
     let mut shapes: BTreeMap<String, &RouteSpec> = BTreeMap::new();
     for route in routes {
@@ -980,6 +998,17 @@ mod tests {
         reg.get("/api/leak", Access::Public, ok);
         Ok(())
     }
+    fn pages(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
+        reg.get("/pages/login", Access::Public, ok)
+            .get("/pages/a", Access::PageAccess("calls"), ok)
+            .sign_in("/pages/login")
+            .get("/pages/b", Access::PageAccess("calls"), ok)
+            .sign_in("/pages/nowhere")
+            .get("/pages/guarded-login", Access::PageAccess("calls"), ok)
+            .get("/pages/c", Access::PageAccess("calls"), ok)
+            .sign_in("/pages/guarded-login");
+        Ok(())
+    }
     fn shadows_livez(reg: &mut Registrar<'_>) -> Result<(), RegisterError> {
         reg.get("/livez", Access::Public, ok);
         Ok(())
@@ -1003,6 +1032,7 @@ mod tests {
     static WEBHOOKS: RoutePlugin = plugin("webhooks", &[], false, webhook_public);
     static PUBLIC_API: RoutePlugin = plugin("public-api", &[], false, public_api);
     static SHADOW: RoutePlugin = plugin("shadow", &[], false, shadows_livez);
+    static PAGES: RoutePlugin = plugin("pages", &["permissions"], false, pages);
     static SECOND_SESSIONS: RoutePlugin = plugin("sessions-two", &[], false, |reg| {
         reg.provide_access(Capability::Sessions, AllowAll);
         Ok(())
@@ -1310,6 +1340,19 @@ mod tests {
             ids(&plan),
             [("CP009", Level::Error, Some("public-api"))],
             "login itself is allowed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_page_that_is_no_public_get_route_is_cp013() {
+        let plan = run(&[&PAGES, &PERMISSIONS], &[]);
+        assert_eq!(
+            ids(&plan),
+            [
+                ("CP013", Level::Error, Some("pages")),
+                ("CP013", Level::Error, Some("pages"))
+            ],
+            "a missing page and one behind a session; the public one is fine"
         );
     }
 
