@@ -42,7 +42,7 @@ use callplane_e2e::hop::DbHop;
 use callplane_plugin_api::storage::{Db, sqlx};
 use callplane_plugin_api::testing::ScratchPostgres;
 use callplane_plugin_twilio::signature;
-use procs::{clean_command, clock_ticks_per_second, cpu_ticks, free_port, memory_mb, stop};
+use procs::{built, clean_command, clock_ticks_per_second, cpu_ticks, env_number, free_port, memory_mb, stop};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 mod procs;
@@ -167,24 +167,11 @@ struct Paths {
 }
 
 fn main() -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("executable directory")?;
     let paths = Paths {
-        callplane: dir.join("callplane"),
-        baseline: dir.join("bench-baseline"),
+        callplane: built("callplane")?,
+        baseline: built("bench-baseline")?,
     };
-    for path in [&paths.callplane, &paths.baseline] {
-        if !path.exists() {
-            bail!(
-                "{} is missing: run `cargo build --release -p callplane -p callplane-bench` first",
-                path.display()
-            );
-        }
-    }
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let secs = env_number("BENCH_SECS", 5);
     let measure = Duration::from_secs(secs);
     let tick = clock_ticks_per_second();
     if let Ok(only) = std::env::var("BENCH_ONLY") {

@@ -6,6 +6,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// The release binary `name` beside this driver (`target/release/`), which must have been built.
+pub(crate) fn built(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("executable directory")?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p callplane -p callplane-bench` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The number in the environment variable `name`, or `default`.
+pub(crate) fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Stops `child` with SIGTERM (its drain), killing it after 40 s.
 pub(crate) fn stop(mut child: Child) -> anyhow::Result<()> {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;

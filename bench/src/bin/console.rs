@@ -20,7 +20,7 @@ mod inbound;
 #[path = "../procs.rs"]
 mod procs;
 
-use procs::{clean_command, clock_ticks_per_second, cpu_ticks, free_port, memory_mb, stop};
+use procs::{built, clean_command, clock_ticks_per_second, cpu_ticks, env_number, free_port, memory_mb, stop};
 
 const TOKEN: &str = "bench-console-token-7d21";
 const ACCOUNT: &str = "AC5ef8732a3c49700934481addd5ce1659";
@@ -31,10 +31,6 @@ const PASSWORD: &str = "a long bench password";
 const REFRESH: Duration = Duration::from_secs(3);
 /// Calls the business has before the measurement.
 const SEEDED_CALLS: u32 = 100;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// `callplane serve` in a directory of its own, on SQLite.
 struct Server {
@@ -176,14 +172,7 @@ async fn cpu_while<F: std::future::Future<Output = anyhow::Result<T>>, T>(
 }
 
 fn main() -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("executable directory")?.join("callplane");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p callplane -p callplane-bench` first",
-            bin.display()
-        );
-    }
+    let bin = built("callplane")?;
     let pages = u32::try_from(env_number("BENCH_PAGES", 50)).unwrap_or(50);
     let secs = Duration::from_secs(env_number("BENCH_SECS", 60));
     let every = Duration::from_secs(env_number("BENCH_CALL_EVERY_SECS", 10).max(1));

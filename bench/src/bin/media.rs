@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use callplane_plugin_api::storage::{Db, sqlx};
 use callplane_plugin_media::fake::{self, Agent, frame_of, payload};
 use callplane_plugin_twilio::signature;
@@ -26,16 +26,12 @@ mod inbound;
 #[path = "../procs.rs"]
 mod procs;
 
-use procs::{clean_command, clock_ticks_per_second, cpu_ticks, free_port, memory_mb, stop};
+use procs::{built, clean_command, clock_ticks_per_second, cpu_ticks, env_number, free_port, memory_mb, stop};
 
 const TOKEN: &str = "bench-media-token-51c0";
 const ACCOUNT: &str = "AC5ef8732a3c49700934481addd5ce1659";
 const NUMBER: &str = "+15005550006";
 const WARMUP: Duration = Duration::from_secs(1);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// Round-trip times of the measured frames, in microseconds.
 type Samples = Rc<RefCell<Vec<u64>>>;
@@ -274,14 +270,7 @@ async fn idle_streams(url: &str, call_sids: &[String], hold: Duration) -> anyhow
 }
 
 fn main() -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("executable directory")?.join("callplane");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p callplane -p callplane-bench` first",
-            bin.display()
-        );
-    }
+    let bin = built("callplane")?;
     let streams = usize::try_from(env_number("BENCH_STREAMS", 200)).unwrap_or(200);
     let idle = usize::try_from(env_number("BENCH_IDLE_STREAMS", 500)).unwrap_or(500);
     let measure = Duration::from_secs(env_number("BENCH_SECS", 5));
