@@ -176,11 +176,12 @@ pub struct CallQuery {
 }
 
 /// The verdicts a business's calls can have, in the order a picker lists them (see
-/// [`CallLine::verdict`]; the operator's view adds `refused`, for calls only refused webhooks name).
-pub const VERDICTS: [&str; 7] = [
+/// [`CallLine::verdict`]; the operator's view adds `unknown-number`, for calls to a number no
+/// business has, and `refused`, for calls only refused webhooks name: neither belongs to a
+/// business).
+pub const VERDICTS: [&str; 6] = [
     "answered",
     "no-webhook",
-    "unknown-number",
     "failed-outbound",
     "spooled",
     "requested",

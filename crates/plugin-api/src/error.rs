@@ -113,6 +113,27 @@ impl ApiError {
         &self.message
     }
 
+    /// What a client may be told: the message, except for a 500, whose detail is for the log.
+    pub fn public_message(&self) -> &str {
+        match self.status {
+            StatusCode::INTERNAL_SERVER_ERROR => "internal error; see the server log for this request id",
+            _ => &self.message,
+        }
+    }
+
+    /// The `Retry-After` seconds, when the error has them.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+    }
+
+    /// Logs a server error (5xx) with its detail, as its answer is built; a client error is not
+    /// logged. Call it when answering the error some other way than [`ResponseError`] (a page).
+    pub fn log_if_server_error(&self) {
+        if self.status.is_server_error() {
+            tracing::error!(code = %self.code, error = %self.message, "[HTTP] internal error");
+        }
+    }
+
     /// Builds the JSON response for `status`/`code`/`message`, with the current request id.
     pub fn response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
         let request_id = current_request_id().map(|id| id.to_string());
@@ -128,16 +149,8 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let message = if self.status.is_server_error() {
-            tracing::error!(code = %self.code, error = %self.message, "[HTTP] internal error");
-            match self.status {
-                StatusCode::INTERNAL_SERVER_ERROR => "internal error; see the server log for this request id",
-                _ => self.message.as_str(),
-            }
-        } else {
-            self.message.as_str()
-        };
-        let mut response = Self::response(self.status, &self.code, message);
+        self.log_if_server_error();
+        let mut response = Self::response(self.status, &self.code, self.public_message());
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

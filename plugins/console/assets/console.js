@@ -104,6 +104,7 @@
     const form = document.getElementById("sign-in");
     if (!form) return;
     const error = document.getElementById("sign-in-error");
+    form.querySelector("button").disabled = false;
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       error.textContent = "";
@@ -155,18 +156,19 @@
       result.textContent = "Calling Twilio…";
       result.classList.remove("error");
       const data = new FormData(form);
-      const lead = String(data.get("lead_id"));
       try {
         const res = await fetch(form.action, {
           method: "POST",
           headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ to: data.get("to"), lead_id: /^[0-9]{1,15}$/.test(lead) ? Number(lead) : lead }),
+          // The lead id as typed: "007" stays "007".
+          body: JSON.stringify({ to: data.get("to"), lead_id: String(data.get("lead_id")) }),
           credentials: "same-origin",
         });
         if (res.status === 401) return toSignIn();
         if (res.status === 201) {
           const placed = await res.json();
-          return location.assign("/console/calls/" + encodeURIComponent(placed.call_sid));
+          // By its REQ id: the page exists even if the CallSid is not on the record yet.
+          return location.assign("/console/calls/" + encodeURIComponent(placed.req_id));
         }
         const error = await errorOf(res);
         result.textContent = "Not placed: " + error.message;

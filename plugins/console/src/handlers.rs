@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use callplane_plugin_api::calls::{CallQuery, VERDICTS};
+use callplane_plugin_api::telemetry::current_request_id;
 use callplane_plugin_api::timestamps::now_ms;
 use callplane_plugin_api::{ApiError, CallBook, Principal, Wanted};
 use maud::Markup;
@@ -47,17 +48,31 @@ fn page(status: StatusCode, markup: Markup) -> HttpResponse {
     )
 }
 
-/// A page saying why `error` kept the console from answering (`Retry-After` kept on a 503).
+/// A page that says why `error` kept the console from answering: what a client may be told (a
+/// 500's detail goes to the log, the page names the request id), `Retry-After` kept.
 fn failed(who: Option<&Principal>, error: &ApiError) -> HttpResponse {
+    error.log_if_server_error();
+    let message = match current_request_id() {
+        Some(id) if error.status().is_server_error() => format!("{} (request id {id})", error.public_message()),
+        _ => error.public_message().to_owned(),
+    };
     let mut res = page(
         error.status(),
-        pages::problem(who, "The calls cannot be shown", error.message()),
+        pages::problem(who, "The calls cannot be shown", &message),
     );
-    if error.status() == StatusCode::SERVICE_UNAVAILABLE {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    if let Some(secs) = error.retry_after_secs() {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     res
+}
+
+/// Whether an `If-None-Match` header names `tag`: a list of tags, each maybe weak (`W/"…"`, as a
+/// proxy that compresses the answer makes it), or `*` (RFC 9110's weak comparison).
+fn names_tag(if_none_match: &str, tag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|candidate| candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == tag)
 }
 
 /// A fragment the script refreshes a page with, tagged with a hash of its content: `304 Not
@@ -68,7 +83,8 @@ fn fragment(req: &HttpRequest, markup: Markup) -> HttpResponse {
     let current = req
         .headers()
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == tag.as_bytes());
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| names_tag(v, &tag));
     let res = if current {
         HttpResponse::NotModified().insert_header((header::ETAG, tag)).finish()
     } else {
@@ -274,6 +290,17 @@ mod tests {
                 "{since} {number} {verdict}"
             );
             assert_eq!(shown.since, since, "what was typed is shown again");
+        }
+    }
+
+    #[test]
+    fn entity_tags_compare_weakly_in_lists() {
+        let tag = r#""0123456789abcdef""#;
+        for names in [tag, r#"W/"0123456789abcdef""#, r#""x", W/"0123456789abcdef""#, "*"] {
+            assert!(names_tag(names, tag), "{names}");
+        }
+        for other in ["", r#""x""#, "0123456789abcdef", r#"W/"0123456789abcdee""#] {
+            assert!(!names_tag(other, tag), "{other}");
         }
     }
 

@@ -85,10 +85,11 @@ pub(crate) fn sign_in(next: &str) -> Markup {
     let body = html! {
         section.narrow {
             h1 { "Sign in" }
-            form #sign-in data-next=(next) {
+            form #sign-in method="post" action="/api/auth/login" data-next=(next) {
                 label { "E-mail" input type="email" name="email" autocomplete="username" required; }
                 label { "Password" input type="password" name="password" autocomplete="current-password" required; }
-                button type="submit" { "Sign in" }
+                // Enabled by the script: without it the form would send the password nowhere useful.
+                button type="submit" disabled { "Sign in" }
             }
             p #sign-in-error.error role="alert" {}
             noscript { p.error { "Signing in needs JavaScript." } }
@@ -120,7 +121,7 @@ pub(crate) fn live(who: &Principal, filters: &Filters, calls: &[CallLine], probl
             }
             label { "Number"
                 input type="search" name="number" value=(filters.number) inputmode="tel"
-                    pattern="\\+?[0-9]{1,15}" placeholder="+9725…" maxlength="16";
+                    pattern="[+0-9 .\\(\\)\\-]{1,24}" placeholder="+9725…" maxlength="24";
             }
             label { "Verdict"
                 select name="verdict" {
@@ -144,7 +145,8 @@ pub(crate) fn live(who: &Principal, filters: &Filters, calls: &[CallLine], probl
                     th { "Time" } th { "Direction" } th { "From" } th { "To" }
                     th { "Status" } th { "Verdict" } th { "Call" }
                 } }
-                tbody #call-rows data-refresh=(format!("/console/live?{}", query_of(filters))) {
+                // A refused filter is not refreshed: it would be refused every 3 s.
+                tbody #call-rows data-refresh=[problem.is_none().then(|| format!("/console/live?{}", query_of(filters)))] {
                     (rows(calls))
                 }
             }

@@ -190,6 +190,12 @@ async fn a_visit_without_a_session_is_sent_to_sign_in() {
     assert_eq!(status, StatusCode::OK);
     assert_guarded(&headers, "sign-in page");
     assert!(body.contains(r#"data-next="/console/outbound""#), "{body}");
+    // Without the script the form posts (never a GET carrying the password) and stays disabled.
+    assert!(
+        body.contains(r#"<form id="sign-in" method="post" action="/api/auth/login""#),
+        "{body}"
+    );
+    assert!(body.contains(r#"<button type="submit" disabled>"#), "{body}");
     let (_, _, body) = send(
         &app,
         TestRequest::get().uri("/console/login?next=https://evil.example/"),
@@ -308,6 +314,10 @@ async fn the_live_list_shows_the_business_calls_with_their_verdicts_and_refreshe
     assert!(
         body.contains(r#"value="&lt;b&gt;""#),
         "what was typed is shown again, escaped: {body}"
+    );
+    assert!(
+        !body.contains("data-refresh"),
+        "a refused filter is not refreshed: {body}"
     );
     let (status, _, body) = send(&app, get("/console/live?verdict=refused", &agent)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
