@@ -169,25 +169,15 @@ async fn text_of(page: &Page, selector: &str) -> String {
     eval(page, &expression).await.as_str().unwrap_or_default().to_owned()
 }
 
+/// Clicks the field `selector` and types `text` into it, as a person does.
+async fn type_into(page: &Page, selector: &str, text: &str) {
+    let field = page.find_element(selector).await.unwrap();
+    field.click().await.unwrap().type_str(text).await.unwrap();
+}
+
 async fn sign_in(page: &Page, console: &Console, email: &str, password: &str) {
-    page.find_element("#sign-in input[name=email]")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap()
-        .type_str(email)
-        .await
-        .unwrap();
-    page.find_element("#sign-in input[name=password]")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap()
-        .type_str(password)
-        .await
-        .unwrap();
+    type_into(page, "#sign-in input[name=email]", email).await;
+    type_into(page, "#sign-in input[name=password]", password).await;
     page.find_element("#sign-in button")
         .await
         .unwrap()
@@ -337,15 +327,7 @@ fn an_operator_watches_a_call_arrive_opens_it_and_places_one() {
 
         // 5. Place a call through the fake Twilio: the new call's page fills in with twilio_ok.
         page.goto(console.url("/console/outbound")).await.unwrap();
-        page.find_element("#outbound input[name=to]")
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap()
-            .type_str("+15005550006")
-            .await
-            .unwrap();
+        type_into(&page, "#outbound input[name=to]", "+15005550006").await;
         page.find_element("#outbound button")
             .await
             .unwrap()

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-use callplane_plugin_api::calls::{CallQuery, VERDICTS};
+use callplane_plugin_api::calls::{CallLine, CallQuery, Trace, VERDICTS};
 use callplane_plugin_api::telemetry::current_request_id;
 use callplane_plugin_api::timestamps::now_ms;
 use callplane_plugin_api::{ApiError, CallBook, Principal, Wanted};
@@ -27,6 +27,16 @@ impl Console {
         self.book
             .get()
             .ok_or_else(|| ApiError::unavailable("the calls cannot be read: the twilio plugin is not active", 30))
+    }
+
+    /// The business's calls `query` names.
+    async fn recent(&self, business_id: i64, query: &CallQuery) -> Result<Vec<CallLine>, ApiError> {
+        self.book()?.recent(business_id, query).await
+    }
+
+    /// The trace of the business's call `id`.
+    async fn trace(&self, business_id: i64, id: &str) -> Result<Option<Trace>, ApiError> {
+        self.book()?.trace(business_id, id).await
     }
 }
 
@@ -184,11 +194,7 @@ pub(crate) async fn live(who: Principal, console: web::Data<Console>, query: web
         Ok(query) => query,
         Err(problem) => return page(StatusCode::BAD_REQUEST, pages::live(&who, &shown, &[], Some(&problem))),
     };
-    let calls = match console.book() {
-        Ok(book) => book.recent(who.business_id, &query).await,
-        Err(e) => Err(e),
-    };
-    match calls {
+    match console.recent(who.business_id, &query).await {
         Ok(calls) => page(StatusCode::OK, pages::live(&who, &shown, &calls, None)),
         Err(e) => failed(Some(&who), &e),
     }
@@ -202,18 +208,14 @@ pub(crate) async fn live_rows(
     query: web::Query<FilterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = filters(&query, now_ms()).1.map_err(ApiError::unprocessable)?;
-    let calls = console.book()?.recent(who.business_id, &query).await?;
+    let calls = console.recent(who.business_id, &query).await?;
     Ok(fragment(&req, pages::rows(&calls)))
 }
 
 /// `GET /console/calls/{call}`: a call of the business (a CallSid, or the REQ id of an outbound
 /// request); any other id is 404.
 pub(crate) async fn call(who: Principal, console: web::Data<Console>, id: web::Path<String>) -> HttpResponse {
-    let trace = match console.book() {
-        Ok(book) => book.trace(who.business_id, &id).await,
-        Err(e) => Err(e),
-    };
-    match trace {
+    match console.trace(who.business_id, &id).await {
         Ok(Some(trace)) => page(StatusCode::OK, pages::call(&who, &id, &trace)),
         Ok(None) => page(
             StatusCode::NOT_FOUND,
@@ -231,7 +233,6 @@ pub(crate) async fn call_trace(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let trace = console
-        .book()?
         .trace(who.business_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such call"))?;

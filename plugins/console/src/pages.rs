@@ -16,7 +16,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const FINAL_STATUSES: [&str; 5] = ["completed", "busy", "failed", "no-answer", "canceled"];
 
 /// The filters of the live list, as the form shows them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Filters {
     /// `15m`, `1h`, `24h` or `7d`.
     pub since: String,
