@@ -4,16 +4,17 @@
 //! the pool); this module owns the rest: the queue, the thread, batching, retries and telling a
 //! broken connection from a bad row from a database that cannot take writes.
 //!
-//! There is no timer: a batch is what arrived while the previous commit ran (and while the writer
-//! yielded its CPU to the HTTP workers once, [`gather`]), so one item alone commits at once,
-//! and under load an item waits for at most the commit in progress plus its own. The writer has
-//! its own thread so that its work never queues behind HTTP requests on a worker.
+//! A batch is what arrived while the previous commit ran, and a small one is given a moment to
+//! grow ([`gather`]): the writer yields its CPU to the HTTP workers once, and commits start at
+//! least [`PACE`] apart. One item after a quiet spell commits at once; under load an item waits
+//! for at most the commit in progress, the rest of the pace and its own commit. The writer has its
+//! own thread so that its work never queues behind HTTP requests on a worker.
 
 use std::cmp::Ordering;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +29,9 @@ const QUEUE: usize = 4096;
 const GATHER_BELOW: usize = 32;
 /// How many times the writer yields its CPU for a small batch, see [`gather`].
 const GATHER_YIELDS: usize = 1;
+/// The least time from one commit's start to the next one's while batches are small, see
+/// [`gather`].
+const PACE: Duration = Duration::from_millis(1);
 
 /// A pool write in progress.
 pub type PoolWrite<'a> = Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + 'a>>;
@@ -236,12 +240,14 @@ impl Writer {
     /// Takes what is queued, commits it as one batch, answers, repeats.
     async fn run<T: Batched>(mut self, mut queue: mpsc::Receiver<Pending<T>>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut last_commit: Option<Instant> = None;
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            gather(&mut queue, &mut batch);
+            gather(&mut queue, &mut batch, last_commit);
             batch.retain(|p: &Pending<T>| !p.abandoned());
             if batch.is_empty() {
                 continue;
             }
+            last_commit = Some(Instant::now());
             (self.on_batch)(batch.len());
             self.commit(std::mem::take(&mut batch)).await;
         }
@@ -330,23 +336,41 @@ fn refuses_data(error: &dyn sqlx::error::DatabaseError) -> bool {
     !matches!(error.kind(), sqlx::error::ErrorKind::Other) || error.code().is_some_and(|code| code.starts_with("22"))
 }
 
-/// Lets a small batch grow before it is committed, without a timer: the writer yields its CPU
-/// ([`GATHER_YIELDS`] times), so that HTTP workers ready to run hand over their items first,
-/// and takes what they queued meanwhile. Much of a commit's cost is the same for one item as for
-/// many (the write lock, and the pages every commit rewrites), so this saved the call-record
-/// writer 15–25 % of its CPU per event under load (docs/performance.md). When nothing else is
-/// waiting for a CPU a yield returns at once: a lone item is not held up.
-fn gather<T>(queue: &mut mpsc::Receiver<Pending<T>>, batch: &mut Vec<Pending<T>>) {
+/// Lets a small batch grow before it is committed. Much of a commit's cost is the same for one
+/// item as for many (the write lock, the pages every commit rewrites, waking the writer), so a
+/// batch of fewer than [`GATHER_BELOW`] items first lets the HTTP workers that are ready to run
+/// hand over theirs (the writer yields its CPU [`GATHER_YIELDS`] times: this saved the
+/// call-record writer 15–25 % of its CPU per event under load), then waits until [`PACE`] has
+/// passed since the previous commit started, and takes what was queued meanwhile. While it waits
+/// the workers' hand-overs wake nobody. After a quiet spell (the previous commit started more
+/// than [`PACE`] ago) nothing waits: a lone item is not held up. See docs/performance.md.
+fn gather<T>(queue: &mut mpsc::Receiver<Pending<T>>, batch: &mut Vec<Pending<T>>, last_commit: Option<Instant>) {
+    let take = |queue: &mut mpsc::Receiver<Pending<T>>, batch: &mut Vec<Pending<T>>| {
+        while batch.len() < MAX_BATCH {
+            let Ok(pending) = queue.try_recv() else { break };
+            batch.push(pending);
+        }
+    };
     for _ in 0..GATHER_YIELDS {
         if batch.len() >= GATHER_BELOW {
             return;
         }
         std::thread::yield_now();
-        while batch.len() < MAX_BATCH {
-            let Ok(pending) = queue.try_recv() else { break };
-            batch.push(pending);
-        }
+        take(queue, batch);
     }
+    if let Some(rest) = pause(last_commit, batch.len()) {
+        std::thread::sleep(rest);
+        take(queue, batch);
+    }
+}
+
+/// How long a batch of `len` items waits before it is committed, the previous commit having
+/// started at `last_commit` (see [`gather`]).
+fn pause(last_commit: Option<Instant>, len: usize) -> Option<Duration> {
+    if len >= GATHER_BELOW {
+        return None;
+    }
+    PACE.checked_sub(last_commit?.elapsed()).filter(|rest| !rest.is_zero())
 }
 
 #[cfg(test)]
@@ -412,16 +436,37 @@ mod tests {
             tx.try_send(pending(n)).unwrap();
         }
         let mut batch = vec![rx.try_recv().unwrap()];
-        gather(&mut rx, &mut batch);
+        gather(&mut rx, &mut batch, None);
         assert_eq!(batch.len(), GATHER_BELOW + 10, "everything queued joins a small batch");
 
         for n in 0..5 {
             tx.try_send(pending(n)).unwrap();
         }
         let mut large: Vec<Pending<Row>> = (0..below).map(pending).collect();
-        gather(&mut rx, &mut large);
+        gather(&mut rx, &mut large, Some(Instant::now()));
         assert_eq!(large.len(), GATHER_BELOW, "a batch of {GATHER_BELOW} commits as it is");
         assert_eq!(rx.len(), 5);
+    }
+
+    #[test]
+    fn small_batches_are_paced_and_a_lone_item_after_a_quiet_spell_is_not() {
+        assert_eq!(pause(None, 1), None, "the first commit waits for nothing");
+        let long_ago = Instant::now().checked_sub(PACE * 2).unwrap();
+        assert_eq!(pause(Some(long_ago), 1), None, "nor one after a quiet spell");
+        let rest = pause(Some(Instant::now()), 1).expect("a small batch right after a commit waits");
+        assert!(rest <= PACE && rest > PACE / 2, "{rest:?}");
+        assert_eq!(pause(Some(Instant::now()), GATHER_BELOW), None, "a full one does not");
+
+        // A small batch right after a commit waits out the pace and takes what is queued.
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let mut batch = vec![pending(0)];
+        for n in 1..4 {
+            tx.try_send(pending(n)).unwrap();
+        }
+        let started = Instant::now();
+        gather(&mut rx, &mut batch, Some(started));
+        assert!(started.elapsed() >= PACE, "{:?}", started.elapsed());
+        assert_eq!(batch.len(), 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,50 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     CREATE INDEX call_notes_call ON call_notes (call_sid);
 ",
     ),
+    // Every webhook inserts a call row, and on SQLite two things of `calls`' first shape cost
+    // every insert work for nothing (docs/performance.md): `AUTOINCREMENT`, which reads and
+    // rewrites the table's row in `sqlite_sequence` (a plain INTEGER PRIMARY KEY takes the
+    // largest id plus one: only a deleted newest row's id can come back, and only outbound requests
+    // that never got a CallSid, and so no events, are ever deleted), and `req_id UNIQUE`, whose
+    // index took an entry for every inbound call's NULL. The table is rebuilt with its ids.
+    // `call_events` refers to it: with foreign keys deferred, dropping the old table counts its
+    // events as orphans and putting each call back counts its events as attached again, so the
+    // commit checks that every event has its call. PostgreSQL keeps its table (its sequence costs
+    // no row write; its unique index on `req_id` skips NULLs).
+    Migration {
+        version: 5,
+        description: "calls without AUTOINCREMENT, req_id unique where set (SQLite)",
+        sqlite: "
+    PRAGMA defer_foreign_keys = ON;
+    CREATE TEMP TABLE calls_v4 AS SELECT * FROM calls;
+    DROP TABLE calls;
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY,
+        call_sid TEXT UNIQUE,
+        req_id TEXT,
+        business_id BIGINT,
+        direction TEXT NOT NULL,
+        from_number TEXT NOT NULL,
+        to_number TEXT NOT NULL,
+        status TEXT NOT NULL,
+        lead_id TEXT,
+        last_sequence BIGINT NOT NULL DEFAULT -1,
+        error TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    INSERT INTO calls (id, call_sid, req_id, business_id, direction, from_number, to_number, status,
+                       lead_id, last_sequence, error, created_at, updated_at)
+        SELECT id, call_sid, req_id, business_id, direction, from_number, to_number, status,
+               lead_id, last_sequence, error, created_at, updated_at
+        FROM calls_v4 ORDER BY id;
+    DROP TABLE calls_v4;
+    CREATE UNIQUE INDEX calls_req_id ON calls (req_id) WHERE req_id IS NOT NULL;
+    CREATE INDEX calls_business_created ON calls (business_id, created_at);
+    DELETE FROM sqlite_sequence WHERE name = 'calls';
+",
+        postgres: "",
+    },
 ];
 
 #[cfg(test)]
@@ -293,6 +337,87 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(events, 4, "version 1's table is untouched");
+    }
+
+    /// Version 4 data: an outbound request that never got a CallSid, and two answered calls with
+    /// events (ids 1–3 taken, 4 spent by a deleted row).
+    const V4_DATA: &str = "
+        INSERT INTO calls (req_id, business_id, direction, from_number, to_number, status, created_at, updated_at)
+            VALUES ('00aa11bb', 7, 'outbound', '+1', '+2', 'requested', 1, 1);
+        INSERT INTO calls (call_sid, business_id, direction, from_number, to_number, status, created_at, updated_at)
+            VALUES ('CA01', 7, 'inbound', '+3', '+4', 'ringing', 2, 2), ('CA02', 7, 'inbound', '+5', '+4', 'completed', 3, 3),
+                   ('CA03', 7, 'inbound', '+6', '+4', 'ringing', 4, 4);
+        DELETE FROM calls WHERE call_sid = 'CA03';
+        INSERT INTO call_events (call_id, kind, status, sequence, payload, received_at)
+            VALUES (2, 'incoming', 'ringing', -1, '[]', 2), (3, 'incoming', 'ringing', -1, '[]', 3),
+                   (3, 'status', 'completed', 2, '[]', 4);";
+
+    #[actix_rt::test]
+    async fn sqlite_calls_lose_autoincrement_and_keep_their_ids_and_events() {
+        let (_dir, db) = sqlite();
+        assert_eq!(upgrade(&db, 4).await.unwrap(), 4);
+        exec(&db, V4_DATA).await;
+        // The commit checks the deferred foreign keys: the events counted as orphans when the old
+        // table was dropped must all have their calls back.
+        assert_eq!(upgrade(&db, 5).await.unwrap(), 1, "version 5 applied");
+        let calls: Vec<(i64, Option<String>, Option<String>)> = db
+            .run(|pool| sqlx::query_as("SELECT id, call_sid, req_id FROM calls ORDER BY id").fetch_all(pool))
+            .await
+            .unwrap();
+        assert_eq!(
+            calls,
+            vec![
+                (1, None, Some("00aa11bb".into())),
+                (2, Some("CA01".into()), None),
+                (3, Some("CA02".into()), None)
+            ]
+        );
+        let events: Vec<(String, String)> = db
+            .run(|pool| {
+                sqlx::query_as(
+                    "SELECT c.call_sid, e.kind FROM call_events e JOIN calls c ON c.id = e.call_id ORDER BY e.id",
+                )
+                .fetch_all(pool)
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 3, "every event still has its call: {events:?}");
+        let (schema, sequences): (String, i64) = db
+            .run(|pool| {
+                sqlx::query_as(
+                    "SELECT (SELECT sql FROM sqlite_master WHERE name = 'calls'),
+                            (SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'calls')",
+                )
+                .fetch_one(pool)
+            })
+            .await
+            .unwrap();
+        assert!(!schema.contains("AUTOINCREMENT"), "{schema}");
+        assert_eq!(sequences, 0);
+        // The next call takes the next id; NULL request ids are many, a set one is unique; an
+        // event still needs its call.
+        exec(
+            &db,
+            "INSERT INTO calls (call_sid, direction, from_number, to_number, status, created_at, updated_at)
+                 VALUES ('CA04', 'inbound', '+7', '+4', 'ringing', 5, 5), ('CA05', 'inbound', '+8', '+4', 'ringing', 5, 5)",
+        )
+        .await;
+        let (id,): (i64,) = db
+            .run(|pool| sqlx::query_as("SELECT id FROM calls WHERE call_sid = 'CA05'").fetch_one(pool))
+            .await
+            .unwrap();
+        assert_eq!(id, 5);
+        for refused in [
+            "INSERT INTO calls (req_id, direction, from_number, to_number, status, created_at, updated_at)
+                 VALUES ('00aa11bb', 'outbound', '+1', '+2', 'requested', 6, 6)",
+            "INSERT INTO call_events (call_id, kind, status, sequence, payload, received_at)
+                 VALUES (99, 'incoming', 'ringing', -1, '[]', 6)",
+        ] {
+            let result = db
+                .run(|pool| sqlx::raw_sql(sqlx::AssertSqlSafe(refused.to_owned())).execute(pool))
+                .await;
+            assert!(result.is_err(), "{refused}");
+        }
     }
 
     fn sqlite() -> (tempfile::TempDir, Db) {

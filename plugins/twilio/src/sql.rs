@@ -126,6 +126,9 @@ const UPSERT_CALLS: MultiRow = MultiRow {
 const UPDATE_STATUS: &str =
     "UPDATE calls SET status = ?, last_sequence = ?, updated_at = ? WHERE call_sid = ? AND last_sequence < ?";
 
+/// A call's row id by its CallSid, as [`INSERT_EVENTS`] spells it.
+const CALL_BY_SID: &str = "(SELECT id FROM calls WHERE call_sid = ?)";
+
 /// Every event once, under its call's row id (the call row is upserted first, in the same
 /// transaction): a retry of the same (call, kind, sequence) is skipped.
 /// With the event go its timeline fields: where and when it arrived, what we answered, whether a
@@ -175,7 +178,7 @@ impl CallEvent {
 
     /// The stored parameters: a JSON array of `[name, value]` pairs.
     fn payload(&self) -> String {
-        serde_json::to_string(&self.params).unwrap_or_else(|_| "[]".to_owned())
+        self.params.to_json()
     }
 }
 
@@ -378,6 +381,8 @@ async fn insert_events(
 fn write_sqlite(tx: &rusqlite::Transaction<'_>, events: &[&QueuedEvent]) -> rusqlite::Result<()> {
     static UPSERT_ONE: LazyLock<String> = LazyLock::new(|| UPSERT_CALLS.sql(DbKind::Sqlite, 1));
     static INSERT_ONE: LazyLock<String> = LazyLock::new(|| INSERT_EVENTS.sql(DbKind::Sqlite, 1));
+    // The same, for an event whose call the upsert just inserted: its row id is known.
+    static INSERT_ONE_BY_ID: LazyLock<String> = LazyLock::new(|| INSERT_ONE.replacen(CALL_BY_SID, "?", 1));
     if events.is_empty() {
         return Ok(());
     }
@@ -388,7 +393,9 @@ fn write_sqlite(tx: &rusqlite::Transaction<'_>, events: &[&QueuedEvent]) -> rusq
         }
     }
     let mut upsert = tx.prepare_cached(&UPSERT_ONE)?;
+    let mut inserted = Vec::with_capacity(events.len());
     for event in events {
+        let before = tx.last_insert_rowid();
         upsert.execute(rusqlite::params![
             event.call_sid,
             event.business_id,
@@ -401,6 +408,10 @@ fn write_sqlite(tx: &rusqlite::Transaction<'_>, events: &[&QueuedEvent]) -> rusq
             event.received_at,
             event.received_at,
         ])?;
+        // The connection's last inserted row id moves only when the upsert inserted the call
+        // (should it land on the same number by chance, the event looks its call up instead).
+        let after = tx.last_insert_rowid();
+        inserted.push((after != before).then_some(after));
     }
     let mut status = tx.prepare_cached(UPDATE_STATUS)?;
     let mut applied = vec![None; events.len()];
@@ -415,11 +426,14 @@ fn write_sqlite(tx: &rusqlite::Transaction<'_>, events: &[&QueuedEvent]) -> rusq
         applied[i] = Some(changed > 0);
     }
     let stored_ms = now_ms();
-    let mut insert = tx.prepare_cached(&INSERT_ONE)?;
-    for (event, applied) in events.iter().zip(applied) {
+    for ((event, applied), call_id) in events.iter().zip(applied).zip(inserted) {
         let answer = event.answer.as_ref();
+        let (mut insert, call): (_, &dyn rusqlite::ToSql) = match &call_id {
+            Some(id) => (tx.prepare_cached(&INSERT_ONE_BY_ID)?, id),
+            None => (tx.prepare_cached(&INSERT_ONE)?, &event.call_sid),
+        };
         insert.execute(rusqlite::params![
-            event.call_sid,
+            call,
             event.kind.as_str(),
             event.status,
             event.sequence.unwrap_or(-1),
@@ -473,6 +487,15 @@ fn write_attempts_sqlite(tx: &rusqlite::Transaction<'_>, attempts: &[&Attempt]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_names_its_call_by_sid_or_by_id() {
+        let by_sid = INSERT_EVENTS.sql(DbKind::Sqlite, 1);
+        let by_id = by_sid.replacen(CALL_BY_SID, "?", 1);
+        assert_ne!(by_id, by_sid);
+        assert!(!by_id.contains("SELECT"), "{by_id}");
+        assert_eq!(by_id.matches('?').count(), by_sid.matches('?').count());
+    }
 
     #[test]
     fn multi_row_placeholders_follow_the_engine() {
