@@ -426,11 +426,12 @@ fn write_sqlite(tx: &rusqlite::Transaction<'_>, events: &[&QueuedEvent]) -> rusq
         applied[i] = Some(changed > 0);
     }
     let stored_ms = now_ms();
+    let (mut by_sid, mut by_id) = (tx.prepare_cached(&INSERT_ONE)?, tx.prepare_cached(&INSERT_ONE_BY_ID)?);
     for ((event, applied), call_id) in events.iter().zip(applied).zip(inserted) {
         let answer = event.answer.as_ref();
-        let (mut insert, call): (_, &dyn rusqlite::ToSql) = match &call_id {
-            Some(id) => (tx.prepare_cached(&INSERT_ONE_BY_ID)?, id),
-            None => (tx.prepare_cached(&INSERT_ONE)?, &event.call_sid),
+        let (insert, call): (_, &dyn rusqlite::ToSql) = match &call_id {
+            Some(id) => (&mut by_id, id),
+            None => (&mut by_sid, &event.call_sid),
         };
         insert.execute(rusqlite::params![
             call,
