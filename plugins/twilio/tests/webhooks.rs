@@ -565,6 +565,18 @@ async fn with_the_database_gone_calls_are_spooled_and_replayed_without_loss() {
         41,
         "zero events lost"
     );
+    // The replay wrote each call and both its events in one batch: every event is under the
+    // call its own CallSid names (the writer takes a new call's row id straight from the insert).
+    assert_eq!(
+        count(
+            &f.db,
+            "SELECT COUNT(*) FROM call_events e JOIN calls c ON c.id = e.call_id
+             WHERE e.payload LIKE '%[\"CallSid\",\"' || c.call_sid || '\"]%'"
+        )
+        .await,
+        41,
+        "every event under its own call"
+    );
     assert_eq!(
         count(&f.db, "SELECT COUNT(*) FROM calls WHERE status = 'completed'").await,
         20
